@@ -1,0 +1,4 @@
+def main() -> None:
+    from simplematch.cli.app import app
+
+    app()

@@ -1,0 +1,191 @@
+"""Configuration as data: one typed, flat config and a table of presets.
+
+``Config`` is a dataclass; :func:`resolve_config` starts from a preset, applies overrides, rejects unknown
+keys and checks values. The resolved config is written as ``config.json`` next to every artefact
+(checkpoints, exports, evaluation JSON), so any result can be reproduced from its folder alone.
+
+This module is torch-free: the runtime reads configs stored in ONNX metadata with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simplematch.errors import SimpleMatchError
+
+FINETUNE_MODES = ("frozen", "lora", "full")
+COORD_CONVENTIONS = ("corner", "center")
+DATASETS = ("spair", "pfpascal", "pfwillow", "ap10k", "synthetic")
+AP10K_SPLITS = ("intra", "cross-species", "cross-family")
+THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img"}
+
+
+def backbone_family(backbone: str) -> str:
+    """``"vit"`` or ``"resnet"`` for a timm model name (the two decoder designs of the paper)."""
+    name = backbone.lower()
+    if name.startswith(("vit_", "deit", "eva")):
+        return "vit"
+    if "resnet" in name or name.startswith(("resnext", "regnet")):
+        return "resnet"
+    raise SimpleMatchError(
+        f"unknown backbone family for '{backbone}'",
+        "use a timm ViT (e.g. vit_base_patch14_dinov2, vit_base_patch16_224) or ResNet (e.g. resnet101, resnet18)",
+    )
+
+
+@dataclass
+class Config:
+    """Every setting of a run. Field groups: model, matching, data, training."""
+
+    # --- model -------------------------------------------------------------------------------------
+    backbone: str = "vit_base_patch14_dinov2"  # any timm ViT or ResNet name
+    img_size: int = 252  # square input side; ViTs are built at this size (pos-embed resampled once)
+    weights: str | None = None  # local pretrained backbone file (.pth/.safetensors); never downloaded
+    finetune: str = "lora"  # frozen | lora | full
+    lora_rank: int = 16
+    lora_alpha: float = 1.0  # scale = alpha / rank = 1/16, as the released code (loralib defaults)
+    lora_blocks: str = "last_half"  # which ViT blocks get LoRA on mlp.fc2: last_half | all
+    decoder_dim: int | None = None  # decoder width; None = encoder width (ViT) / align_dim (ResNet)
+    align_dim: int = 512  # ResNet: every feature level is aligned to this many channels by 1x1 convs
+    dropout: float = 0.3  # ViT: dropout on the tokens before the decoder (training only)
+    multiscale: bool = False  # extra heads at coarse and mid resolution (paper eq. 14)
+    # --- matching ----------------------------------------------------------------------------------
+    windows: list[int] = field(default_factory=lambda: [0, 15, 45])  # coarse, mid, fine; 0 = whole map
+    beta: float = 0.02  # soft-argmax temperature
+    coord: str = "corner"  # cell i -> pixel i*s (released code) | centre: (i + 0.5)*s
+    # --- data --------------------------------------------------------------------------------------
+    dataset: str = "spair"
+    data_root: str | None = None
+    ap10k_split: str = "intra"
+    augment: bool = True
+    synthetic_pairs: int = 2000  # synthetic dataset: training pairs per epoch
+    synthetic_val_pairs: int = 64
+    # --- training ----------------------------------------------------------------------------------
+    lr: float = 6e-4
+    step_size: int = 800  # StepLR step, counted in iterations
+    gamma: float = 0.95
+    batch_size: int = 8
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimisation steps (overrides epochs)
+    val_pairs: int | None = None  # evaluate on at most this many validation pairs (None = all)
+    eval_every: int | None = None  # validate every N steps (None = once per epoch)
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA only
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return backbone_family(self.backbone)
+
+    @property
+    def fine_window(self) -> int:
+        return self.windows[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        from simplematch.io import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SimpleMatchError(
+                f"{source}: unknown config key(s) {', '.join(unknown)}",
+                f"remove them; valid keys are listed in simplematch/config.py ({', '.join(sorted(known))})",
+            )
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise SimpleMatchError(f"missing config file {path}", "point at a checkpoint folder made by `smatch train`")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SimpleMatchError(f"{path} is not valid JSON ({err})", "restore config.json from the run") from err
+        if not isinstance(data, dict):
+            raise SimpleMatchError(f"{path} must hold a JSON object", "restore config.json from the run")
+        return cls.from_dict(data, source=str(path))
+
+    def validate(self) -> None:
+        def bad(key: str, why: str, fix: str) -> SimpleMatchError:
+            return SimpleMatchError(f"config {key}={getattr(self, key)!r}: {why}", fix)
+
+        self.family  # noqa: B018 - raises for an unknown backbone family
+        if self.finetune not in FINETUNE_MODES:
+            raise bad("finetune", "unknown mode", f"use one of {', '.join(FINETUNE_MODES)}")
+        if self.coord not in COORD_CONVENTIONS:
+            raise bad("coord", "unknown convention", f"use one of {', '.join(COORD_CONVENTIONS)}")
+        if self.dataset not in DATASETS:
+            raise bad("dataset", "unknown dataset", f"use one of {', '.join(DATASETS)}")
+        if self.ap10k_split not in AP10K_SPLITS:
+            raise bad("ap10k_split", "unknown split", f"use one of {', '.join(AP10K_SPLITS)}")
+        if not isinstance(self.img_size, int) or self.img_size < 32:
+            raise bad("img_size", "must be an integer >= 32", "pass e.g. --img-size 252")
+        if self.img_size % 4:
+            raise bad("img_size", "must be divisible by 4 (the fine head is at exactly 1/4)", "use e.g. 252 or 256")
+        if len(self.windows) != 3 or any((not isinstance(k, int)) or k < 0 for k in self.windows):
+            raise bad("windows", "needs three integers >= 0 (coarse, mid, fine; 0 = whole map)", "e.g. [0, 15, 45]")
+        if self.beta <= 0:
+            raise bad("beta", "must be > 0", "use the paper's 0.02")
+        if self.batch_size < 1 or self.epochs < 1:
+            raise bad("batch_size", "batch size and epochs must be >= 1", "pass positive values")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise bad("max_steps", "must be >= 1", "pass a positive --max-steps")
+        if self.lr <= 0:
+            raise bad("lr", "must be > 0", "pass a positive --lr")
+        if self.lora_rank < 1:
+            raise bad("lora_rank", "must be >= 1", "use 16 as the paper")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise bad("device", "unknown device", "use auto, cpu or cuda")
+
+
+# One line per preset: the paper's hyperparameters (section 4.1 and the released configs).
+_VIT_B14 = dict(backbone="vit_base_patch14_dinov2", finetune="lora", windows=[0, 15, 45], multiscale=False)
+_IBOT_B16 = dict(backbone="vit_base_patch16_224", finetune="full", windows=[0, 15, 45], multiscale=False)
+_R101 = dict(backbone="resnet101", finetune="full", windows=[0, 15, 30], multiscale=True)
+PRESETS: dict[str, dict[str, Any]] = {
+    "dinov2_b14_252_spair": {**_VIT_B14, "img_size": 252, "dataset": "spair", "lr": 6e-4, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "dinov2_b14_448_spair": {**_VIT_B14, "img_size": 448, "dataset": "spair", "lr": 6e-4, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "dinov2_b14_252_pfpascal": {**_VIT_B14, "img_size": 252, "dataset": "pfpascal", "lr": 1e-4, "step_size": 200, "batch_size": 16, "epochs": 100},  # noqa: E501
+    "dinov2_b14_448_ap10k": {**_VIT_B14, "img_size": 448, "dataset": "ap10k", "lr": 6e-5, "step_size": 2000, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "ibot_b16_256_spair": {**_IBOT_B16, "img_size": 256, "dataset": "spair", "lr": 1e-5, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "resnet101_256_spair": {**_R101, "img_size": 256, "dataset": "spair", "lr": 3e-5, "step_size": 800, "gamma": 0.9, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "resnet101_256_pfpascal": {**_R101, "img_size": 256, "dataset": "pfpascal", "lr": 3e-5, "step_size": 200, "gamma": 0.9, "batch_size": 16, "epochs": 100},  # noqa: E501
+    # Small CNN trained from scratch on synthetic warps: learns in minutes on 2 CPU cores (no weights needed).
+    "demo_cpu": dict(backbone="resnet18", finetune="full", img_size=128, align_dim=64, multiscale=True, windows=[0, 9, 15], dataset="synthetic", lr=1e-3, step_size=100, gamma=0.95, batch_size=8, epochs=1, max_steps=600, augment=True, dropout=0.0, synthetic_pairs=4800, synthetic_val_pairs=64, eval_every=200),  # noqa: E501
+}
+DEFAULT_PRESET = "dinov2_b14_252_spair"
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Preset (default :data:`DEFAULT_PRESET`) + overrides (``None`` values ignored) -> validated config."""
+    name = preset or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise SimpleMatchError(f"unknown preset '{name}'", f"use one of {', '.join(PRESETS)}")
+    data = dict(PRESETS[name])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    return Config.from_dict(data, source=f"preset {name}")

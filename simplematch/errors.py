@@ -1,0 +1,21 @@
+"""The project's one user-facing error type.
+
+Every problem a user can fix (bad path, malformed file, unknown name, incompatible checkpoint) is raised as
+:class:`SimpleMatchError` with a one-line message that names the problem *and* the fix. The CLI turns it
+into that one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+
+class SimpleMatchError(Exception):
+    """A user error: ``str(err)`` is one line naming the problem and the fix."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        problem = " ".join(str(problem).split())
+        msg = problem if not fix else f"{problem.rstrip('.')}. Fix: {' '.join(fix.split())}"
+        super().__init__(msg)
+        self.problem = problem
+        self.fix = fix

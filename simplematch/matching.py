@@ -1,0 +1,173 @@
+"""Sparse matching, window-based soft-argmax localisation, loss and PCK (paper section 3.3, 3.4, 4.1).
+
+Pure functions on tensors, used by training, evaluation and the export parity check. The numpy twins in
+``simplematch/runtime/matching.py`` are pinned to these by parity tests.
+
+Conventions
+-----------
+* Keypoints are ``(..., 2)`` pixel coordinates in the model's square input frame, **x then y**.
+* A feature map of size ``h x w`` made from an ``S x S`` input has stride ``s = S / h`` (e.g. 252 / 63 = 4).
+* Source features are taken at the nearest cell ``floor(x / s), floor(y / s)`` (eq. 6, as released).
+* Cell ``i`` maps back to pixel ``i * s`` (``coord="corner"``, the released code, so released
+  checkpoints score as published) or ``(i + 0.5) * s`` (``coord="center"``).
+* The similarity volume is sparse: (B, N, h*w), never the dense (h*w)^2 one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def keypoint_cells(kps: torch.Tensor, stride: float, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, N, 2) pixels -> (B, N, 2) integer cells ``floor(kp / stride)``, clamped into the map."""
+    h, w = hw
+    cells = torch.floor(kps / stride).long()
+    return torch.stack((cells[..., 0].clamp(0, w - 1), cells[..., 1].clamp(0, h - 1)), dim=-1)
+
+
+def sample_keypoint_features(feats: torch.Tensor, kps: torch.Tensor, stride: float) -> torch.Tensor:
+    """Eq. 6-7: gather features at the nearest cells.
+
+    feats: (B, C, h, w); kps: (B, N, 2) pixels (x, y) -> (B, N, C).
+    """
+    b, c, h, w = feats.shape
+    cells = keypoint_cells(kps, stride, (h, w))
+    flat = cells[..., 1] * w + cells[..., 0]  # (B, N)
+    return torch.gather(feats.flatten(2), 2, flat.unsqueeze(1).expand(b, c, -1)).transpose(1, 2)
+
+
+def cosine_similarity(src_feats: torch.Tensor, trg_feats: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Eq. 9: cosine similarity of each source keypoint with every target cell.
+
+    src_feats: (B, N, C); trg_feats: (B, C, h, w) -> (B, N, h*w). Norms are per vector (eps as released).
+    """
+    src = src_feats / (src_feats.norm(dim=-1, keepdim=True) + eps)
+    trg = trg_feats.flatten(2)
+    trg = trg / (trg.norm(dim=1, keepdim=True) + eps)
+    return torch.bmm(src, trg)
+
+
+def window_starts(center: torch.Tensor, k: int, size: int) -> torch.Tensor:
+    """Top-left of a k-window around ``center`` shifted to stay inside ``[0, size)``: clamp(c - k//2, 0, size - k)."""
+    return (center - k // 2).clamp(0, size - k)
+
+
+def window_soft_argmax(
+    sim: torch.Tensor, window: int, beta: float, return_mass: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 10-12: coarse argmax, k x k window kept inside the map, softmax(sim / beta), expectation.
+
+    sim: (B, N, h, w) similarities -> (B, N, 2) sub-cell positions (x, y) in cell units.
+    ``window`` <= 0 or >= the map side means the whole map along that axis.
+    With ``return_mass`` also returns (B, N) the softmax mass of the window's peak (a confidence).
+    """
+    b, n, h, w = sim.shape
+    ky = h if window <= 0 or window >= h else window
+    kx = w if window <= 0 or window >= w else window
+    flat_idx = sim.flatten(2).argmax(dim=-1)  # (B, N)
+    y0 = window_starts(flat_idx // w, ky, h)
+    x0 = window_starts(flat_idx % w, kx, w)
+    ar_y = torch.arange(ky, device=sim.device)
+    ar_x = torch.arange(kx, device=sim.device)
+    rows = (y0.unsqueeze(-1) + ar_y).unsqueeze(-1)  # (B, N, ky, 1)
+    cols = (x0.unsqueeze(-1) + ar_x).unsqueeze(-2)  # (B, N, 1, kx)
+    # Gather only the window: memory O(B N k^2), not O(B N h w) for the softmax and its gradient.
+    win = torch.gather(sim.flatten(2), 2, (rows * w + cols).flatten(2)).view(b, n, ky, kx)
+    prob = torch.softmax(win.flatten(2).float() / beta, dim=-1).view(b, n, ky, kx)
+    off_y = (prob.sum(dim=3) * ar_y.to(prob.dtype)).sum(dim=-1)
+    off_x = (prob.sum(dim=2) * ar_x.to(prob.dtype)).sum(dim=-1)
+    pos = torch.stack((x0.to(prob.dtype) + off_x, y0.to(prob.dtype) + off_y), dim=-1)
+    if return_mass:
+        return pos, prob.flatten(2).amax(dim=-1)
+    return pos
+
+
+def cells_to_pixels(cells: torch.Tensor, stride: float, coord: str = "corner") -> torch.Tensor:
+    """Cell-unit positions -> pixels: ``i * s`` (corner, released) or ``(i + 0.5) * s`` (center)."""
+    if coord == "center":
+        return (cells + 0.5) * stride
+    if coord != "corner":
+        raise ValueError(f"unknown coord convention {coord!r}")
+    return cells * stride
+
+
+def match_keypoints(
+    src_map: torch.Tensor,
+    trg_map: torch.Tensor,
+    src_kps: torch.Tensor,
+    img_size: int,
+    window: int,
+    beta: float,
+    coord: str = "corner",
+    return_scores: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sparse matching + window soft-argmax at one head.
+
+    src_map, trg_map: (B, C, h, w) head features (normalised or not); src_kps: (B, N, 2) pixels in the
+    ``img_size`` frame -> (B, N, 2) predicted target pixels. With ``return_scores`` also returns (B, N) peak
+    cosine similarity and (B, N) soft-argmax peak mass.
+    """
+    h, w = trg_map.shape[-2:]
+    stride = img_size / h
+    src_feats = sample_keypoint_features(src_map, src_kps, stride)
+    sim = cosine_similarity(src_feats, trg_map).view(src_kps.shape[0], src_kps.shape[1], h, w)
+    cells, mass = window_soft_argmax(sim, window, beta, return_mass=True)
+    pred = cells_to_pixels(cells, stride, coord)
+    if return_scores:
+        return pred, sim.flatten(2).amax(dim=-1), mass
+    return pred
+
+
+def keypoint_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 13: mean over valid keypoints of the Euclidean (not squared) distance in input pixels.
+
+    pred, gt: (B, N, 2); valid: (B, N) bool.
+    """
+    dist = torch.linalg.vector_norm(pred.float() - gt.float(), dim=-1)
+    mask = valid.float()
+    return (dist * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def pck_correct(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, alphas: Sequence[float]
+) -> torch.Tensor:
+    """Per-pair counts of correct keypoints: ``d < alpha * threshold`` (strict, as the paper's formula).
+
+    pred, gt: (B, N, 2); valid: (B, N) bool; threshold: (B,) -> (B, len(alphas)) long.
+    """
+    dist = torch.linalg.vector_norm(pred.double() - gt.double(), dim=-1)  # (B, N)
+    thr = threshold.double().view(-1, 1, 1) * torch.tensor(list(alphas), dtype=torch.float64, device=dist.device)
+    ok = (dist.unsqueeze(-1) < thr.view(-1, 1, len(alphas))) & valid.unsqueeze(-1)
+    return ok.sum(dim=1)
+
+
+def pck(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, alphas: Sequence[float]
+) -> dict[str, float]:
+    """PCK in percent, per-image mean (the paper's convention) for each alpha (pairs with no valid kp skipped)."""
+    counts = pck_correct(pred, gt, valid, threshold, alphas).double()
+    nvalid = valid.sum(dim=1).double()
+    keep = nvalid > 0
+    per_pair = counts[keep] / nvalid[keep].unsqueeze(-1)
+    return {f"{a:g}": float(per_pair[:, i].mean() * 100) if keep.any() else float("nan") for i, a in enumerate(alphas)}
+
+
+def dense_soft_argmax_loss_inputs(src_map: torch.Tensor, trg_map: torch.Tensor, beta: float) -> torch.Tensor:
+    """The dense baseline of paper Table 11: full (h*w) x (h*w) correlation + full-map soft-argmax.
+
+    Used only by ``smatch bench --train-memory`` to measure what sparse + window saves.
+    src_map, trg_map: (B, C, h, w) -> (B, h*w, 2) expected target cell (x, y) for *every* source cell.
+    """
+    b, c, h, w = src_map.shape
+    src = F.normalize(src_map.flatten(2), dim=1)
+    trg = F.normalize(trg_map.flatten(2), dim=1)
+    corr = torch.bmm(src.transpose(1, 2), trg)  # (B, hw, hw)
+    prob = torch.softmax(corr / beta, dim=-1).view(b, h * w, h, w)
+    ys = torch.arange(h, device=corr.device, dtype=prob.dtype)
+    xs = torch.arange(w, device=corr.device, dtype=prob.dtype)
+    ey = (prob.sum(dim=3) * ys).sum(-1)
+    ex = (prob.sum(dim=2) * xs).sum(-1)
+    return torch.stack((ex, ey), dim=-1)
