@@ -1,4 +1,9 @@
-def main() -> None:
-    from simplematch.cli.app import app
+"""``smatch`` console script (``python -m simplematch.cli`` works too, e.g. under torchrun)."""
 
-    app()
+
+def main() -> None:
+    import sys
+
+    from simplematch.cli.app import main as run
+
+    sys.exit(run())

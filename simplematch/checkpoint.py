@@ -1,0 +1,144 @@
+"""Our checkpoint format: a folder holding ``model.safetensors`` (all weights) and ``config.json``.
+
+The safetensors file holds the whole model (backbone included), so evaluation and export never need the
+pretrained backbone file: :func:`load_checkpoint` rebuilds the network with ``cfg.weights=None``.
+Extra ``timm.create_model`` arguments (tiny test models) and caller metadata live in the safetensors header.
+Loading is strict: a missing, extra or reshaped tensor is an error naming the fix, never a partial load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simplematch.config import Config
+from simplematch.errors import SimpleMatchError
+from simplematch.io import atomic_path, ensure_writable_dir
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "simplematch"
+
+
+def _resolve(path_or_dir: str | Path) -> tuple[Path, Path]:
+    """Checkpoint folder or its ``model.safetensors`` -> (weights path, config path)."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        weights, config = path / WEIGHTS_NAME, path / CONFIG_NAME
+    elif path.is_file():
+        weights, config = path, path.parent / CONFIG_NAME
+    else:
+        raise SimpleMatchError(f"checkpoint not found: {path}", "pass a folder written by `smatch train`")
+    if not weights.is_file():
+        raise SimpleMatchError(
+            f"{weights} is missing", "pass a folder written by `smatch train` (or re-run it)"
+        )
+    return weights, config
+
+
+def save_checkpoint(
+    model: torch.nn.Module, cfg: Config, out_dir: str | Path, extra: dict | None = None
+) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` atomically; returns the weights."""
+    from safetensors.torch import save_file
+
+    if getattr(model, "lora_merged", False):
+        raise SimpleMatchError(
+            "this model's LoRA was merged (merge_lora), so it no longer matches finetune=lora",
+            "save the checkpoint before calling merge_lora()",
+        )
+    out = ensure_writable_dir(Path(out_dir))
+    module = getattr(model, "module", model)  # DDP wrapper
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "backbone_kwargs": json.dumps(getattr(module, "backbone_kwargs", {}), sort_keys=True),
+        "extra": json.dumps(extra or {}, sort_keys=True, default=str),
+    }
+    weights = out / WEIGHTS_NAME
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    cfg.save(out / CONFIG_NAME)
+    return weights
+
+
+def read_checkpoint(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read our ``model.safetensors`` -> (state dict, header metadata). Corrupt files raise one line."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = Path(weights)
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as fh:
+            metadata = dict(fh.metadata() or {})
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise SimpleMatchError(
+            f"{weights} is not a readable safetensors file ({err})",
+            "the file is corrupt or truncated; retrain or copy it again",
+        ) from err
+    return state, metadata
+
+
+def load_model_weights(model: torch.nn.Module, weights: str | Path) -> dict[str, str]:
+    """Load our ``model.safetensors`` into an already built model, strictly. Returns the header metadata."""
+    state, metadata = read_checkpoint(weights)
+    module = getattr(model, "module", model)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or reshaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", reshaped)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+                parts.append(f"{label}: {shown}")
+        raise SimpleMatchError(
+            f"{weights} does not fit this model ({'; '.join(parts)})",
+            "the checkpoint was made with another backbone, img_size or finetune mode; "
+            "load it with the config.json saved next to it",
+        )
+    module.load_state_dict(state, strict=True)
+    return metadata
+
+
+def load_checkpoint(
+    path_or_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Config]:
+    """Folder (or its ``model.safetensors``) -> (model in eval mode on ``device``, its config)."""
+    from simplematch.model import SimpleMatch
+
+    weights, config_path = _resolve(path_or_dir)
+    cfg = Config.load(config_path)
+    _, metadata = _read_header(weights)
+    try:
+        backbone_kwargs: dict[str, Any] = json.loads(metadata.get("backbone_kwargs", "{}"))
+    except json.JSONDecodeError as err:
+        raise SimpleMatchError(
+            f"{weights} has a corrupt header", "retrain or copy the checkpoint again"
+        ) from err
+    # Everything is in the safetensors file: do not require (or read) the pretrained backbone file.
+    model = SimpleMatch(dataclasses.replace(cfg, weights=None), backbone_kwargs=backbone_kwargs)
+    load_model_weights(model, weights)
+    return model.to(device).eval(), cfg
+
+
+def _read_header(weights: Path) -> tuple[list[str], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as fh:
+            return list(fh.keys()), dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise SimpleMatchError(
+            f"{weights} is not a readable safetensors file ({err})",
+            "the file is corrupt or truncated; retrain or copy it again",
+        ) from err

@@ -1,0 +1,3 @@
+from simplematch.cli import main
+
+main()

@@ -1,0 +1,325 @@
+"""The ``smatch`` command line. Commands are thin wrappers over library functions; heavy imports (torch,
+onnx, onnxruntime) happen inside each command so ``smatch --help`` is instant.
+
+User errors (:class:`SimpleMatchError`) print one line and exit 2; ``--debug`` (anywhere on the line)
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simplematch.errors import SimpleMatchError
+
+app = typer.Typer(
+    name="smatch",
+    help="SimpleMatch semantic correspondence: train, eval, export, infer, bench. Add --debug for tracebacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Dataset(str, Enum):
+    spair = "spair"
+    pfpascal = "pfpascal"
+    pfwillow = "pfwillow"
+    ap10k = "ap10k"
+    synthetic = "synthetic"
+
+
+class Frame(str, Enum):
+    resized = "resized"
+    original = "original"
+
+
+class Ap10kSplit(str, Enum):
+    intra = "intra"
+    cross_species = "cross-species"
+    cross_family = "cross-family"
+
+
+def _console():  # noqa: ANN202 - rich is imported lazily
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _write_json(path: Path | None, data: dict) -> None:
+    if path is not None:
+        from simplematch.io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (checkpoint, config, metrics).")] = None,
+    preset: Annotated[str, typer.Option(help="Preset name (see `smatch presets`).")] = None,
+    dataset: Annotated[Dataset, typer.Option()] = None,
+    data_root: Annotated[Path, typer.Option(help="Benchmark root in its official layout.")] = None,
+    backbone: Annotated[str, typer.Option(help="timm model name.")] = None,
+    weights: Annotated[Path, typer.Option(help="Local pretrained backbone file (never downloaded).")] = None,
+    img_size: Annotated[int, typer.Option()] = None,
+    window: Annotated[int, typer.Option(help="Window size k of the fine head (0 = whole map).")] = None,
+    batch_size: Annotated[int, typer.Option()] = None,
+    epochs: Annotated[int, typer.Option()] = None,
+    max_steps: Annotated[int, typer.Option(help="Stop after N optimisation steps.")] = None,
+    lr: Annotated[float, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = None,
+    ap10k_split: Annotated[Ap10kSplit, typer.Option()] = None,
+    resume: Annotated[Path, typer.Option(help="Continue the run in this folder with its saved config.")] = None,
+) -> None:
+    """Train SimpleMatch (PyTorch). Writes model.safetensors, config.json, metrics.jsonl, best.json."""
+    from simplematch.config import Config, resolve_config
+    from simplematch.train import train as run_train
+
+    if resume is not None:
+        cfg = Config.load(Path(resume) / "config.json")
+        if max_steps is not None:
+            cfg.max_steps = max_steps
+        out = Path(resume)
+    else:
+        if out is None:
+            raise SimpleMatchError("no output folder given", "pass --out DIR (or --resume DIR)")
+        overrides = dict(
+            dataset=dataset.value if dataset else None,
+            data_root=str(data_root) if data_root else None,
+            backbone=backbone,
+            weights=str(weights) if weights else None,
+            img_size=img_size,
+            batch_size=batch_size,
+            epochs=epochs,
+            max_steps=max_steps,
+            lr=lr,
+            seed=seed,
+            device=device,
+            ap10k_split=ap10k_split.value if ap10k_split else None,
+        )
+        cfg = resolve_config(preset, overrides)
+        if window is not None:
+            cfg.windows = [*cfg.windows[:-1], window]
+    console = _console()
+    console.print(f"training {cfg.backbone} @ {cfg.img_size} on {cfg.dataset} -> {out}")
+    res = run_train(cfg, out, resume=resume is not None, console=console)
+    if res.status == "interrupted":
+        console.print(f"interrupted at step {res.step}; resume with: smatch train --resume {out}")
+        raise typer.Exit(130)
+    best = res.best or {}
+    console.print(
+        f"done: {res.step} steps in {res.seconds:.0f}s; best val PCK@0.1 {best.get('pck', {}).get('0.1', float('nan')):.2f}"
+        f" at step {best.get('step')} -> {out / 'model.safetensors'}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[Path, typer.Argument(help="Checkpoint folder (PyTorch) or MODEL.onnx / MODEL.engine (runtime).")],
+    dataset: Annotated[Dataset, typer.Option()] = Dataset.pfwillow,
+    data_root: Annotated[Path, typer.Option(help="Benchmark root (not needed for synthetic).")] = None,
+    split: Annotated[str, typer.Option()] = "test",
+    alpha: Annotated[list[float], typer.Option(help="PCK thresholds (repeat the option).")] = None,
+    frame: Annotated[Frame, typer.Option(help="Compare in the resized model frame or original pixels.")] = Frame.resized,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    window: Annotated[int, typer.Option(help="Override the fine window size (paper Table 7).")] = None,
+    ap10k_split: Annotated[Ap10kSplit, typer.Option()] = Ap10kSplit.intra,
+    limit: Annotated[int, typer.Option(help="Evaluate only the first N pairs.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic split.")] = 0,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
+) -> None:
+    """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
+    from simplematch.data import load_records
+    from simplematch.cli.evaluation import evaluate_any, print_result
+
+    alphas = tuple(alpha) if alpha else (0.05, 0.1, 0.15)
+    records = load_records(dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed)  # noqa: E501
+    if limit:
+        records = records[:limit]
+    res = evaluate_any(
+        model, records, dataset=dataset.value, split=split, alphas=alphas, frame=frame.value,
+        batch_size=batch_size, device=device, window=window,
+    )  # fmt: skip
+    print_result(res, _console())
+    _write_json(json_out, res)
+
+
+# ------------------------------------------------------------------------------------------------------
+@app.command()
+def stats(
+    dataset: Annotated[Dataset, typer.Option()],
+    data_root: Annotated[Path, typer.Option()] = None,
+    split: Annotated[str, typer.Option()] = "trn",
+    img_size: Annotated[int, typer.Option()] = 256,
+) -> None:
+    """Paper Table 1: keypoints that share a feature cell with another keypoint at 16/32/64 maps."""
+    from rich.table import Table
+
+    from simplematch.data import load_records
+    from simplematch.data.stats import keypoint_fusion_stats
+
+    records = load_records(dataset.value, str(data_root) if data_root else None, split)
+    res = keypoint_fusion_stats(records, img_size=img_size)
+    table = Table(title=f"keypoint fusion, {dataset.value} {split}, input {img_size}")
+    sizes = [k for k in res if k != "total"]
+    for k in sizes:
+        table.add_column(f"{k}x{k}", justify="right")
+    table.add_column("total", justify="right")
+    table.add_row(*[str(res[k]) for k in sizes], str(res["total"]))
+    _console().print(table)
+
+
+@app.command()
+def presets() -> None:
+    """List the configuration presets (paper hyperparameters)."""
+    from simplematch.config import PRESETS
+
+    for name, values in PRESETS.items():
+        typer.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+# ------------------------------------------------------------------------------------------------------
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    trt = "trt"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder made by `smatch train` / `smatch convert`.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="onnx, or trt (TensorRT: NOT exercised by CI).")] = ExportFormat.onnx,  # noqa: E501
+    out: Annotated[Path, typer.Option(help="Output file (default: next to the checkpoint).")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights/activations, float32 I/O.")] = False,
+    batch: Annotated[str, typer.Option(help="Static batch size N, or 'dynamic'.")] = "dynamic",
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 18,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Parity check against PyTorch.")] = True,
+    check_data: Annotated[Path, typer.Option(help="Folder of real images for the check (e.g. PF-WILLOW).")] = None,
+) -> None:
+    """Export to ONNX or a TensorRT engine, with metadata and a built-in parity check.
+
+    The TensorRT path is written against the TensorRT 10/11 Python API but is NOT exercised by this
+    repository's CI (TensorRT cannot be installed there); it needs an NVIDIA GPU and `simplematch[trt]`.
+    """
+    from simplematch.export import export_checkpoint
+
+    if batch != "dynamic" and not batch.isdigit():
+        raise SimpleMatchError(f"--batch {batch!r} is invalid", "pass a positive integer or 'dynamic'")
+    if not Path(checkpoint).is_dir():
+        raise SimpleMatchError(f"checkpoint folder not found: {checkpoint}", "pass a folder made by `smatch train`")
+    res = export_checkpoint(
+        checkpoint, fmt=fmt.value, out=out, fp16=fp16, batch=None if batch == "dynamic" else int(batch),
+        opset=opset, check=check, check_data=check_data,
+    )  # fmt: skip
+    _print_export(res)
+
+
+def _print_export(res: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"exported {res['path']} ({res['format']}, {res['precision']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("seconds", "size_mib"):
+        if key in res:
+            table.add_row(key, f"{res[key]:.2f}")
+    for key, value in (res.get("parity") or {}).items():
+        table.add_row(key, f"{value:.3g}" if isinstance(value, float) else str(value))
+    _console().print(table)
+
+
+@app.command()
+def infer(
+    src: Annotated[Path, typer.Argument(help="Source image.")],
+    tgt: Annotated[Path, typer.Argument(help="Target image.")],
+    kps: Annotated[Path, typer.Option(help='JSON: [[x, y], ...] or {"keypoints": [[x, y], ...]} in source pixels.')],
+    model: Annotated[Path, typer.Option(help="Exported .onnx or .engine (default: runs/demo/model.onnx).")] = None,
+    out: Annotated[Path, typer.Option(help="Write the result JSON here.")] = None,
+    viz: Annotated[Path, typer.Option(help="Write a side-by-side match picture (PNG) here.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda (cuda needs onnxruntime-gpu or TensorRT).")] = "cpu",
+    allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
+) -> None:
+    """Match keypoints from SRC into TGT with the torch-free runtime (numpy + onnxruntime / TensorRT)."""
+    from rich.table import Table
+
+    from simplematch.runtime.infer import run_infer
+
+    res = run_infer(src, tgt, kps, model=model, out=out, viz=viz, device=device, allow_fallback=allow_fallback)
+    table = Table(title=f"{src} -> {tgt} ({res['provider']})")
+    for col in ("#", "source x", "source y", "target x", "target y", "score"):
+        table.add_column(col, justify="right")
+    for i, k in enumerate(res["keypoints"]):
+        table.add_row(str(i), *[f"{v:.1f}" for v in k["source"] + k["target"]], f"{k['score']:.3f}")
+    _console().print(table)
+    t = res["timing_ms"]
+    _console().print(f"preprocess {t['preprocess']:.1f} ms, encode {t['encode']:.1f} ms, match {t['match']:.1f} ms")
+
+
+class Family(str, Enum):
+    dinov2_b14 = "dinov2_b14"
+    ibot_b16 = "ibot_b16"
+    resnet101 = "resnet101"
+
+
+@app.command()
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="The authors' best_model.pth (or ours with --to-official).")],
+    family: Annotated[Family, typer.Option(help="Model family of the file.")],
+    out: Annotated[Path, typer.Option(help="Output folder (or .pth file with --to-official).")],
+    img_size: Annotated[int, typer.Option(help="Input size the model was trained at.")] = None,
+    backbone_weights: Annotated[Path, typer.Option(help="Official backbone file (required for DINOv2).")] = None,
+    to_official: Annotated[bool, typer.Option("--to-official", help="Write our checkpoint in their layout.")] = False,
+) -> None:
+    """Import the authors' released checkpoints (strict key accounting), or write ours in their layout."""
+    from simplematch.cli.convert import run_convert
+
+    run_convert(checkpoint, family.value, out, img_size=img_size, backbone_weights=backbone_weights,
+                to_official=to_official, console=_console())  # fmt: skip
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    willow: Annotated[Path, typer.Option(help="PF-WILLOW root (default ../shared/data/pf-willow if present).")] = None,
+    max_steps: Annotated[int, typer.Option(help="Override the demo_cpu training length.")] = None,
+    bench_iters: Annotated[int, typer.Option(help="Iterations per benchmark cell.")] = 5,
+) -> None:
+    """The whole pipeline on embedded data: train demo_cpu, eval, export, runtime eval, infer, bench, report."""
+    from simplematch.demo import run_demo
+
+    run_demo(out, willow=willow, max_steps=max_steps, bench_iters=bench_iters, console=_console())
+
+
+# ------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app, turning user errors into one line and exit code 2."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        rc = app(args=args, prog_name="smatch", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except SimpleMatchError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,60 @@
+"""One entry point over every dataset reader (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simplematch.config import DATASETS, THRESHOLDS
+from simplematch.data.records import PairRecord
+from simplematch.errors import SimpleMatchError
+
+# PCK normaliser per dataset: spair/ap10k target bbox, pfpascal image, pfwillow keypoint extent,
+# synthetic image.
+THRESHOLD_KIND: dict[str, str] = dict(THRESHOLDS)
+
+
+def load_records(
+    dataset: str,
+    data_root: str | Path | None,
+    split: str,
+    *,
+    ap10k_split: str = "intra",
+    seed: int = 0,
+    n_pairs: int | None = None,
+) -> list[PairRecord]:
+    """Records of ``split`` (trn/train, val, test). ``n_pairs`` keeps the first n (synthetic: generates n).
+
+    PF-PASCAL uses the CSV keypoints when the CSV has them (val/test) and the .mat keypoints otherwise.
+    """
+    if dataset not in DATASETS:
+        raise SimpleMatchError(f"unknown dataset '{dataset}'", f"use one of {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        from simplematch.data.synthetic import read_synthetic
+
+        return read_synthetic(split, seed=seed, n_pairs=n_pairs)
+    if data_root is None:
+        raise SimpleMatchError(f"dataset '{dataset}' needs a data root", "pass --data-root <dataset folder>")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise SimpleMatchError(f"data root {root} is not a folder", "pass the dataset folder as --data-root")
+    if dataset == "spair":
+        from simplematch.data.spair import read_spair
+
+        records = read_spair(root, split)
+    elif dataset == "pfpascal":
+        from simplematch.data.pfpascal import read_pfpascal
+
+        records = read_pfpascal(root, split)
+    elif dataset == "pfwillow":
+        from simplematch.data.pfwillow import read_pfwillow
+
+        records = read_pfwillow(root, split)
+    else:
+        from simplematch.data.ap10k import read_ap10k
+
+        records = read_ap10k(root, split, ap10k_split=ap10k_split)
+    if n_pairs is not None:
+        if n_pairs < 1:
+            raise SimpleMatchError(f"n_pairs={n_pairs}", "pass n_pairs >= 1")
+        records = records[:n_pairs]
+    return records

@@ -1,0 +1,153 @@
+"""PF-PASCAL reader (the usual layout of the CATs / NC-Net releases).
+
+``root`` holds ``{trn,val,test}_pairs.csv`` and ``PF-dataset-PASCAL/{JPEGImages,Annotations}``. CSV columns:
+``source_image, target_image, class`` (1..20) and, in the val/test lists, ``XA, YA, XB, YB`` with the keypoint
+coordinates of each image separated by ``;``. Per-image annotations live in
+``PF-dataset-PASCAL/Annotations/<class>/<name>.mat`` (``kps``: N x 2 with NaN rows for absent keypoints,
+``bbox``: 1 x 4 ``[x1, y1, x2, y2]``).
+
+Keypoint source (``kps_source``): ``"auto"`` (default, used by :func:`load_records`) takes the CSV keypoints
+when the CSV has XA/YA/XB/YB columns (val/test) and the .mat keypoints otherwise (trn); ``"csv"`` or ``"mat"``
+force one. The bbox comes from the .mat when the file exists (it is optional with CSV keypoints: PF-PASCAL is
+scored with the image threshold). Coordinates are used as stored (as the released code and published numbers).
+A keypoint is dropped when it is NaN/missing in EITHER image of the pair (the released code filtered each
+image on its own, which misaligns the two lists whenever the NaN rows differ).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from simplematch.data.matfile import read_mat
+from simplematch.data.records import PairRecord, mutual_valid, normalise_split, read_text_file
+from simplematch.errors import SimpleMatchError
+
+FIX = "re-download PF-PASCAL; pass the folder holding <split>_pairs.csv and PF-dataset-PASCAL/ as --data-root"
+CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+KPS_SOURCES = ("auto", "csv", "mat")
+
+
+def _floats(text: str, where: str) -> np.ndarray:
+    """``"1.5;2;nan"`` -> float64 array; empty fields and 'nan' become NaN (absent keypoints)."""
+    vals = []
+    for tok in str(text).split(";"):
+        tok = tok.strip()
+        if tok == "" or tok.lower() == "nan":
+            vals.append(np.nan)
+            continue
+        try:
+            v = float(tok)
+        except ValueError as err:
+            raise SimpleMatchError(f"{where}: '{tok[:20]}' is not a number", FIX) from err
+        if np.isinf(v):
+            raise SimpleMatchError(f"{where}: infinite coordinate", FIX)
+        vals.append(v)
+    return np.asarray(vals, dtype=np.float64)
+
+
+def read_pascal_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(kps (N, 2) with NaN rows, bbox (4,) or None) from one PF-PASCAL annotation .mat."""
+    mat = read_mat(path, FIX)
+    if "kps" not in mat:
+        raise SimpleMatchError(f"{path}: no 'kps' variable", FIX)
+    try:
+        kps = np.asarray(mat["kps"], dtype=np.float64)
+        box = np.asarray(mat["bbox"], dtype=np.float64).reshape(-1) if "bbox" in mat else None
+    except (TypeError, ValueError) as err:
+        raise SimpleMatchError(f"{path}: 'kps'/'bbox' are not numeric", FIX) from err
+    if kps.size == 0:
+        kps = kps.reshape(0, 2)
+    if kps.ndim != 2 or kps.shape[1] != 2:
+        raise SimpleMatchError(f"{path}: 'kps' has shape {kps.shape}, expected N x 2", FIX)
+    if np.isinf(kps).any():
+        raise SimpleMatchError(f"{path}: 'kps' holds infinite values", FIX)
+    if box is not None:
+        if box.shape != (4,) or not np.isfinite(box).all() or box[2] < box[0] or box[3] < box[1]:
+            raise SimpleMatchError(f"{path}: 'bbox' must be 4 finite numbers [x1, y1, x2, y2]", FIX)
+    return kps, box
+
+
+def parse_pfpascal_csv(text: str, path: Path, root: Path, kps_source: str = "auto") -> list[PairRecord]:
+    """Decoded CSV text -> records (the .mat files are read only when needed or present)."""
+    if kps_source not in KPS_SOURCES:
+        raise SimpleMatchError(
+            f"unknown PF-PASCAL keypoint source '{kps_source}'", f"use {', '.join(KPS_SOURCES)}"
+        )
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as err:
+        raise SimpleMatchError(f"{path} is not a valid CSV ({err})", FIX) from err
+    if not rows:
+        raise SimpleMatchError(f"{path} is empty", FIX)
+    header = [h.strip() for h in rows[0]]
+    for col in ("source_image", "target_image", "class"):
+        if col not in header:
+            raise SimpleMatchError(f"{path}: missing column '{col}'", FIX)
+    has_csv_kps = all(c in header for c in ("XA", "YA", "XB", "YB"))
+    use_csv = kps_source == "csv" or (kps_source == "auto" and has_csv_kps)
+    if use_csv and not has_csv_kps:
+        raise SimpleMatchError(f"{path}: no XA/YA/XB/YB keypoint columns", "use kps_source='mat'")
+    col = {name: header.index(name) for name in header}
+    pascal = root / "PF-dataset-PASCAL"
+    records = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where = f"{path} line {line}"
+        if len(row) != len(header):
+            raise SimpleMatchError(f"{where}: {len(row)} fields, header has {len(header)}", FIX)
+        src_name, trg_name = row[col["source_image"]].strip(), row[col["target_image"]].strip()
+        if not src_name or not trg_name or ".." in Path(src_name).parts or ".." in Path(trg_name).parts:
+            raise SimpleMatchError(f"{where}: bad image path", FIX)
+        try:
+            cls_id = int(row[col["class"]])
+        except ValueError as err:
+            raise SimpleMatchError(f"{where}: class must be an integer 1..20", FIX) from err
+        if not 1 <= cls_id <= len(CLASSES):
+            raise SimpleMatchError(f"{where}: class {cls_id} outside 1..20", FIX)
+        cls = CLASSES[cls_id - 1]
+        mats = [pascal / "Annotations" / cls / (Path(n).stem + ".mat") for n in (src_name, trg_name)]
+        boxes: list[np.ndarray | None] = [None, None]
+        if use_csv:
+            xa, ya = _floats(row[col["XA"]], where), _floats(row[col["YA"]], where)
+            xb, yb = _floats(row[col["XB"]], where), _floats(row[col["YB"]], where)
+            if not len(xa) == len(ya) == len(xb) == len(yb):
+                raise SimpleMatchError(f"{where}: XA, YA, XB, YB hold different numbers of values", FIX)
+            src, trg = np.stack([xa, ya], axis=1), np.stack([xb, yb], axis=1)
+            for i, m in enumerate(mats):
+                if m.is_file():
+                    boxes[i] = read_pascal_mat(m)[1]
+        else:
+            (src, boxes[0]), (trg, boxes[1]) = read_pascal_mat(mats[0]), read_pascal_mat(mats[1])
+            if len(src) != len(trg):
+                raise SimpleMatchError(f"{mats[0]} and {mats[1]} hold different numbers of keypoints", FIX)
+        src, trg = mutual_valid(src, trg)
+        records.append(
+            PairRecord(
+                src_image=root / src_name,
+                trg_image=root / trg_name,
+                src_kps=src,
+                trg_kps=trg,
+                category=cls,
+                pair_id=f"{line - 1:06d}-{Path(src_name).stem}-{Path(trg_name).stem}",
+                src_bbox=boxes[0],
+                trg_bbox=boxes[1],
+                dataset="pfpascal",
+                meta={"kps_source": "csv" if use_csv else "mat"},
+            )
+        )
+    return records
+
+
+def read_pfpascal(root: str | Path, split: str, *, kps_source: str = "auto") -> list[PairRecord]:
+    root = Path(root)
+    path = root / f"{normalise_split(split)}_pairs.csv"
+    return parse_pfpascal_csv(read_text_file(path, FIX), path, root, kps_source)

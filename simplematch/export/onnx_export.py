@@ -1,0 +1,178 @@
+"""Export a checkpoint to ONNX: encoder + decoder + 1/4 head + L2 normalisation (``smatch export``).
+
+Graph: input ``image`` (B, 3, S, S) float32 RGB in [0, 1] -> output ``features`` (B, C, S/4, S/4) float32,
+L2-normalised along C. ImageNet normalisation is inside the graph; matching stays outside (the runtime
+does it, so one image's features can be matched against many others). LoRA is merged first, the model is
+in eval mode, and ViTs are built at S so the graph holds no position-embedding resize.
+
+Every file is written to a temporary path, checked (``onnx.checker`` full check + torch-vs-onnxruntime
+parity), stamped with metadata (including the parity numbers), and only then renamed into place: a
+failed check leaves no half-written model behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+import simplematch
+from simplematch.config import Config
+from simplematch.errors import SimpleMatchError
+from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
+from simplematch.io import atomic_path, sha256_file
+from simplematch.metadata import INPUT_NAME, OUTPUT_NAME, ModelMeta
+
+MIN_OPSET = 17  # LayerNormalization is a single node from opset 17
+DEFAULT_OPSET = 18
+# fp16 conversion keeps these ops in float32: LayerNorm/softmax/reductions lose too much in half precision,
+# and the final L2 normalisation must stay exact enough for cosine matching.
+FP16_KEEP_FP32_OPS = [
+    "LayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    "Pow",
+    "Sqrt",
+    "Div",
+    "Erf",
+    "Resize",
+]
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    precision: str
+    seconds: float
+    size_mib: float
+    parity: dict[str, Any] = field(default_factory=dict)
+
+
+class FeatureExtractor(torch.nn.Module):
+    """The exported function: ``image`` -> L2-normalised fine-head ``features``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(image)
+
+
+def prepare_for_export(model: torch.nn.Module) -> torch.nn.Module:
+    """Merge LoRA into plain weights and switch to eval (dropout off, BatchNorm running statistics)."""
+    if hasattr(model, "merge_lora"):
+        model.merge_lora()
+    return model.eval().float()
+
+
+def build_meta(cfg: Config, *, stride: float, checkpoint_sha256: str, precision: str, opset: int) -> ModelMeta:
+    return ModelMeta(
+        version=simplematch.__version__,
+        backbone=cfg.backbone,
+        img_size=cfg.img_size,
+        stride=stride,
+        window=cfg.fine_window,
+        beta=cfg.beta,
+        coord=cfg.coord,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        precision=precision,
+        opset=opset,
+        checkpoint_sha256=checkpoint_sha256,
+        config=cfg.to_dict(),
+    )
+
+
+def set_metadata(model_proto: onnx.ModelProto, meta: ModelMeta) -> None:
+    del model_proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    model_proto.producer_name = "simplematch"
+    model_proto.producer_version = simplematch.__version__
+
+
+def export_onnx_proto(model: torch.nn.Module, img_size: int, *, opset: int, batch: int | None) -> onnx.ModelProto:
+    """torch.onnx.export with the dynamo exporter; ``batch=None`` means a dynamic batch dimension."""
+    if opset < MIN_OPSET:
+        raise SimpleMatchError(f"opset {opset} is too old", f"use --opset {MIN_OPSET} or newer (LayerNorm as one node)")
+    wrapper = FeatureExtractor(model).eval()
+    example = torch.rand(batch or 2, 3, img_size, img_size)
+    dynamic = None if batch else {"image": {0: torch.export.Dim("batch", min=1, max=1024)}}
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            external_data=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def to_fp16(model_proto: onnx.ModelProto) -> onnx.ModelProto:
+    """float16 weights and activations, float32 inputs/outputs, precision-critical ops kept in float32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model_proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    cfg: Config,
+    out: Path,
+    *,
+    checkpoint_sha256: str,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    check: bool = True,
+    check_images: list[np.ndarray] | None = None,
+) -> ExportResult:
+    """Export (+ optional parity check) to ``out`` atomically. Raises SimpleMatchError on a failed check."""
+    from simplematch.export.parity import parity_check
+
+    t0 = time.time()
+    model = prepare_for_export(model)
+    proto = export_onnx_proto(model, cfg.img_size, opset=opset, batch=batch)
+    if fp16:
+        proto = to_fp16(proto)
+    precision = "fp16" if fp16 else "fp32"
+    with torch.no_grad():
+        side = model.encode(torch.zeros(1, 3, cfg.img_size, cfg.img_size)).shape[-1]
+    meta = build_meta(cfg, stride=cfg.img_size / side, checkpoint_sha256=checkpoint_sha256, precision=precision, opset=opset)  # noqa: E501
+    set_metadata(proto, meta)
+    with atomic_path(out) as tmp:
+        onnx.save_model(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+            raise SimpleMatchError(f"exported graph fails onnx.checker ({err})", "report this as a bug") from err
+        parity: dict[str, Any] = {}
+        if check:
+            parity = parity_check(model, tmp, cfg, images=check_images, precision=precision, batch=batch)
+            meta.parity = parity
+            set_metadata(proto, meta)
+            onnx.save_model(proto, str(tmp))
+    return ExportResult(
+        path=out, precision=precision, seconds=time.time() - t0, size_mib=out.stat().st_size / 2**20, parity=parity
+    )
+
+
+def checkpoint_sha(ckpt_dir: Path) -> str:
+    weights = Path(ckpt_dir) / "model.safetensors"
+    return sha256_file(weights) if weights.is_file() else ""

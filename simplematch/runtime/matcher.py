@@ -1,0 +1,192 @@
+"""The runtime's public API: encode each image once, match as many keypoint sets as wanted.
+
+>>> m = Matcher("runs/demo/model.onnx")                       # doctest: +SKIP
+>>> src, trg = m.encode([m.prepare("a.jpg"), m.prepare("b.jpg")])  # doctest: +SKIP
+>>> res = m.match(src, trg, np.array([[10.0, 20.0]]))          # doctest: +SKIP
+>>> res.target_kps, res.score                                  # doctest: +SKIP
+
+Keypoints go in and come out in *original image* pixels (x, y): source keypoints are scaled into the
+model's ``S x S`` frame with the source image's size, matched there exactly as the PyTorch evaluation does,
+and the predictions are scaled back with the *target* image's size. Preprocessing is
+:func:`simplematch.image.resize_square`, the one shared with the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from simplematch.errors import SimpleMatchError
+from simplematch.image import load_image, resize_square, to_image_frame, to_model_frame, to_rgb_uint8
+from simplematch.metadata import ModelMeta
+from simplematch.runtime.backends import Backend, load_backend
+from simplematch.runtime.matching import match_keypoints
+
+ImageLike = np.ndarray | str | Path | Image.Image
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image ready for the model: ``tensor`` (3, S, S) float32 in [0, 1], original ``hw`` = (h, w)."""
+
+    tensor: np.ndarray
+    hw: tuple[int, int]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Features:
+    """One encoded image: ``map`` (C, h, w) float32 and the original image size ``hw`` = (h, w)."""
+
+    map: np.ndarray
+    hw: tuple[int, int]
+    name: str | None = None
+
+
+@dataclass
+class MatchResult:
+    """Matches of N source keypoints.
+
+    ``source_kps`` / ``target_kps``: (N, 2) pixels (x, y) in the source / target image;
+    ``target_kps_model``: (N, 2) the same predictions in the model's S x S frame (what the PyTorch evaluation
+    scores in the "resized" frame); ``score``: (N,) peak cosine similarity; ``peak_mass``: (N,) soft-argmax
+    mass of the peak cell; ``timing_ms``: filled by :meth:`Matcher.match_images` only.
+    """
+
+    source_kps: np.ndarray
+    target_kps: np.ndarray
+    target_kps_model: np.ndarray
+    score: np.ndarray
+    peak_mass: np.ndarray
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+def as_rgb_uint8(image: ImageLike) -> np.ndarray:
+    """A path, a Pillow image or an (H, W, 3) uint8 array -> (H, W, 3) uint8 RGB."""
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb_uint8(image)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 2:
+        raise SimpleMatchError(
+            f"image array must be (H, W, 3) uint8 RGB of at least 2x2 px, got {arr.shape} {arr.dtype}",
+            "pass a file path, a PIL image or convert the array (e.g. np.asarray(img.convert('RGB')))",
+        )
+    return arr
+
+
+def _check_kps(kps: np.ndarray | Sequence[Sequence[float]], what: str) -> np.ndarray:
+    arr = np.asarray(kps, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, 2)
+    if arr.ndim != 2 or arr.shape[1] != 2 or not np.isfinite(arr).all():
+        raise SimpleMatchError(
+            f"{what} must be an (N, 2) array of finite (x, y) pixels, got {arr.shape}", None
+        )
+    return arr
+
+
+class Matcher:
+    """Encode once, match many: a backend (.onnx / .engine) plus the matching of the PyTorch evaluation."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "cpu",
+        allow_fallback: bool = False,
+        *,
+        backend: Backend | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.backend = backend if backend is not None else load_backend(model_path, device, allow_fallback)
+        self.batch_size = max(1, int(batch_size))
+
+    @property
+    def meta(self) -> ModelMeta:
+        return self.backend.meta
+
+    @property
+    def provider(self) -> str:
+        return self.backend.provider
+
+    @property
+    def runtime(self) -> str:
+        return self.backend.runtime
+
+    def prepare(self, image: ImageLike) -> Prepared:
+        """Image (path / PIL / uint8 RGB array) -> resized model input, keeping the original (h, w)."""
+        name = str(image) if isinstance(image, (str, Path)) else None
+        rgb = as_rgb_uint8(image)
+        return Prepared(resize_square(rgb, self.meta.img_size), (int(rgb.shape[0]), int(rgb.shape[1])), name)
+
+    def encode(self, images: Sequence[Prepared | ImageLike]) -> list[Features]:
+        """Encode images in batches of ``batch_size``; unprepared images are prepared first."""
+        prepared = [im if isinstance(im, Prepared) else self.prepare(im) for im in images]
+        out: list[Features] = []
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start : start + self.batch_size]
+            feats = self.backend.encode(np.stack([p.tensor for p in chunk]))
+            out.extend(Features(f, p.hw, p.name) for f, p in zip(feats, chunk, strict=True))
+        return out
+
+    def match(
+        self,
+        src: Features,
+        trg: Features,
+        src_kps: np.ndarray | Sequence[Sequence[float]],
+        *,
+        window: int | None = None,
+    ) -> MatchResult:
+        """Match (N, 2) source-image pixels -> target-image pixels (plus scores), with the model's metadata.
+
+        ``window`` overrides the metadata's fine window (0 = whole map), as ``smatch eval --window``.
+        """
+        meta = self.meta
+        kps = _check_kps(src_kps, "source keypoints")
+        if src.map.shape != trg.map.shape:
+            raise SimpleMatchError(
+                f"feature maps differ: {src.map.shape} vs {trg.map.shape}",
+                "encode both images with this Matcher",
+            )
+        kps_model = to_model_frame(kps, src.hw, meta.img_size)
+        pred, peak, mass = match_keypoints(
+            src.map,
+            trg.map,
+            kps_model,
+            meta.img_size,
+            meta.window if window is None else window,
+            meta.beta,
+            meta.coord,
+        )
+        return MatchResult(
+            source_kps=kps,
+            target_kps=to_image_frame(pred, trg.hw, meta.img_size),
+            target_kps_model=pred,
+            score=peak.astype(np.float64),
+            peak_mass=mass,
+        )
+
+    def match_images(
+        self, src: ImageLike, trg: ImageLike, src_kps: np.ndarray | Sequence[Sequence[float]]
+    ) -> MatchResult:
+        """prepare + encode (one batch of two) + match, with ``timing_ms`` {preprocess, encode, match}."""
+        t0 = time.perf_counter()
+        prepared = [self.prepare(src), self.prepare(trg)]
+        t1 = time.perf_counter()
+        fsrc, ftrg = self.encode(prepared)
+        t2 = time.perf_counter()
+        result = self.match(fsrc, ftrg, src_kps)
+        t3 = time.perf_counter()
+        result.timing_ms = {
+            "preprocess": (t1 - t0) * 1e3,
+            "encode": (t2 - t1) * 1e3,
+            "match": (t3 - t2) * 1e3,
+        }
+        return result

@@ -1,0 +1,345 @@
+"""Training loop (``smatch train``): Adam + per-iteration StepLR, multi-scale L2 loss, best-by-val-PCK.
+
+Output folder::
+
+    config.json          resolved config (written first; ``--resume`` reads it back)
+    model.safetensors    best weights by validation PCK@0.1  (+ best.json: step, epoch, pck)
+    metrics.jsonl        one JSON object per logged step / validation
+    last.json            pointer to the newest complete resumable checkpoint ``ckpt-<step>/``
+    ckpt-<step>/         model.safetensors + state.pt (optimiser, scheduler, scaler, step, RNG states)
+
+Fault tolerance: every file is written atomically and ``last.json`` is switched only after a checkpoint
+folder is complete, so a run killed at any moment resumes from the last complete one. SIGINT/SIGTERM
+finish the current step, save, and exit with a message saying how to resume. A non-finite loss stops the
+run before anything is saved from the bad step.
+
+Determinism: the batch order of epoch ``e`` comes from a generator seeded with ``(seed, e)`` and the
+augmentation of item ``i`` from ``(seed, e, i)``; dropout uses the global torch RNG, saved with the
+checkpoint. So N steps == N/2 steps + resume + N/2 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from simplematch import distributed as dist_utils
+from simplematch.checkpoint import load_model_weights, save_checkpoint
+from simplematch.config import THRESHOLDS, Config
+from simplematch.data import load_records
+from simplematch.data.dataset import PairDataset, collate_pairs
+from simplematch.errors import SimpleMatchError
+from simplematch.evaluate import evaluate_model
+from simplematch.io import atomic_path, atomic_write_text, ensure_writable_dir
+from simplematch.matching import keypoint_loss
+
+TRAIN_SPLIT = "trn"
+VAL_SPLIT = "val"
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SimpleMatchError("CUDA was requested but torch sees no GPU", "pass --device cpu or install a CUDA build")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(legacy=False),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "interrupted"
+    step: int
+    best: dict[str, Any] | None
+    out_dir: Path
+    seconds: float
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a resumable checkpoint at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+
+@contextmanager
+def _catch_signals(flag: _StopFlag) -> Iterator[None]:
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, flag)
+    except ValueError:  # not the main thread (e.g. called from a worker): no handlers, still trains
+        old = {}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled, rank-sharded, full batches for one epoch (deterministic in seed and epoch)."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=gen).tolist()
+    perm = perm[dist_utils.rank() :: dist_utils.world_size()]
+    return [perm[i : i + batch_size] for i in range(0, len(perm) - batch_size + 1, batch_size)]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)  # stepped per iteration
+    return opt, sched
+
+
+def _save_resumable(out: Path, model: torch.nn.Module, cfg: Config, state: dict[str, Any], step: int) -> None:
+    """Write ckpt-<step>/ completely, then switch last.json to it, then drop older checkpoint folders."""
+    ckpt = out / f"ckpt-{step:08d}"
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    save_checkpoint(model, cfg, ckpt)
+    with atomic_path(ckpt / "state.pt") as tmp:
+        torch.save(state, tmp)
+    atomic_write_text(out / "last.json", json.dumps({"checkpoint": ckpt.name, "step": step}) + "\n")
+    for old in out.glob("ckpt-*"):
+        if old != ckpt and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_resume_state(out: Path) -> tuple[Path, dict[str, Any]]:
+    pointer = out / "last.json"
+    if not pointer.is_file():
+        raise SimpleMatchError(f"{out} has no last.json", "resume a folder written by `smatch train` (or start anew)")
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SimpleMatchError(f"{pointer} is malformed", "delete it and restart the run") from err
+    ckpt = out / name
+    try:
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise SimpleMatchError(f"cannot read {ckpt / 'state.pt'} ({err})", "restart the run without --resume") from err
+    return ckpt, state
+
+
+def _log(out: Path, row: dict[str, Any]) -> None:
+    if dist_utils.is_main():
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(out: Path, step: int) -> None:
+    """On resume drop log lines written after the checkpoint we resume from (they will be redone)."""
+    path = out / "metrics.jsonl"
+    if not path.is_file() or not dist_utils.is_main():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    console: Any = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg`` into ``out_dir`` (see module docstring). Returns how the run ended."""
+    from simplematch.model import SimpleMatch
+
+    t0 = time.time()
+    out = Path(out_dir)
+    device = select_device(cfg.device)
+    dist_utils.init_from_env(device)
+    device = dist_utils.local_device(device)
+    ensure_writable_dir(out)
+
+    if cfg.dataset == "pfwillow":
+        raise SimpleMatchError("PF-WILLOW has no training split", "train on spair or pfpascal, evaluate on pfwillow")
+    train_records = load_records(cfg.dataset, cfg.data_root, TRAIN_SPLIT, ap10k_split=cfg.ap10k_split, seed=cfg.seed, n_pairs=cfg.synthetic_pairs if cfg.dataset == "synthetic" else None)  # noqa: E501
+    val_records = load_records(cfg.dataset, cfg.data_root, VAL_SPLIT, ap10k_split=cfg.ap10k_split, seed=cfg.seed, n_pairs=cfg.synthetic_val_pairs if cfg.dataset == "synthetic" else None)  # noqa: E501
+    if cfg.val_pairs is not None:
+        val_records = val_records[: cfg.val_pairs]
+    if len(train_records) < cfg.batch_size * dist_utils.world_size():
+        raise SimpleMatchError(
+            f"only {len(train_records)} training pairs for batch size {cfg.batch_size}", "lower --batch-size"
+        )
+
+    seed_everything(cfg.seed + dist_utils.rank())
+    model = SimpleMatch(cfg).to(device)
+    opt, sched = build_optimizer(model, cfg)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    step, epoch, batch_in_epoch, best = 0, 0, 0, None
+    if resume:
+        ckpt, state = load_resume_state(out)
+        load_model_weights(model, ckpt / "model.safetensors")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        best = json.loads(state["best"]) if state.get("best") else None
+        set_rng_state(state["rng"][min(dist_utils.rank(), len(state["rng"]) - 1)])
+        _truncate_metrics(out, step)
+    elif dist_utils.is_main():
+        cfg.save(out / "config.json")
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+
+    train_ds = PairDataset(train_records, cfg.img_size, augment=cfg.augment, seed=cfg.seed, threshold_kind=THRESHOLDS[cfg.dataset])  # noqa: E501
+    ddp_model: torch.nn.Module = model
+    if dist_utils.is_distributed():
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    steps_per_epoch = len(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, 0))
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every or steps_per_epoch
+    flag = _StopFlag()
+    progress = _progress(console, show_progress and dist_utils.is_main())
+
+    def save_state() -> None:
+        rngs = dist_utils.gather_objects(rng_state())
+        if dist_utils.is_main():
+            state = {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "best": json.dumps(best) if best else "",
+                "rng": rngs,
+            }
+            _save_resumable(out, model, cfg, state, step)
+        dist_utils.barrier()
+
+    def validate() -> dict[str, Any]:
+        nonlocal best
+        res = evaluate_model(
+            model, cfg, val_records, dataset=cfg.dataset, split=VAL_SPLIT, batch_size=cfg.batch_size, device=device
+        )
+        row = {"step": step, "epoch": epoch, "val_pck": res["pck"], "val_pairs": res["pairs"]}
+        _log(out, row)
+        score = res["pck"].get("0.1", float("nan"))
+        if best is None or (not math.isnan(score) and score > best["pck"]["0.1"]):
+            best = {"step": step, "epoch": epoch, "pck": res["pck"], "pairs": res["pairs"]}
+            if dist_utils.is_main():
+                save_checkpoint(model, cfg, out)
+                atomic_write_text(out / "best.json", json.dumps(best, indent=2) + "\n")
+        return res
+
+    status = "finished"
+    with _catch_signals(flag), progress as bar:
+        task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
+        while step < total:
+            batches = epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch)
+            if hasattr(train_ds, "set_epoch"):
+                train_ds.set_epoch(epoch)
+            loader = DataLoader(
+                train_ds, batch_sampler=batches[batch_in_epoch:], num_workers=cfg.num_workers, collate_fn=collate_pairs
+            )
+            ddp_model.train()
+            for batch in loader:
+                src = batch["src_img"].to(device, non_blocking=True)
+                trg = batch["trg_img"].to(device, non_blocking=True)
+                src_kps = batch["src_kps"].to(device)
+                trg_kps = batch["trg_kps"].to(device)
+                valid = batch["valid"].to(device)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    preds = ddp_model(src, trg, src_kps)
+                # Eq. 14: equal-weight sum of the per-head losses (eq. 13), computed in float32.
+                losses = [keypoint_loss(p.float(), trg_kps, valid) for p in preds]
+                loss = torch.stack(losses).sum()
+                if not torch.isfinite(loss):
+                    raise SimpleMatchError(
+                        f"loss became {float(loss)} at step {step + 1}; the last good checkpoint in {out} is intact",
+                        "lower --lr (or check the data), then `smatch train --resume` or restart",
+                    )
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                batch_in_epoch += 1
+                loss_avg = dist_utils.all_reduce_sum([float(loss)], device)[0] / dist_utils.world_size()
+                bar.update(task, completed=step, loss=loss_avg)
+                if step % 10 == 0 or step == 1:
+                    _log(out, {"step": step, "epoch": epoch, "loss": loss_avg, "lr": sched.get_last_lr()[0],
+                               "head_losses": [float(x) for x in losses], "time": round(time.time() - t0, 2)})  # fmt: skip
+                if step % eval_every == 0 or step == total:
+                    validate()
+                    save_state()
+                if flag.signum is not None or step >= total:
+                    break
+            if flag.signum is not None:
+                if step % eval_every != 0 and step != total:
+                    save_state()
+                status = "interrupted"
+                break
+            if step < total and batch_in_epoch >= len(batches):
+                epoch, batch_in_epoch = epoch + 1, 0
+    return TrainResult(status=status, step=step, best=best, out_dir=out, seconds=time.time() - t0)
+
+
+def _progress(console: Any, enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
