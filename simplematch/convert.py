@@ -209,6 +209,8 @@ def convert_official(
     model = SimpleMatch(cfg, backbone_kwargs=backbone_kwargs)
     report = load_official_state(model, sd, family)
     report["file"] = str(best_model_pth)
+    if model.pretrained_report is not None:  # DINOv2: accounting of the backbone_weights file too
+        report["backbone_weights"] = {"file": str(backbone_weights), **model.pretrained_report}
     if note:
         report["note"] = note
     return model.eval(), cfg, report
@@ -312,21 +314,19 @@ def to_official(model: SimpleMatch, cfg: Config) -> dict[str, torch.Tensor]:
                 out[RESNET_PREFIX + k[len("decoder.") :]] = v
         table = _RESNET_DECODER
         unused_conv = None
-    # Decoder: parameters first, then BN buffers (the order of their ViT state_dict override).
-    inverse = {ours: theirs for theirs, ours in table.items()}
+    # Decoder. Their ViT state_dict override writes parameters first, then BN buffers; the ResNet file has
+    # the ordinary per-module order. (Order does not matter for loading; it keeps the files comparable.)
+    vit_layout = unused_conv is not None
     params, buffers = {}, {}
-    buffer_names = {name for name, _ in model.named_buffers()}
-    for theirs in table:
-        if (
-            unused_conv is not None and theirs == "conv_refine1"
-        ):  # keep their order: trans_conv1, trans_conv2, ...
+    buffer_names = {name for name, _ in model.named_buffers()} if vit_layout else set()
+    for theirs, ours in table.items():
+        if vit_layout and theirs == "conv_refine1":  # their order: trans_conv1, trans_conv2, conv_refine1...
             params["trans_conv2.weight"] = torch.zeros_like(unused_conv[0])
             params["trans_conv2.bias"] = torch.zeros_like(unused_conv[1])
-        prefix = f"decoder.{table[theirs]}."
+        prefix = f"decoder.{ours}."
         for k, v in sd.items():
             if k.startswith(prefix):
-                name = f"{inverse[table[theirs]]}.{k[len(prefix) :]}"
-                (buffers if k in buffer_names else params)[name] = v
+                (buffers if k in buffer_names else params)[f"{theirs}.{k[len(prefix) :]}"] = v
     out.update(params)
     out.update(buffers)
     return out

@@ -423,8 +423,10 @@ class SimpleMatch(nn.Module):
         if cfg.finetune == "lora":
             self._add_lora()
         self.lora_merged = False
+        # Key accounting of the pretrained backbone load ({"loaded": n, "ignored": {key: reason}}), if any.
+        self.pretrained_report: dict[str, Any] | None = None
         if cfg.weights:
-            self.load_backbone_weights(cfg.weights)
+            self.pretrained_report = self.load_backbone_weights(cfg.weights)
         self._set_trainable()
 
     # ---- construction helpers -----------------------------------------------------------------------

@@ -299,6 +299,35 @@ def demo(
     run_demo(out, willow=willow, max_steps=max_steps, bench_iters=bench_iters, console=_console())
 
 
+@app.command()
+def bench(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (default: random init).")] = None,
+    model: Annotated[list[Path], typer.Option("--model", help="An .onnx / .engine (repeatable).")] = None,
+    runtime: Annotated[list[str], typer.Option(help="torch,onnx,onnx-fp16,trt,trt-fp16")] = None,
+    batch: Annotated[list[str], typer.Option(help="Batch sizes (1,8 or repeat; default 1,8).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed iterations per cell.")] = 2,
+    iters: Annotated[int, typer.Option(help="Timed iterations per cell.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Fresh worker processes per cell (medians).")] = 1,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here (atomically).")] = None,
+    train_memory: Annotated[bool, typer.Option("--train-memory", help="Also training-step memory.")] = False,
+    preset: Annotated[str, typer.Option(help="Preset of the random-init model.")] = "demo_cpu",
+    backbone: Annotated[str, typer.Option(help="Override the preset's timm backbone.")] = None,
+    img_size: Annotated[int, typer.Option(help="Override the preset's input size.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """Throughput, latency, peak memory and matching share per runtime (each in a fresh process)."""
+    from simplematch.bench import parse_batches, print_bench, run_bench, split_values
+
+    console = _console()
+    res = run_bench(
+        checkpoint=checkpoint, models=model or [], runtimes=split_values(runtime) or None,
+        batches=parse_batches(batch), warmup=warmup, iters=iters, repeats=repeats, train_memory=train_memory,
+        preset=preset, overrides={"backbone": backbone, "img_size": img_size}, device=device,
+        json_path=json_out, log=lambda msg: console.print(msg),
+    )  # fmt: skip
+    print_bench(res, console)
+
+
 # ------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, turning user errors into one line and exit code 2."""

@@ -128,7 +128,40 @@ def to_fp16(model_proto: onnx.ModelProto) -> onnx.ModelProto:
     """float16 weights and activations, float32 inputs/outputs, precision-critical ops kept in float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(model_proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model_proto)
+    # Stale float32 value_info from the exporter contradicts the converted types (checker TypeInferenceError);
+    # drop it before and after, shapes are re-inferred by onnxruntime/checker anyway.
+    del proto.graph.value_info[:]
+    converted = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
+    del converted.graph.value_info[:]
+    topological_sort(converted.graph)
+    return converted
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so every input is produced before use (in place).
+
+    onnxruntime's fp16 converter appends the input Cast nodes (keep_io_types) after their consumers,
+    which onnx.checker rejects; neither onnx nor onnxruntime ships a sort for a GraphProto, so this is a
+    plain Kahn sort (stable: keeps the original order among ready nodes).
+    """
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise SimpleMatchError("exported graph has a cycle or a dangling input", "report this as a bug")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def export_onnx(

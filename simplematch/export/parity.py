@@ -120,7 +120,7 @@ def parity_check(
     """Torch vs onnxruntime (CPU) on ``images`` (default: synthetic pairs). Raises on an fp32 failure."""
     import onnxruntime as ort
 
-    source = "given images"
+    source = f"{len(images)} real images" if images is not None else ""
     if images is None:
         images, source = synthetic_images(), "synthetic pairs"
     x = np.stack([resize_square(im, cfg.img_size) for im in images])
