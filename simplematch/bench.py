@@ -171,6 +171,8 @@ def _infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         from simplematch.checkpoint import load_checkpoint
         from simplematch.matching import match_keypoints as torch_match
 
+        if spec.get("threads"):
+            torch.set_num_threads(int(spec["threads"]))
         model, cfg = load_checkpoint(spec["path"], device=device)
         # The exported graph has LoRA folded in; fold it here too so both runtimes compute the same network.
         model.merge_lora()
@@ -190,10 +192,13 @@ def _infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         provider = f"torch {torch.__version__} eager fp32 ({torch.get_num_threads()} threads)"
     else:
-        from simplematch.runtime.backends import load_backend
+        from simplematch.runtime.backends import OnnxBackend, load_backend
         from simplematch.runtime.matching import match_keypoints as np_match
 
-        backend = load_backend(spec["path"], device=device)
+        if spec.get("threads") and str(spec["path"]).lower().endswith(".onnx"):
+            backend = OnnxBackend(spec["path"], device=device, threads=int(spec["threads"]))
+        else:
+            backend = load_backend(spec["path"], device=device)
         meta = backend.meta
         size, window, beta, coord = meta.img_size, meta.window, meta.beta, meta.coord
         encode = backend.encode
@@ -283,6 +288,8 @@ def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     )
 
     mode, device, b = spec["mode"], spec["device"], int(spec["batch"])
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(0)
     model, cfg = load_checkpoint(spec["path"], device=device)
     model.train()
@@ -465,15 +472,19 @@ def run_bench(
     device: str = "cpu",
     json_path: str | Path | None = None,
     num_kps: int = NUM_KPS,
+    threads: int | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Benchmark runtimes x batch sizes (and optionally training memory); returns the result dict.
 
     ``runtimes`` defaults to :data:`DEFAULT_RUNTIMES` unless only ``models`` are given. Every number is a
-    median over ``repeats`` fresh worker processes. ``json_path`` is written atomically.
+    median over ``repeats`` fresh worker processes. ``json_path`` is written atomically. ``threads`` pins
+    torch and onnxruntime to the same CPU thread count (``None``: each library's default); on a small,
+    shared machine oversubscribed OpenMP threads can slow torch by an order of magnitude, so say which.
     """
     say = log or (lambda _msg: None)
     runtimes = list(runtimes) if runtimes is not None else ([] if models else list(DEFAULT_RUNTIMES))
+    runtimes = [r for r in runtimes if r != "none"]  # `--runtime none`: only --model files / --train-memory
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise SimpleMatchError(
@@ -485,6 +496,8 @@ def run_bench(
         raise SimpleMatchError(f"batch sizes {batches} are invalid", "pass positive integers, e.g. --batch 1")
     if warmup < 0 or iters < 1 or repeats < 1:
         raise SimpleMatchError("--warmup must be >= 0, --iters and --repeats >= 1", "pass e.g. --iters 10")
+    if threads is not None and threads < 1:
+        raise SimpleMatchError(f"--threads {threads} is invalid", "pass a positive thread count")
     if num_kps < 1:
         raise SimpleMatchError("the number of keypoints must be >= 1", "use the default 30")
     device = _check_device(device)
@@ -509,6 +522,7 @@ def run_bench(
     from simplematch.io import atomic_write_text, sha256_file
 
     desc, versions = environment(device)
+    versions["threads"] = threads or "default"
     skipped: list[dict[str, str]] = []
     results: list[dict[str, Any]] = []
     train_rows: list[dict[str, Any]] = []
@@ -569,7 +583,7 @@ def run_bench(
                 runs = []
                 for r in range(repeats):
                     spec = dict(kind="infer", runtime=kind, path=str(path), batch=b, warmup=warmup,
-                                iters=iters, device=device, num_kps=num_kps)  # fmt: skip
+                                iters=iters, device=device, num_kps=num_kps, threads=threads)  # fmt: skip
                     res = _run_worker(spec, tmp, f"{label} batch {b}")
                     if "error" in res:
                         if user_file:
@@ -585,7 +599,7 @@ def run_bench(
                     skipped.append({"runtime": label, "reason": res["error"]})
                     break
                 med = _median_result(runs)
-                results.append({**{k: med[k] for k in RESULT_KEYS}, "runtime": label, "batch": b})
+                results.append({"runtime": label, "batch": b, **{k: med[k] for k in RESULT_KEYS[2:]}})
 
         if train_memory:
             assert ckpt_dir is not None
@@ -594,7 +608,7 @@ def run_bench(
                 runs = []
                 for r in range(repeats):
                     spec = dict(kind="train", mode=mode, path=str(ckpt_dir), batch=tb, device=device,
-                                num_kps=num_kps)  # fmt: skip
+                                num_kps=num_kps, threads=threads)  # fmt: skip
                     res = _run_worker(spec, tmp, f"train-memory {mode}")
                     if "error" in res:
                         raise SimpleMatchError(res["error"])
@@ -643,7 +657,8 @@ def print_bench(result: dict[str, Any], console: Any) -> None:
             f"{r['peak_mem_mib']:.0f}",
             f"{r['match_share'] * 100:.2f}%",
         )
-    console.print(table)
+    if result["results"]:  # a --train-memory-only run has no inference rows
+        console.print(table)
     for s in result["skipped"]:
         console.print(f"skipped {s['runtime']}: {s['reason']}")
     rows = result.get("train_memory") or []
@@ -657,6 +672,44 @@ def print_bench(result: dict[str, Any], console: Any) -> None:
             tm.add_row(r["mode"], f"{r['peak_mem_mib']:.0f}", f"{r['delta_mib']:.0f}", f"{ratio:.2f}")
         console.print(tm)
     console.print(f"model sha256 {result['model_sha256'][:16]}...")
+
+
+def profile_onnx(
+    path: str | Path, batch: int = 1, iters: int = 3, threads: int | None = None, top: int = 12
+) -> list[tuple[str, float, float]]:
+    """onnxruntime per-op-type profile (``SessionOptions.enable_profiling``) of one exported model.
+
+    Returns ``[(op_type, ms per run, share of all node time)]``, largest first: where a runtime's time goes
+    when a throughput target is missed (used for BENCHMARKS.md).
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    from simplematch.metadata import ModelMeta
+
+    with tempfile.TemporaryDirectory(prefix="smatch-prof-") as tmp:
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        if threads:
+            opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        meta = ModelMeta.from_props(dict(sess.get_modelmeta().custom_metadata_map), source=str(path))
+        x = np.random.default_rng(0).random((batch, 3, meta.img_size, meta.img_size), dtype=np.float32)
+        sess.run(None, {meta.input_name: x})  # warm-up, excluded below by skipping the first run's events
+        for _ in range(iters):
+            sess.run(None, {meta.input_name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    t_min = runs[1]["ts"] if len(runs) > 1 else 0  # drop the warm-up run
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= t_min:
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1e3
+    total = sum(per_op.values()) or 1.0
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    return [(op, ms / iters, ms / total) for op, ms in ranked]
 
 
 if __name__ == "__main__":

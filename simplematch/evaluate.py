@@ -44,9 +44,12 @@ def pair_counts(
     """Per-pair results ``{"index", "category", "valid", "correct": [per alpha]}`` for this rank's share."""
     device = torch.device(device)
     indices = list(range(dist_utils.rank(), len(dataset), dist_utils.world_size()))
+    # Own generator: a DataLoader iterator draws a base seed, and drawing it from the global torch RNG would
+    # make validation during training shift the dropout stream (a resumed run would then diverge).
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_pairs
-    )
+        Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_pairs, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
     was_training = model.training
     model.eval()
     out: list[dict[str, Any]] = []
@@ -135,7 +138,14 @@ def evaluate_model(
 ) -> dict[str, Any]:
     ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=THRESHOLDS[dataset])
     local = pair_counts(
-        model, ds, alphas=alphas, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress
+        model,
+        ds,
+        alphas=alphas,
+        frame=frame,
+        batch_size=batch_size,
+        device=device,
+        window=window,
+        progress=progress,
     )
     rows = gather_pair_counts(local)
     conf = cfg.to_dict()

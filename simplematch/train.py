@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import shutil
 import signal
@@ -43,7 +44,7 @@ from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluate import evaluate_model
-from simplematch.io import atomic_path, atomic_write_text, ensure_writable_dir
+from simplematch.io import atomic_path, atomic_write_text, check_writable_dir, ensure_writable_dir
 from simplematch.matching import keypoint_loss
 
 TRAIN_SPLIT = "trn"
@@ -54,7 +55,9 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SimpleMatchError("CUDA was requested but torch sees no GPU", "pass --device cpu or install a CUDA build")
+        raise SimpleMatchError(
+            "CUDA was requested but torch sees no GPU", "pass --device cpu or install a CUDA build"
+        )
     return torch.device(name)
 
 
@@ -65,9 +68,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every global RNG state in types ``torch.load(weights_only=True)`` accepts (no numpy arrays)."""
+    np_state = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(legacy=False),
+        "numpy": {**np_state, "state": {**np_state["state"], "key": np_state["state"]["key"].tolist()}},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -77,7 +82,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_to_tuple(state["python"]))
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        {**np_state, "state": {**np_state["state"], "key": np.asarray(np_state["state"]["key"], np.uint32)}}
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -125,14 +133,19 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     """Shuffled, rank-sharded, full batches for one epoch (deterministic in seed and epoch)."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=gen).tolist()
-    perm = perm[dist_utils.rank() :: dist_utils.world_size()]
+    world = dist_utils.world_size()
+    # Every rank must get the same number of batches, or DDP's gradient all-reduce waits forever on the
+    # rank with one batch more: drop the remainder of n / world (different pairs each epoch).
+    perm = perm[: len(perm) - len(perm) % world][dist_utils.rank() :: world]
     return [perm[i : i + batch_size] for i in range(0, len(perm) - batch_size + 1, batch_size)]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)  # stepped per iteration
+    sched = torch.optim.lr_scheduler.StepLR(
+        opt, step_size=cfg.step_size, gamma=cfg.gamma
+    )  # stepped per iteration
     return opt, sched
 
 
@@ -153,16 +166,26 @@ def _save_resumable(out: Path, model: torch.nn.Module, cfg: Config, state: dict[
 def load_resume_state(out: Path) -> tuple[Path, dict[str, Any]]:
     pointer = out / "last.json"
     if not pointer.is_file():
-        raise SimpleMatchError(f"{out} has no last.json", "resume a folder written by `smatch train` (or start anew)")
+        raise SimpleMatchError(
+            f"{out} has no last.json", "resume a folder written by `smatch train` (or start anew)"
+        )
     try:
         name = json.loads(pointer.read_text())["checkpoint"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise SimpleMatchError(f"{pointer} is malformed", "delete it and restart the run") from err
-    ckpt = out / name
+    ckpt = out / str(name)
     try:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only=True met a pickled object: never execute it
+        raise SimpleMatchError(
+            f"refused to load {ckpt / 'state.pt'}: it holds Python objects other than tensors"
+            " (weights_only=True)",
+            "restart the run without --resume (the file was not written by `smatch train`)",
+        ) from err
     except (OSError, RuntimeError, EOFError) as err:
-        raise SimpleMatchError(f"cannot read {ckpt / 'state.pt'} ({err})", "restart the run without --resume") from err
+        raise SimpleMatchError(
+            f"cannot read {ckpt / 'state.pt'} ({err})", "restart the run without --resume"
+        ) from err
     return ckpt, state
 
 
@@ -177,7 +200,9 @@ def _truncate_metrics(out: Path, step: int) -> None:
     path = out / "metrics.jsonl"
     if not path.is_file() or not dist_utils.is_main():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    keep = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step
+    ]
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
@@ -197,12 +222,28 @@ def train(
     device = select_device(cfg.device)
     dist_utils.init_from_env(device)
     device = dist_utils.local_device(device)
-    ensure_writable_dir(out)
+    check_writable_dir(out)  # fail before the slow set-up; the folder itself is created once inputs are valid
 
     if cfg.dataset == "pfwillow":
-        raise SimpleMatchError("PF-WILLOW has no training split", "train on spair or pfpascal, evaluate on pfwillow")
-    train_records = load_records(cfg.dataset, cfg.data_root, TRAIN_SPLIT, ap10k_split=cfg.ap10k_split, seed=cfg.seed, n_pairs=cfg.synthetic_pairs if cfg.dataset == "synthetic" else None)  # noqa: E501
-    val_records = load_records(cfg.dataset, cfg.data_root, VAL_SPLIT, ap10k_split=cfg.ap10k_split, seed=cfg.seed, n_pairs=cfg.synthetic_val_pairs if cfg.dataset == "synthetic" else None)  # noqa: E501
+        raise SimpleMatchError(
+            "PF-WILLOW has no training split", "train on spair or pfpascal, evaluate on pfwillow"
+        )
+    train_records = load_records(
+        cfg.dataset,
+        cfg.data_root,
+        TRAIN_SPLIT,
+        ap10k_split=cfg.ap10k_split,
+        seed=cfg.seed,
+        n_pairs=cfg.synthetic_pairs if cfg.dataset == "synthetic" else None,
+    )  # noqa: E501
+    val_records = load_records(
+        cfg.dataset,
+        cfg.data_root,
+        VAL_SPLIT,
+        ap10k_split=cfg.ap10k_split,
+        seed=cfg.seed,
+        n_pairs=cfg.synthetic_val_pairs if cfg.dataset == "synthetic" else None,
+    )  # noqa: E501
     if cfg.val_pairs is not None:
         val_records = val_records[: cfg.val_pairs]
     if len(train_records) < cfg.batch_size * dist_utils.world_size():
@@ -210,8 +251,13 @@ def train(
             f"only {len(train_records)} training pairs for batch size {cfg.batch_size}", "lower --batch-size"
         )
 
+    # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams do
+    # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
+    progress = _progress(console, show_progress and dist_utils.is_main())
     seed_everything(cfg.seed + dist_utils.rank())
     model = SimpleMatch(cfg).to(device)
+    created = not out.exists()
+    ensure_writable_dir(out)
     opt, sched = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -220,18 +266,36 @@ def train(
     if resume:
         ckpt, state = load_resume_state(out)
         load_model_weights(model, ckpt / "model.safetensors")
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch, batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        best = json.loads(state["best"]) if state.get("best") else None
-        set_rng_state(state["rng"][min(dist_utils.rank(), len(state["rng"]) - 1)])
+        try:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            step, epoch, batch_in_epoch = (
+                int(state["step"]),
+                int(state["epoch"]),
+                int(state["batch_in_epoch"]),
+            )
+            best = json.loads(state["best"]) if state.get("best") else None
+            set_rng_state(state["rng"][min(dist_utils.rank(), len(state["rng"]) - 1)])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+            raise SimpleMatchError(
+                f"{ckpt / 'state.pt'} does not fit this run ({type(err).__name__}: {err})",
+                "resume with the config.json saved in the run folder, or restart without --resume",
+            ) from err
         _truncate_metrics(out, step)
+        if dist_utils.is_main():  # the run's config now carries the new --max-steps target
+            cfg.save(out / "config.json")
     elif dist_utils.is_main():
         cfg.save(out / "config.json")
         (out / "metrics.jsonl").unlink(missing_ok=True)
 
-    train_ds = PairDataset(train_records, cfg.img_size, augment=cfg.augment, seed=cfg.seed, threshold_kind=THRESHOLDS[cfg.dataset])  # noqa: E501
+    train_ds = PairDataset(
+        train_records,
+        cfg.img_size,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        threshold_kind=THRESHOLDS[cfg.dataset],
+    )  # noqa: E501
     ddp_model: torch.nn.Module = model
     if dist_utils.is_distributed():
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -242,7 +306,6 @@ def train(
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
     flag = _StopFlag()
-    progress = _progress(console, show_progress and dist_utils.is_main())
 
     def save_state() -> None:
         rngs = dist_utils.gather_objects(rng_state())
@@ -263,7 +326,13 @@ def train(
     def validate() -> dict[str, Any]:
         nonlocal best
         res = evaluate_model(
-            model, cfg, val_records, dataset=cfg.dataset, split=VAL_SPLIT, batch_size=cfg.batch_size, device=device
+            model,
+            cfg,
+            val_records,
+            dataset=cfg.dataset,
+            split=VAL_SPLIT,
+            batch_size=cfg.batch_size,
+            device=device,
         )
         row = {"step": step, "epoch": epoch, "val_pck": res["pck"], "val_pairs": res["pairs"]}
         _log(out, row)
@@ -276,15 +345,19 @@ def train(
         return res
 
     status = "finished"
-    with _catch_signals(flag), progress as bar:
+    stop = False
+    with _catch_signals(flag), progress as bar, _clean_up_failed_start(out, not resume, created):
         task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
         while step < total:
             batches = epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch)
             if hasattr(train_ds, "set_epoch"):
                 train_ds.set_epoch(epoch)
+            # Own generator: creating a DataLoader iterator draws a base seed, and drawing it from the global
+            # torch RNG (which dropout uses) would make a resumed run diverge from an uninterrupted one.
             loader = DataLoader(
-                train_ds, batch_sampler=batches[batch_in_epoch:], num_workers=cfg.num_workers, collate_fn=collate_pairs
-            )
+                train_ds, batch_sampler=batches[batch_in_epoch:], num_workers=cfg.num_workers,
+                collate_fn=collate_pairs, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+            )  # fmt: skip
             ddp_model.train()
             for batch in loader:
                 src = batch["src_img"].to(device, non_blocking=True)
@@ -297,10 +370,23 @@ def train(
                 # Eq. 14: equal-weight sum of the per-head losses (eq. 13), computed in float32.
                 losses = [keypoint_loss(p.float(), trg_kps, valid) for p in preds]
                 loss = torch.stack(losses).sum()
-                if not torch.isfinite(loss):
+                # One all-reduce carries the loss and the stop request, before backward: every rank then
+                # sees the same NaN and the same Ctrl-C, so all stop at the same step instead of some
+                # waiting forever in DDP's gradient all-reduce.
+                loss_sum, stops = dist_utils.all_reduce_sum(
+                    [float(loss.detach()), float(flag.signum is not None)], device
+                )
+                loss_avg = loss_sum / dist_utils.world_size()
+                if not math.isfinite(loss_avg):
+                    last = _last_checkpoint(out)
+                    kept = (
+                        f"the last good checkpoint {last} is intact"
+                        if last
+                        else "no checkpoint was saved yet"
+                    )
                     raise SimpleMatchError(
-                        f"loss became {float(loss)} at step {step + 1}; the last good checkpoint in {out} is intact",
-                        "lower --lr (or check the data), then `smatch train --resume` or restart",
+                        f"loss became {loss_avg} at step {step + 1}; {kept}",
+                        "lower --lr (or check the data), then resume with `smatch train --resume` or restart",
                     )
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -309,17 +395,18 @@ def train(
                 sched.step()
                 step += 1
                 batch_in_epoch += 1
-                loss_avg = dist_utils.all_reduce_sum([float(loss)], device)[0] / dist_utils.world_size()
+                stop = stop or stops > 0
                 bar.update(task, completed=step, loss=loss_avg)
                 if step % 10 == 0 or step == 1:
+                    heads = [float(x.detach()) for x in losses]
                     _log(out, {"step": step, "epoch": epoch, "loss": loss_avg, "lr": sched.get_last_lr()[0],
-                               "head_losses": [float(x) for x in losses], "time": round(time.time() - t0, 2)})  # fmt: skip
+                               "head_losses": heads, "time": round(time.time() - t0, 2)})  # fmt: skip
                 if step % eval_every == 0 or step == total:
                     validate()
                     save_state()
-                if flag.signum is not None or step >= total:
+                if stop or step >= total:
                     break
-            if flag.signum is not None:
+            if stop:
                 if step % eval_every != 0 and step != total:
                     save_state()
                 status = "interrupted"
@@ -329,8 +416,40 @@ def train(
     return TrainResult(status=status, step=step, best=best, out_dir=out, seconds=time.time() - t0)
 
 
+def _last_checkpoint(out: Path) -> str | None:
+    try:
+        return str(out / json.loads((out / "last.json").read_text())["checkpoint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextmanager
+def _clean_up_failed_start(out: Path, fresh: bool, created: bool) -> Iterator[None]:
+    """A fresh run that fails before its first checkpoint leaves nothing behind (no partial output).
+
+    Once a checkpoint exists the folder is a resumable run and is kept whatever happens.
+    """
+    try:
+        yield
+    except BaseException:
+        if fresh and dist_utils.is_main() and not (out / "last.json").exists():
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:  # a folder the user made: remove only what this run wrote
+                for name in ("config.json", "metrics.jsonl"):
+                    (out / name).unlink(missing_ok=True)
+        raise
+
+
 def _progress(console: Any, enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),

@@ -423,3 +423,38 @@ def test_to_official_refuses_unrepresentable_models():
     cfg = official_config("ibot_b16", 64, {"multiscale": True})
     with pytest.raises(SimpleMatchError, match="single head"):
         to_official(SimpleMatch(cfg, backbone_kwargs=TINY_VIT), cfg)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the `smatch convert` command: one-line errors, exit code 2, nothing written
+# --------------------------------------------------------------------------------------------------------
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from simplematch.cli.app import main
+
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_cli_convert_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    good = _save(tmp_path, official_vit("ibot_b16", width=64, depth=2))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    out = tmp_path / "out"
+    cases = {
+        "missing file": (["convert", str(tmp_path / "nope.pth"), "--family", "resnet101", "--img-size", "256"], "not found"),  # noqa: E501
+        "truncated file": (["convert", str(truncated), "--family", "ibot_b16", "--img-size", "256"], "truncated"),
+        "dinov2 without backbone": (["convert", str(good), "--family", "dinov2_b14", "--img-size", "252"], "backbone"),  # noqa: E501
+        "missing backbone file": (
+            ["convert", str(good), "--family", "dinov2_b14", "--img-size", "252", "--backbone-weights", str(tmp_path / "no.pth")],  # noqa: E501
+            "not found",
+        ),
+        "wrong family": (["convert", str(good), "--family", "resnet101", "--img-size", "256"], "ibot_b16"),
+    }
+    for name, (args, needle) in cases.items():
+        rc, err = _cli([*args, "--out", str(out)], capsys)
+        assert rc == 2, name
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), (name, err)
+        assert needle in err, (name, err)
+        assert "Traceback" not in err
+        assert not out.exists(), name

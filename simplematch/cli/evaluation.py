@@ -24,9 +24,13 @@ def evaluate_any(
 ) -> dict[str, Any]:
     model = Path(model)
     if not model.exists():
-        raise SimpleMatchError(f"model not found: {model}", "pass a checkpoint folder or an exported .onnx/.engine file")
+        raise SimpleMatchError(
+            f"model not found: {model}", "pass a checkpoint folder or an exported .onnx/.engine file"
+        )
     if not records:
-        raise SimpleMatchError(f"no {dataset} pairs found for split '{split}'", "check --data-root and --split")
+        raise SimpleMatchError(
+            f"no {dataset} pairs found for split '{split}'", "check --data-root and --split"
+        )
     if model.is_dir():
         return _evaluate_torch(model, records, dataset, split, alphas, frame, batch_size, device, window)
     if model.suffix in (".onnx", ".engine"):
@@ -41,26 +45,31 @@ def evaluate_any(
 
 
 def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window):  # noqa: ANN001, ANN202
+    from simplematch import distributed as dist_utils
     from simplematch.checkpoint import load_checkpoint
     from simplematch.evaluate import checkpoint_info, evaluate_model
     from simplematch.train import select_device
 
     dev = select_device(device)
+    # Under torchrun each rank evaluates pairs[rank::world]; the per-pair counts are gathered exactly.
+    dist_utils.init_from_env(dev)
+    dev = dist_utils.local_device(dev)
     net, cfg = load_checkpoint(model_dir, device=dev)
-    with _progress(len(records)) as advance:
+    with _progress(len(records), enabled=dist_utils.is_main()) as advance:
         return evaluate_model(
-            net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame, batch_size=batch_size,
-            device=dev, window=window, model_info=checkpoint_info(model_dir), progress=advance,
+            net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
+            batch_size=batch_size, device=dev, window=window, model_info=checkpoint_info(model_dir),
+            progress=advance,
         )  # fmt: skip
 
 
 class _progress:
     """A rich progress bar over pairs; yields a callback ``advance(n)``."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, enabled: bool = True) -> None:
         from rich.progress import Progress
 
-        self.bar = Progress(transient=True)
+        self.bar = Progress(transient=True, disable=not enabled)
         self.total = total
 
     def __enter__(self):  # noqa: ANN204
@@ -85,6 +94,8 @@ def print_result(res: dict[str, Any], console: Any) -> None:
         table.add_column(f"PCK@{a}", justify="right")
     for cat, row in sorted(res["per_category"].items()):
         table.add_row(cat, str(row["pairs"]), *[f"{row['pck'][a]:.2f}" for a in res["pck"]])
-    table.add_row("all (per-image mean)", str(res["pairs"]), *[f"{v:.2f}" for v in res["pck"].values()], style="bold")
+    table.add_row(
+        "all (per-image mean)", str(res["pairs"]), *[f"{v:.2f}" for v in res["pck"].values()], style="bold"
+    )
     table.add_row("all (per point)", str(res["points"]), *[f"{v:.2f}" for v in res["pck_per_point"].values()])
     console.print(table)

@@ -12,7 +12,12 @@ failed check leaves no half-written model behind.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,10 @@ from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
 from simplematch.io import atomic_path, sha256_file
 from simplematch.metadata import INPUT_NAME, OUTPUT_NAME, ModelMeta
 
-MIN_OPSET = 17  # LayerNormalization is a single node from opset 17
+# LayerNormalization is one node from opset 17, but torch's dynamo exporter implements opset 18+ only and
+# down-converts afterwards, which fails on these graphs (measured: torch 2.14, onnxscript; the file stays at
+# 18 with a logged traceback). 17 is refused up front rather than after a minutes-long export.
+MIN_OPSET = 18
 DEFAULT_OPSET = 18
 # fp16 conversion keeps these ops in float32: LayerNorm/softmax/reductions lose too much in half precision,
 # and the final L2 normalisation must stay exact enough for cosine matching.
@@ -74,7 +82,9 @@ def prepare_for_export(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval().float()
 
 
-def build_meta(cfg: Config, *, stride: float, checkpoint_sha256: str, precision: str, opset: int) -> ModelMeta:
+def build_meta(
+    cfg: Config, *, stride: float, checkpoint_sha256: str, precision: str, opset: int
+) -> ModelMeta:
     return ModelMeta(
         version=simplematch.__version__,
         backbone=cfg.backbone,
@@ -101,27 +111,74 @@ def set_metadata(model_proto: onnx.ModelProto, meta: ModelMeta) -> None:
     model_proto.producer_version = simplematch.__version__
 
 
-def export_onnx_proto(model: torch.nn.Module, img_size: int, *, opset: int, batch: int | None) -> onnx.ModelProto:
-    """torch.onnx.export with the dynamo exporter; ``batch=None`` means a dynamic batch dimension."""
+def check_opset(opset: int) -> int:
+    """Reject opsets the graph cannot use (too old) or the installed onnx does not know (too new).
+
+    Checked before the checkpoint is loaded, so a typo fails in a second instead of after the export.
+    """
     if opset < MIN_OPSET:
-        raise SimpleMatchError(f"opset {opset} is too old", f"use --opset {MIN_OPSET} or newer (LayerNorm as one node)")
+        raise SimpleMatchError(
+            f"opset {opset} is too old for torch's dynamo exporter", f"use --opset {MIN_OPSET} or newer"
+        )
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise SimpleMatchError(
+            f"opset {opset} is newer than the installed onnx knows", f"use --opset {MIN_OPSET}..{newest}"
+        )  # noqa: E501
+    return opset
+
+
+def export_onnx_proto(
+    model: torch.nn.Module, img_size: int, *, opset: int, batch: int | None
+) -> onnx.ModelProto:
+    """torch.onnx.export with the dynamo exporter; ``batch=None`` means a dynamic batch dimension."""
+    check_opset(opset)
     wrapper = FeatureExtractor(model).eval()
     example = torch.rand(batch or 2, 3, img_size, img_size)
     dynamic = None if batch else {"image": {0: torch.export.Dim("batch", min=1, max=1024)}}
-    with torch.no_grad():
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            dynamo=True,
-            external_data=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=dynamic,
-            optimize=True,
-            verbose=False,
+    try:
+        with torch.no_grad(), _quiet_onnxscript():
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                dynamo=True,
+                external_data=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as err:  # torch.export / onnxscript raise many unrelated types; all mean "cannot export"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise SimpleMatchError(
+            f"torch.onnx.export failed ({type(err).__name__}: {first})",
+            "rerun with --debug and report it as a bug",
+        ) from err
+    proto = program.model_proto
+    # The dynamo exporter builds at its native opset and converts afterwards; when that conversion fails it
+    # only logs a warning and returns the unconverted model, so the file would not be what was asked for.
+    actual = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if actual != opset:
+        raise SimpleMatchError(
+            f"torch's ONNX exporter could not convert this graph to opset {opset} (it gave opset {actual})",
+            f"use --opset {actual}",
         )
-    return program.model_proto
+    return proto
+
+
+@contextlib.contextmanager
+def _quiet_onnxscript() -> Iterator[None]:
+    """onnxscript logs failed opset conversions as warnings *with a traceback*; the check above reports
+    them in one line instead, so the CLI's one-line-error contract holds."""
+    logger = logging.getLogger("onnxscript")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def to_fp16(model_proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -176,34 +233,67 @@ def export_onnx(
     check: bool = True,
     check_images: list[np.ndarray] | None = None,
 ) -> ExportResult:
-    """Export (+ optional parity check) to ``out`` atomically. Raises SimpleMatchError on a failed check."""
+    """Export (+ optional parity check) to ``out`` atomically. Raises SimpleMatchError on a failed check.
+
+    ``model``'s weights are not modified (it is only switched to eval): LoRA is merged into a copy, and
+    the parity reference is the model as given (unmerged), so the check also covers the merge.
+    """
     from simplematch.export.parity import parity_check
 
     t0 = time.time()
-    model = prepare_for_export(model)
-    proto = export_onnx_proto(model, cfg.img_size, opset=opset, batch=batch)
+    reference = model.eval().float()
+    exported = prepare_for_export(copy.deepcopy(model))
+    proto = export_onnx_proto(exported, cfg.img_size, opset=opset, batch=batch)
     if fp16:
         proto = to_fp16(proto)
     precision = "fp16" if fp16 else "fp32"
     with torch.no_grad():
-        side = model.encode(torch.zeros(1, 3, cfg.img_size, cfg.img_size)).shape[-1]
-    meta = build_meta(cfg, stride=cfg.img_size / side, checkpoint_sha256=checkpoint_sha256, precision=precision, opset=opset)  # noqa: E501
+        side = reference.encode(torch.zeros(1, 3, cfg.img_size, cfg.img_size)).shape[-1]
+    meta = build_meta(
+        cfg, stride=cfg.img_size / side, checkpoint_sha256=checkpoint_sha256, precision=precision, opset=opset
+    )  # noqa: E501
     set_metadata(proto, meta)
-    with atomic_path(out) as tmp:
-        onnx.save_model(proto, str(tmp))
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-            raise SimpleMatchError(f"exported graph fails onnx.checker ({err})", "report this as a bug") from err
-        parity: dict[str, Any] = {}
-        if check:
-            parity = parity_check(model, tmp, cfg, images=check_images, precision=precision, batch=batch)
-            meta.parity = parity
-            set_metadata(proto, meta)
+    try:
+        with atomic_path(out) as tmp:
             onnx.save_model(proto, str(tmp))
+            try:
+                onnx.checker.check_model(str(tmp), full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+                first = str(err).strip().splitlines()[0][:300]
+                raise SimpleMatchError(
+                    f"exported graph fails onnx.checker ({first})", "report this as a bug"
+                ) from err
+            parity: dict[str, Any] = {}
+            if check:
+                parity = parity_check(
+                    reference, tmp, cfg, images=check_images, precision=precision, batch=batch
+                )
+                meta.parity = parity
+                set_metadata(proto, meta)
+                onnx.save_model(proto, str(tmp))
+            make_readable(tmp)
+    except OSError as err:  # disk full, folder removed or made read-only mid-export
+        raise SimpleMatchError(
+            f"cannot write {out} ({err.strerror or err})", "check free space and permissions"
+        ) from err
     return ExportResult(
-        path=out, precision=precision, seconds=time.time() - t0, size_mib=out.stat().st_size / 2**20, parity=parity
+        path=out,
+        precision=precision,
+        seconds=time.time() - t0,
+        size_mib=out.stat().st_size / 2**20,
+        parity=parity,
     )
+
+
+def make_readable(path: Path) -> None:
+    """mkstemp creates 0600 files; an exported model is meant to be shared (served, copied), so 0644."""
+    os.chmod(path, 0o644)
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Move a finished artefact into place (same file system: an atomic rename), world-readable."""
+    make_readable(src)
+    os.replace(src, dst)
 
 
 def checkpoint_sha(ckpt_dir: Path) -> str:

@@ -1,4 +1,4 @@
-"""The export parity check: PyTorch features vs onnxruntime (or TensorRT) features on real or synthetic images.
+"""The export parity check: PyTorch vs onnxruntime (or TensorRT) features on real or synthetic images.
 
 Reports max / mean absolute feature difference and the fraction of keypoint predictions that agree within
 0.5 px after matching (torch matching on the torch features, the runtime's numpy matching on the exported
@@ -26,13 +26,30 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def images_from_dir(root: Path, limit: int = 8) -> list[np.ndarray]:
-    """Up to ``limit`` images found under ``root`` (e.g. a PF-WILLOW root), in sorted order."""
+    """Up to ``limit`` images under ``root`` (e.g. a PF-WILLOW root), taken in turn from each sub-folder.
+
+    Round-robin over folders so a class-per-folder dataset contributes every class (sorted order alone
+    would give 8 cars from PF-WILLOW); the selection is deterministic.
+    """
     root = Path(root)
     if not root.is_dir():
-        raise SimpleMatchError(f"--check-data {root} is not a folder", "point it at a folder of images (e.g. PF-WILLOW)")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+        raise SimpleMatchError(
+            f"--check-data {root} is not a folder", "point it at a folder of images (e.g. PF-WILLOW)"
+        )
+    groups: dict[Path, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            groups.setdefault(p.parent, []).append(p)
+    paths: list[Path] = []
+    queues = [list(g) for g in groups.values()]
+    while len(paths) < limit and any(queues):
+        for q in queues:
+            if q and len(paths) < limit:
+                paths.append(q.pop(0))
     if len(paths) < 2:
-        raise SimpleMatchError(f"fewer than 2 images under {root}", "point --check-data at a folder with images")
+        raise SimpleMatchError(
+            f"fewer than 2 images under {root}", "point --check-data at a folder with images"
+        )
     return [load_image(p) for p in paths]
 
 
@@ -74,7 +91,9 @@ def compare_features(
             torch.from_numpy(torch_feats[i : i + 1]), torch.from_numpy(torch_feats[j : j + 1]),
             torch.from_numpy(kps)[None], cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord,
         )[0].numpy()  # fmt: skip
-        got = np_match_keypoints(other_feats[i], other_feats[j], kps, cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord)[0]  # noqa: E501
+        got = np_match_keypoints(
+            other_feats[i], other_feats[j], kps, cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord
+        )[0]  # noqa: E501
         d = np.linalg.norm(ref.astype(np.float64) - got.astype(np.float64), axis=-1)
         agree += int((d <= AGREE_PX).sum())
         total += d.size
@@ -91,7 +110,12 @@ def compare_features(
 
 def torch_features(model: torch.nn.Module, x: np.ndarray, chunk: int = 4) -> np.ndarray:
     with torch.no_grad():
-        return np.concatenate([model.encode(torch.from_numpy(x[i : i + chunk])).float().numpy() for i in range(0, len(x), chunk)])  # noqa: E501
+        return np.concatenate(
+            [
+                model.encode(torch.from_numpy(x[i : i + chunk])).float().numpy()
+                for i in range(0, len(x), chunk)
+            ]
+        )  # noqa: E501
 
 
 def run_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int | None) -> np.ndarray:
@@ -129,7 +153,12 @@ def parity_check(
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     got = run_in_batches(lambda b: sess.run(None, {sess.get_inputs()[0].name: b})[0], x, batch)
-    res = {**compare_features(ref, got, cfg), "precision": precision, "data": source, "runtime": "onnxruntime-cpu"}
+    res = {
+        **compare_features(ref, got, cfg),
+        "precision": precision,
+        "data": source,
+        "runtime": "onnxruntime-cpu",
+    }
     enforce(res, precision)
     return res
 
@@ -138,9 +167,14 @@ def enforce(res: dict[str, Any], precision: str) -> None:
     if precision != "fp32":
         return  # fp16 error is measured and reported, not gated
     if res["max_abs_feature_diff"] > FP32_MAX_ABS or res["keypoint_agreement"] < FP32_MIN_AGREEMENT:
+        diff, agree, need = (
+            res["max_abs_feature_diff"],
+            res["keypoint_agreement"] * 100,
+            FP32_MIN_AGREEMENT * 100,
+        )
         raise SimpleMatchError(
-            f"parity check failed: max abs feature diff {res['max_abs_feature_diff']:.2e} (limit {FP32_MAX_ABS:.0e}),"
-            f" keypoint agreement {res['keypoint_agreement'] * 100:.2f}% (need {FP32_MIN_AGREEMENT * 100:.1f}%);"
+            f"parity check failed ({res.get('runtime', 'runtime')}): max abs feature diff {diff:.2e}"
+            f" (limit {FP32_MAX_ABS:.0e}), keypoint agreement {agree:.2f}% (need {need:.1f}%);"
             " no file was written",
             "report this with the checkpoint; --no-check skips the check at your own risk",
         )

@@ -13,20 +13,29 @@ from simplematch.image import resize_square
 
 
 def engine_parity(
-    engine: Path, onnx_path: Path, cfg: Config, *, images: list[np.ndarray] | None, batch: int | None, precision: str
+    engine: Path,
+    onnx_path: Path,
+    cfg: Config,
+    *,
+    images: list[np.ndarray] | None,
+    batch: int | None,
+    precision: str,
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
     from simplematch.runtime.backends import TensorRTBackend
 
-    source = "given images"
+    source = f"{len(images)} real images" if images is not None else ""
     if images is None:
         images, source = synthetic_images(), "synthetic pairs"
     x = np.stack([resize_square(im, cfg.img_size) for im in images])
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ref = run_in_batches(lambda b: sess.run(None, {sess.get_inputs()[0].name: b})[0], x, batch)
     backend = TensorRTBackend(engine)
-    got = run_in_batches(backend.encode, x, batch)
+    try:
+        got = run_in_batches(backend.encode, x, batch)
+    finally:
+        backend.close()  # free the GPU buffers now: the engine is moved into place right after this
     res = {**compare_features(ref, got, cfg), "precision": precision, "data": source, "runtime": "tensorrt"}
     enforce(res, precision)
     return res

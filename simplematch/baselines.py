@@ -1,0 +1,66 @@
+"""Two training-free reference matchers, to tell whether a model has learned anything (torch-free).
+
+* ``relative``: each target keypoint is put at the source keypoint's relative position in the image.
+* ``sift``: dense SIFT nearest neighbour (OpenCV): a descriptor at each source keypoint, matched against
+  descriptors on a regular grid over the target image.
+
+Both are scored with the same PCK code as the models (:func:`evaluate_baseline`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from simplematch.data.records import PairRecord, pck_threshold
+from simplematch.metrics import aggregate_pck, pck_correct
+
+SIFT_SIZE = 16.0  # descriptor support in pixels (images are ~300 px)
+GRID_STEP = 2
+
+
+def predict_relative(rec: PairRecord) -> np.ndarray:
+    sw, sh = rec.image_size("src")
+    tw, th = rec.image_size("trg")
+    return rec.src_kps / [sw, sh] * [tw, th]
+
+
+def predict_sift(rec: PairRecord) -> np.ndarray:
+    import cv2  # opencv-python-headless comes with albumentations (train extra)
+
+    src = cv2.cvtColor(rec.load("src"), cv2.COLOR_RGB2GRAY)
+    trg = cv2.cvtColor(rec.load("trg"), cv2.COLOR_RGB2GRAY)
+    sift = cv2.SIFT_create()
+    src_kp = [cv2.KeyPoint(float(x), float(y), SIFT_SIZE) for x, y in rec.src_kps]
+    h, w = trg.shape
+    ys, xs = np.mgrid[0:h:GRID_STEP, 0:w:GRID_STEP]
+    grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    trg_kp = [cv2.KeyPoint(float(x), float(y), SIFT_SIZE) for x, y in grid]
+    _, d_src = sift.compute(src, src_kp)
+    _, d_trg = sift.compute(trg, trg_kp)
+    # compute() keeps every keypoint here (none is near enough to be dropped with an explicit size), but guard
+    if d_src is None or d_trg is None or len(d_src) != len(src_kp) or len(d_trg) != len(trg_kp):
+        return predict_relative(rec)
+    dist = (d_src**2).sum(1)[:, None] - 2 * d_src @ d_trg.T + (d_trg**2).sum(1)[None, :]
+    return grid[dist.argmin(axis=1)]
+
+
+PREDICTORS = {"relative": predict_relative, "sift": predict_sift}
+
+
+def evaluate_baseline(
+    name: str, records: Sequence[PairRecord], kind: str, alphas: Sequence[float] = (0.05, 0.1, 0.15)
+) -> dict[str, Any]:
+    """PCK of a baseline in original image pixels (its natural frame) with the dataset's threshold kind."""
+    predict = PREDICTORS[name]
+    counts, valid, cats = [], [], []
+    for rec in records:
+        pred = predict(rec)
+        ok = np.isfinite(rec.trg_kps).all(axis=1)
+        thr = pck_threshold(rec, kind, "original")
+        counts.append(pck_correct(pred[None], rec.trg_kps[None], ok[None], np.array([thr]), alphas)[0])
+        valid.append(int(ok.sum()))
+        cats.append(rec.category)
+    return aggregate_pck(np.array(counts), np.array(valid), cats, alphas)

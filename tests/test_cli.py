@@ -1,0 +1,581 @@
+"""The CLI contract: every user error is one line on stderr naming the problem and the fix, exit code 2, no
+traceback (``--debug`` shows it), no partial output; odd-but-valid inputs (grayscale, RGBA, 16-bit) work;
+``--help`` is instant (no torch); the README's CLI reference and error table match the real CLI.
+
+The error matrix runs each command in-process from a workspace folder with relative paths, so the observed
+messages are path-stable and are rendered verbatim into README.md ("Errors and what to do"). After changing a
+message, regenerate with ``SMATCH_UPDATE_README=1 pytest tests/test_cli.py -k readme_errors``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny import PYTHON, ROOT, subprocess_env, tiny_config
+
+from simplematch.cli.app import main
+
+README = ROOT / "README.md"
+ERR_START, ERR_END = "<!-- errors:start -->", "<!-- errors:end -->"
+COMMANDS = ["train", "eval", "stats", "presets", "export", "infer", "convert", "demo", "bench"]
+
+
+# --- workspace ---------------------------------------------------------------------------------------------
+def _img(path: Path, kind: str, w: int = 48, h: int = 40, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    # PNG content whatever the suffix (SPair names its images .jpg; JPEG has no 16-bit or alpha mode)
+    if kind == "rgb":
+        Image.fromarray(rgb).save(path, format="PNG")
+    elif kind == "gray":
+        Image.fromarray(rgb[:, :, 0]).save(path, format="PNG")
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])).save(path, format="PNG")
+    elif kind == "16bit":
+        Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16)).save(path, format="PNG")
+        with Image.open(path) as im:
+            assert im.mode.startswith("I"), im.mode  # really a 16-bit file
+    elif kind == "corrupt":
+        path.write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+    elif kind == "truncated":
+        Image.fromarray(rgb).save(path.with_suffix(".full.jpg"), quality=90)
+        data = path.with_suffix(".full.jpg").read_bytes()
+        path.with_suffix(".full.jpg").unlink()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind != "missing":
+        raise ValueError(kind)
+
+
+def _spair(root: Path, kinds: tuple[str, str], *, pairs: int = 2) -> Path:
+    """A minimal SPair-71k layout: ``pairs`` trn and val pairs between two images of the given kinds."""
+    for i, kind in enumerate(kinds):
+        _img(root / "JPEGImages" / "cat" / f"im{i}.jpg", kind, seed=i)
+    ann = {
+        "src_imname": "im0.jpg", "trg_imname": "im1.jpg", "category": "cat",
+        "src_kps": [[5, 6], [20, 30], [40, 10]], "trg_kps": [[7, 8], [22, 28], [41, 12]],
+        "src_bndbox": [2, 2, 45, 38], "trg_bndbox": [3, 3, 46, 39],
+    }  # fmt: skip
+    for split in ("trn", "val"):
+        names = [f"p{i}" for i in range(pairs)]
+        (root / "Layout" / "large").mkdir(parents=True, exist_ok=True)
+        (root / "Layout" / "large" / f"{split}.txt").write_text("\n".join(names) + "\n")
+        for name in names:
+            path = root / "PairAnnotation" / split / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(ann))
+    return root
+
+
+def _willow(root: Path, kinds: list[tuple[str, str]]) -> Path:
+    """PF-WILLOW in its CSV layout: one pair per (source kind, target kind); coordinates are 1-based."""
+    rows = [["imageA", "imageB", *[f"{c}{i}" for c in ("XA", "YA", "XB", "YB") for i in range(3)]]]
+    for i, (a, b) in enumerate(kinds):
+        _img(root / "cat" / f"a{i}.png", a, seed=2 * i)
+        _img(root / "cat" / f"b{i}.png", b, seed=2 * i + 1)
+        rows.append([f"cat/a{i}.png", f"cat/b{i}.png", 5, 20, 40, 6, 30, 10, 7, 22, 41, 8, 28, 12])
+    with open(root / "test_pairs.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from test_runtime import make_onnx
+
+    from simplematch.checkpoint import save_checkpoint
+    from simplematch.config import Config
+    from simplematch.model import SimpleMatch
+
+    root = tmp_path_factory.mktemp("ws")
+    cfg = tiny_config()
+    cfg.save(root / "tiny.json")
+    torch.manual_seed(0)
+    save_checkpoint(SimpleMatch(cfg), cfg, root / "ckpt")
+    # Incompatible checkpoints: config.json says another backbone / another input size than the weights.
+    shutil.copytree(root / "ckpt", root / "ckpt_other_backbone")
+    Config(**{**cfg.to_dict(), "backbone": "resnet18"}).save(root / "ckpt_other_backbone" / "config.json")
+    vit = Config(backbone="vit_small_patch14_dinov2", img_size=56, finetune="full", dropout=0.0)
+    save_checkpoint(
+        SimpleMatch(vit, backbone_kwargs=dict(depth=1, embed_dim=32, num_heads=2)), vit, root / "vit"
+    )
+    shutil.copytree(root / "vit", root / "vit_other_size")
+    Config(**{**vit.to_dict(), "img_size": 112}).save(root / "vit_other_size" / "config.json")
+    shutil.copytree(root / "ckpt", root / "ckpt_truncated")
+    weights = root / "ckpt_truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (root / "resume_no_last").mkdir()
+    cfg.save(root / "resume_no_last" / "config.json")
+
+    (root / "afile").write_text("a regular file: nothing can be created under it\n")
+    (root / "bad.json").write_text("{not json")
+    (root / "unknown_key.json").write_text(json.dumps({**cfg.to_dict(), "learning_rate": 1}))
+
+    for kind in ("rgb", "gray", "rgba", "16bit", "corrupt", "truncated"):
+        _img(root / "img" / f"{kind}.{'jpg' if kind == 'truncated' else 'png'}", kind)
+    kps = {
+        "ok": "[[5, 6], [20, 30]]",
+        "malformed": "[[5, 6], [20",
+        "empty": "[]",
+        "outside": "[[5, 6], [48, 3]]",
+        "negative": "[[-1, 6]]",
+        "triple": "[[1, 2, 3]]",
+        "nonfinite": "[[1e999, 2]]",
+        "strings": '[["a", 2]]',
+    }
+    for name, text in kps.items():
+        (root / "kps").mkdir(exist_ok=True)
+        (root / "kps" / f"{name}.json").write_text(text)
+    make_onnx(root / "tiny.onnx")
+    for name, kinds in {
+        "ok": ("rgb", "rgb"),
+        "modes": ("gray", "16bit"),
+        "corrupt": ("rgb", "corrupt"),
+        "truncated": ("truncated", "rgb"),
+        "noimage": ("rgb", "missing"),
+    }.items():
+        _spair(root / f"spair_{name}", kinds)
+    _spair(root / "spair_noann", ("rgb", "rgb"))
+    (root / "spair_noann" / "Layout" / "large" / "trn.txt").unlink()
+    _spair(root / "spair_badann", ("rgb", "rgb"))
+    (root / "spair_badann" / "PairAnnotation" / "trn" / "p1.json").write_text('{"src_imname": ')
+    _willow(root / "willow_modes", [("gray", "rgba"), ("16bit", "rgb"), ("rgba", "16bit")])
+    _willow(root / "willow_corrupt", [("rgb", "corrupt")])
+    _willow(root / "willow_truncated", [("rgb", "truncated")])
+    _willow(root / "willow_noimage", [("rgb", "missing")])
+    _willow(root / "willow_badann", [("rgb", "rgb")])
+    with open(root / "willow_badann" / "test_pairs.csv", "a") as fh:
+        fh.write("cat/a0.png,cat/b0.png,1,2,x,4,5,6,7,8,9,10,11,12\n")
+    (root / "willow_noann").mkdir()
+    (root / "willow_pf" / "PF-dataset").mkdir(parents=True)
+    with open(root / "evil.pth", "wb") as fh:
+        pickle.dump({"x": _Evil()}, fh, protocol=2)
+    (root / "garbage.pth").write_bytes(b"\x00\x01 not a pickle")
+    return root
+
+
+class _Evil:
+    def __reduce__(self):  # noqa: ANN204 - the classic pickle exploit: run code on load
+        return (Path.touch, (Path("/tmp/simplematch-pwned-by-convert"),))
+
+
+# --- the error matrix: (command, situation, argv, fragment the one-line message must contain) ---------------
+T = ["train", "--config", "tiny.json", "--out", "run"]
+E = ["eval", "ckpt"]
+INFER = ["infer", "img/rgb.png", "img/rgb.png", "--model", "tiny.onnx"]
+ERRORS: list[tuple[str, str, list[str], str]] = [
+    ("train", "unknown preset", ["train", "--preset", "nope", "--out", "run"], "unknown preset 'nope'"),
+    (
+        "train",
+        "unknown dataset",
+        ["train", "--dataset", "imagenet", "--out", "run"],
+        "Invalid value for '--dataset'",
+    ),
+    (
+        "train",
+        "unknown backbone family",
+        [*T, "--backbone", "foonet"],
+        "unknown backbone family for 'foonet'",
+    ),
+    (
+        "train",
+        "backbone timm does not know",
+        [*T, "--backbone", "resnet_bogus"],
+        "timm cannot build backbone",
+    ),
+    ("train", "invalid value", [*T, "--img-size", "30"], "img_size=30: must be an integer >= 32"),
+    (
+        "train",
+        "malformed --config file",
+        ["train", "--config", "bad.json", "--out", "run"],
+        "is not valid JSON",
+    ),
+    (
+        "train",
+        "unknown key in --config",
+        ["train", "--config", "unknown_key.json", "--out", "run"],
+        "learning_rate",
+    ),
+    (
+        "train",
+        "data root does not exist",
+        [*T, "--dataset", "spair", "--data-root", "nowhere"],
+        "not a folder",
+    ),
+    (
+        "train",
+        "annotation file missing",
+        [*T, "--dataset", "spair", "--data-root", "spair_noann"],
+        "spair_noann/Layout/large/trn.txt",
+    ),
+    (
+        "train",
+        "annotation file malformed",
+        [*T, "--dataset", "spair", "--data-root", "spair_badann"],
+        "spair_badann/PairAnnotation/trn/p1.json is not valid JSON",
+    ),
+    (
+        "train",
+        "image file missing",
+        [*T, "--dataset", "spair", "--data-root", "spair_noimage"],
+        "image not found",
+    ),
+    (
+        "train",
+        "corrupt image",
+        [*T, "--dataset", "spair", "--data-root", "spair_corrupt"],
+        "cannot read image",
+    ),
+    ("train", "truncated image", [*T, "--dataset", "spair", "--data-root", "spair_truncated"], "truncated"),
+    (
+        "train",
+        "PF-WILLOW has no training split",
+        [*T, "--dataset", "pfwillow", "--data-root", "willow_modes"],
+        "PF-WILLOW has no training split",
+    ),
+    (
+        "train",
+        "output folder not writable",
+        ["train", "--config", "tiny.json", "--out", "afile/run"],
+        "afile is not a folder",
+    ),
+    (
+        "train",
+        "--resume of a folder with no checkpoint",
+        ["train", "--resume", "resume_no_last"],
+        "no last.json",
+    ),
+    ("train", "--resume of a missing folder", ["train", "--resume", "nowhere"], "run folder not found"),
+    ("eval", "checkpoint missing", ["eval", "nowhere", "--dataset", "synthetic"], "model not found"),
+    (
+        "eval",
+        "checkpoint of another backbone",
+        ["eval", "ckpt_other_backbone", "--dataset", "synthetic"],
+        "does not fit this model",
+    ),
+    (
+        "eval",
+        "checkpoint of another input size",
+        ["eval", "vit_other_size", "--dataset", "synthetic"],
+        "shape mismatch",
+    ),
+    (
+        "eval",
+        "truncated weights file",
+        ["eval", "ckpt_truncated", "--dataset", "synthetic"],
+        "not a readable safetensors file",
+    ),
+    ("eval", "unknown dataset", [*E, "--dataset", "coco"], "Invalid value for '--dataset'"),
+    (
+        "eval",
+        "annotation file missing",
+        [*E, "--dataset", "pfwillow", "--data-root", "willow_noann"],
+        "willow_noann/PF-dataset",
+    ),
+    (
+        "eval",
+        "annotation file malformed",
+        [*E, "--dataset", "pfwillow", "--data-root", "willow_badann"],
+        "willow_badann/test_pairs.csv line 3",
+    ),
+    (
+        "eval",
+        "image file missing",
+        [*E, "--dataset", "pfwillow", "--data-root", "willow_noimage"],
+        "image not found",
+    ),
+    (
+        "eval",
+        "corrupt image",
+        [*E, "--dataset", "pfwillow", "--data-root", "willow_corrupt"],
+        "cannot read image",
+    ),
+    (
+        "eval",
+        "truncated image",
+        [*E, "--dataset", "pfwillow", "--data-root", "willow_truncated"],
+        "truncated",
+    ),
+    (
+        "eval",
+        "--json not writable",
+        [*E, "--dataset", "synthetic", "--json", "afile/r.json"],
+        "afile is not a folder",
+    ),
+    (
+        "stats",
+        "annotation file missing",
+        ["stats", "--dataset", "spair", "--data-root", "spair_noann"],
+        "spair_noann/Layout/large/trn.txt",
+    ),
+    (
+        "stats",
+        "annotation file malformed",
+        ["stats", "--dataset", "spair", "--data-root", "spair_badann"],
+        "is not valid JSON",
+    ),
+    ("export", "checkpoint missing", ["export", "nowhere"], "nowhere"),
+    (
+        "export",
+        "checkpoint of another backbone",
+        ["export", "ckpt_other_backbone", "--out", "m.onnx"],
+        "does not fit this model",
+    ),
+    ("export", "output path not writable", ["export", "ckpt", "--out", "afile/m.onnx"], "afile"),
+    ("export", "invalid --batch", ["export", "ckpt", "--batch", "two"], "--batch 'two' is invalid"),
+    (
+        "infer",
+        "source image missing",
+        ["infer", "img/none.png", "img/rgb.png", "--kps", "kps/ok.json", "--model", "tiny.onnx"],
+        "image not found",
+    ),
+    (
+        "infer",
+        "corrupt image",
+        [*INFER[:2], "img/corrupt.png", *INFER[3:], "--kps", "kps/ok.json"],
+        "cannot read image",
+    ),
+    (
+        "infer",
+        "truncated image",
+        [*INFER[:2], "img/truncated.jpg", *INFER[3:], "--kps", "kps/ok.json"],
+        "truncated",
+    ),
+    ("infer", "keypoint file missing", [*INFER, "--kps", "kps/none.json"], "keypoint file not found"),
+    ("infer", "keypoints: malformed JSON", [*INFER, "--kps", "kps/malformed.json"], "not valid JSON"),
+    ("infer", "keypoints: empty list", [*INFER, "--kps", "kps/empty.json"], "no keypoints given"),
+    (
+        "infer",
+        "keypoints: outside the image",
+        [*INFER, "--kps", "kps/outside.json"],
+        "outside the 48x40 image",
+    ),
+    ("infer", "keypoints: negative", [*INFER, "--kps", "kps/negative.json"], "outside the 48x40 image"),
+    ("infer", "keypoints: not [x, y] pairs", [*INFER, "--kps", "kps/triple.json"], "not an [x, y] pair"),
+    ("infer", "keypoints: non-finite", [*INFER, "--kps", "kps/nonfinite.json"], "non-finite"),
+    ("infer", "keypoints: not numbers", [*INFER, "--kps", "kps/strings.json"], "non-numeric"),
+    (
+        "infer",
+        "model file missing",
+        [*INFER[:3], "--model", "none.onnx", "--kps", "kps/ok.json"],
+        "none.onnx",
+    ),
+    ("infer", "--out not writable", [*INFER, "--kps", "kps/ok.json", "--out", "afile/r.json"], "afile"),
+    ("infer", "--viz not a PNG name", [*INFER, "--kps", "kps/ok.json", "--viz", "v.jpg"], "must end in .png"),
+    (
+        "convert",
+        "file missing",
+        ["convert", "none.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        "checkpoint not found",
+    ),
+    (
+        "convert",
+        "pickle that would run code",
+        ["convert", "evil.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        "evil.pth",
+    ),
+    (
+        "convert",
+        "not a checkpoint",
+        ["convert", "garbage.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        "garbage.pth",
+    ),
+    ("convert", "unknown family", ["convert", "evil.pth", "--family", "vgg", "--out", "conv"], "'--family'"),
+    (
+        "convert",
+        "output folder not writable",
+        ["convert", "evil.pth", "--family", "resnet101", "--out", "afile/conv", "--img-size", "64"],
+        "afile is not a folder",
+    ),
+    ("demo", "output folder not writable", ["demo", "--out", "afile/demo"], "afile is not a folder"),
+    (
+        "demo",
+        "--willow without PF-dataset/",
+        ["demo", "--out", "d", "--willow", "willow_noann"],
+        "no PF-dataset",
+    ),
+    (
+        "demo",
+        "invalid --max-steps",
+        ["demo", "--out", "d", "--willow", "willow_pf", "--max-steps", "0"],
+        "max_steps=0: must be >= 1",
+    ),
+]
+
+
+def _snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _run_case(ws: Path, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, set[str]]:
+    before = _snapshot(ws)
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    return rc, err, _snapshot(ws) - before
+
+
+@pytest.fixture(scope="module")
+def observed() -> list[tuple[str, str, str]]:
+    return []
+
+
+def test_user_errors_are_one_line_exit_2_no_output(
+    ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, observed: list
+) -> None:
+    monkeypatch.chdir(ws)
+    marker = Path("/tmp/simplematch-pwned-by-convert")
+    marker.unlink(missing_ok=True)
+    problems = []
+    for command, situation, argv, fragment in ERRORS:
+        rc, err, new_files = _run_case(ws, argv, capsys)
+        line = err.rstrip("\n")
+        ok = (
+            rc == 2
+            and err.count("\n") == 1
+            and line.startswith("error: ")
+            and "Fix:" in line
+            and fragment in line
+            and "Traceback" not in err
+            and not new_files
+        )
+        if not ok:
+            problems.append(f"{command} / {situation}: rc={rc} new={sorted(new_files)} stderr={err!r}")
+        observed.append((command, situation, line.removeprefix("error: ")))
+    assert not marker.exists(), "a pickle ran code"
+    assert not problems, "\n".join(problems)
+
+
+def test_debug_shows_the_traceback(ws: Path) -> None:
+    proc = subprocess.run(
+        [PYTHON, "-m", "simplematch.cli", "eval", "nowhere", "--dataset", "synthetic", "--debug"],
+        cwd=ws, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert (
+        proc.returncode != 0
+        and "Traceback" in proc.stderr
+        and "SimpleMatchError: model not found" in proc.stderr
+    )
+
+
+# --- odd but valid inputs work ------------------------------------------------------------------------------
+def test_grayscale_rgba_16bit_images_work_everywhere(
+    ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(ws)
+    for src, trg in (("gray", "rgba"), ("16bit", "rgb"), ("rgba", "16bit")):
+        argv = ["infer", f"img/{src}.png", f"img/{trg}.png", "--model", "tiny.onnx", "--kps", "kps/ok.json"]
+        assert main([*argv, "--out", f"out/{src}-{trg}.json"]) == 0
+        assert len(json.loads((ws / "out" / f"{src}-{trg}.json").read_text())["keypoints"]) == 2
+    willow = ["--dataset", "pfwillow", "--data-root", "willow_modes"]
+    assert main(["eval", "ckpt", *willow, "--json", "out/e.json", "--device", "cpu"]) == 0
+    assert json.loads((ws / "out" / "e.json").read_text())["pairs"] == 3
+    assert main(["train", "--config", "tiny.json", "--dataset", "spair", "--data-root", "spair_modes",
+                 "--max-steps", "1", "--out", "out/run"]) == 0  # fmt: skip
+    assert (ws / "out" / "run" / "last.json").is_file()
+    assert main(["stats", "--dataset", "spair", "--data-root", "spair_modes"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# --- help: fast, torch-free, and the README reference is the real help -------------------------------------
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from simplematch.cli.app import main\n"
+        f"for cmd in {COMMANDS!r}:\n"
+        "    assert main([cmd, '--help']) == 0, cmd\n"
+        "assert main(['--help']) == 0\n"
+        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'timm') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run(
+        [PYTHON, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: smatch train" in proc.stdout and "Usage: smatch infer" in proc.stdout
+
+
+def test_readme_cli_reference_is_current() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gen_cli_reference", ROOT / "scripts" / "gen_cli_reference.py"
+    )
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = README.read_text()
+    assert gen.update(text) == text, "README CLI reference is stale: run python scripts/gen_cli_reference.py"
+    for cmd in COMMANDS:
+        assert f"### `smatch {cmd}`" in text
+
+
+# --- README error table = the messages observed above -------------------------------------------------------
+# Observed by tests/test_train.py (step numbers and folders as in those tests).
+RUN_FAULTS = [
+    (
+        "train",
+        "loss becomes NaN/inf",
+        "loss became nan at step 3; the last good checkpoint run/ckpt-00000002 is intact. Fix: lower --lr"
+        " (or check the data), then resume with `smatch train --resume` or restart",
+    ),
+    (
+        "train",
+        "Ctrl-C / SIGTERM (exit 130, on stdout)",
+        "interrupted at step 7; resume with: smatch train --resume run",
+    ),
+    (
+        "train",
+        "--resume with other settings",
+        "--resume continues a run with its saved config; --lr cannot be changed. Fix: drop those options"
+        " (only --max-steps and --device may be given with --resume)",
+    ),
+    (
+        "train",
+        "--resume of a tampered state.pt (pickle)",
+        "refused to load run/ckpt-00000002/state.pt: it holds Python objects other than tensors"
+        " (weights_only=True). Fix: restart the run without --resume"
+        " (the file was not written by `smatch train`)",
+    ),
+]
+
+
+def render_error_table(rows: list[tuple[str, str, str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        ERR_START,
+        "",
+        "Every problem a user can fix ends the command with exit code 2 and one line on stderr naming the",
+        "problem and the fix (`--debug` shows the traceback instead); nothing is written. Generated from the",
+        "messages `tests/test_cli.py` and `tests/test_train.py` observe.",
+        "",
+        "| command | situation | message (`error: ...`) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{c}` | {cell(s)} | {cell(m)} |" for c, s, m in rows]
+    lines += ["", ERR_END]
+    return "\n".join(lines)
+
+
+def test_readme_errors_table_matches_observed_messages(observed: list) -> None:
+    if len(observed) != len(ERRORS):
+        pytest.skip("needs test_user_errors_are_one_line_exit_2_no_output to run first (same session)")
+    table = render_error_table(observed + RUN_FAULTS)
+    text = README.read_text()
+    head, _, rest = text.partition(ERR_START)
+    current = ERR_START + rest.partition(ERR_END)[0] + ERR_END if rest else ""
+    if os.environ.get("SMATCH_UPDATE_README") == "1":
+        README.write_text(head + table + rest.partition(ERR_END)[2])
+        return
+    assert current == table, "README error table is stale: SMATCH_UPDATE_README=1 pytest tests/test_cli.py"

@@ -1,0 +1,88 @@
+"""End to end through the CLI: train demo_cpu (shortened) -> eval -> export -> runtime eval -> infer.
+
+The runtime must reproduce the PyTorch PCK on the same data within 0.1 point at every alpha (issue 4),
+checked on the real PF-WILLOW subset in ../shared/data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simplematch.cli.app import main
+
+ROOT = Path(__file__).resolve().parents[1]
+WILLOW = ROOT.parent / "shared" / "data" / "pf-willow"
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "ckpt"
+    rc = main(["train", "--preset", "demo_cpu", "--img-size", "64", "--max-steps", "12", "--batch-size", "4",
+               "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_train_outputs(trained: Path) -> None:
+    for name in ("model.safetensors", "config.json", "metrics.jsonl", "best.json", "last.json"):
+        assert (trained / name).is_file(), name
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["img_size"] == 64 and cfg["max_steps"] == 12 and cfg["backbone"] == "resnet18"
+    rows = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in rows) and any("val_pck" in r for r in rows)
+    best = json.loads((trained / "best.json").read_text())
+    assert 0.0 <= best["pck"]["0.1"] <= 100.0
+
+
+@pytest.mark.skipif(not (WILLOW / "PF-dataset").is_dir(), reason="../shared/data/pf-willow is not present")
+def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path) -> None:
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(trained), "--out", str(onnx_path), "--check-data", str(WILLOW)]) == 0
+    common = ["--dataset", "pfwillow", "--data-root", str(WILLOW), "--device", "cpu"]
+    assert main(["eval", str(trained), *common, "--json", str(tmp_path / "torch.json")]) == 0
+    assert main(["eval", str(onnx_path), *common, "--json", str(tmp_path / "onnx.json")]) == 0
+    t = json.loads((tmp_path / "torch.json").read_text())
+    o = json.loads((tmp_path / "onnx.json").read_text())
+    assert t["pairs"] == o["pairs"] == 360 and t["points"] == o["points"] == 3600
+    assert set(t) | {"runtime", "provider"} == set(o)
+    assert o["provider"] == "CPUExecutionProvider"
+    for a in ("0.05", "0.1", "0.15"):
+        assert abs(t["pck"][a] - o["pck"][a]) <= 0.1, (a, t["pck"], o["pck"])
+        assert abs(t["pck_per_point"][a] - o["pck_per_point"][a]) <= 0.1
+    assert set(t["per_category"]) == {"car", "duck", "motorbike", "winebottle"}
+
+
+def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(trained), "--out", str(onnx_path)]) == 0
+    out, viz = tmp_path / "res.json", tmp_path / "viz.png"
+    rc = main(["infer", str(EXAMPLES / "src.png"), str(EXAMPLES / "tgt.png"), "--kps", str(EXAMPLES / "kps.json"),
+               "--model", str(onnx_path), "--out", str(out), "--viz", str(viz)])  # fmt: skip
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {"source", "target", "model", "provider", "keypoints", "timing_ms"}
+    n = len(json.loads((EXAMPLES / "kps.json").read_text())["keypoints"])
+    assert len(res["keypoints"]) == n
+    from PIL import Image
+
+    with Image.open(viz) as im:
+        assert im.width > 300 and im.height >= 200
+
+
+def test_readme_python_snippet_runs(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's API snippet, run verbatim against an exported model at runs/demo/model.onnx."""
+    model_dir = tmp_path / "runs" / "demo"
+    model_dir.mkdir(parents=True)
+    assert main(["export", str(trained), "--out", str(model_dir / "model.onnx"), "--no-check"]) == 0
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    text = (ROOT / "README.md").read_text()
+    snippet = text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the point is to run the README's code
+    res = scope["res"]
+    assert res.target_kps.shape == (12, 2) and res.score.shape == (12,)
