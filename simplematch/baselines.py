@@ -18,7 +18,7 @@ from simplematch.data.records import PairRecord, pck_threshold
 from simplematch.metrics import aggregate_pck, pck_correct
 
 SIFT_SIZE = 16.0  # descriptor support in pixels (images are ~300 px)
-GRID_STEP = 2
+GRID_STEP = 4
 
 
 def predict_relative(rec: PairRecord) -> np.ndarray:

@@ -115,11 +115,15 @@ class Config:
     def load(cls, path: str | Path) -> Config:
         path = Path(path)
         if not path.is_file():
-            raise SimpleMatchError(f"missing config file {path}", "point at a checkpoint folder made by `smatch train`")
+            raise SimpleMatchError(
+                f"missing config file {path}", "point at a checkpoint folder made by `smatch train`"
+            )
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SimpleMatchError(f"{path} is not valid JSON ({err})", "restore config.json from the run") from err
+            raise SimpleMatchError(
+                f"{path} is not valid JSON ({err})", "restore config.json from the run"
+            ) from err
         if not isinstance(data, dict):
             raise SimpleMatchError(f"{path} must hold a JSON object", "restore config.json from the run")
         return cls.from_dict(data, source=str(path))
@@ -140,9 +144,13 @@ class Config:
         if not isinstance(self.img_size, int) or self.img_size < 32:
             raise bad("img_size", "must be an integer >= 32", "pass e.g. --img-size 252")
         if self.img_size % 4:
-            raise bad("img_size", "must be divisible by 4 (the fine head is at exactly 1/4)", "use e.g. 252 or 256")
+            raise bad(
+                "img_size", "must be divisible by 4 (the fine head is at exactly 1/4)", "use e.g. 252 or 256"
+            )
         if len(self.windows) != 3 or any((not isinstance(k, int)) or k < 0 for k in self.windows):
-            raise bad("windows", "needs three integers >= 0 (coarse, mid, fine; 0 = whole map)", "e.g. [0, 15, 45]")
+            raise bad(
+                "windows", "needs three integers >= 0 (coarse, mid, fine; 0 = whole map)", "e.g. [0, 15, 45]"
+            )
         if self.beta <= 0:
             raise bad("beta", "must be > 0", "use the paper's 0.02")
         if self.batch_size < 1 or self.epochs < 1:
@@ -162,15 +170,92 @@ _VIT_B14 = dict(backbone="vit_base_patch14_dinov2", finetune="lora", windows=[0,
 _IBOT_B16 = dict(backbone="vit_base_patch16_224", finetune="full", windows=[0, 15, 45], multiscale=False)
 _R101 = dict(backbone="resnet101", finetune="full", windows=[0, 15, 30], multiscale=True)
 PRESETS: dict[str, dict[str, Any]] = {
-    "dinov2_b14_252_spair": {**_VIT_B14, "img_size": 252, "dataset": "spair", "lr": 6e-4, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
-    "dinov2_b14_448_spair": {**_VIT_B14, "img_size": 448, "dataset": "spair", "lr": 6e-4, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
-    "dinov2_b14_252_pfpascal": {**_VIT_B14, "img_size": 252, "dataset": "pfpascal", "lr": 1e-4, "step_size": 200, "batch_size": 16, "epochs": 100},  # noqa: E501
-    "dinov2_b14_448_ap10k": {**_VIT_B14, "img_size": 448, "dataset": "ap10k", "lr": 6e-5, "step_size": 2000, "batch_size": 8, "epochs": 10},  # noqa: E501
-    "ibot_b16_256_spair": {**_IBOT_B16, "img_size": 256, "dataset": "spair", "lr": 1e-5, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
-    "resnet101_256_spair": {**_R101, "img_size": 256, "dataset": "spair", "lr": 3e-5, "step_size": 800, "gamma": 0.9, "batch_size": 8, "epochs": 10},  # noqa: E501
-    "resnet101_256_pfpascal": {**_R101, "img_size": 256, "dataset": "pfpascal", "lr": 3e-5, "step_size": 200, "gamma": 0.9, "batch_size": 16, "epochs": 100},  # noqa: E501
+    "dinov2_b14_252_spair": {
+        **_VIT_B14,
+        "img_size": 252,
+        "dataset": "spair",
+        "lr": 6e-4,
+        "step_size": 800,
+        "batch_size": 8,
+        "epochs": 10,
+    },  # noqa: E501
+    "dinov2_b14_448_spair": {
+        **_VIT_B14,
+        "img_size": 448,
+        "dataset": "spair",
+        "lr": 6e-4,
+        "step_size": 800,
+        "batch_size": 8,
+        "epochs": 10,
+    },  # noqa: E501
+    "dinov2_b14_252_pfpascal": {
+        **_VIT_B14,
+        "img_size": 252,
+        "dataset": "pfpascal",
+        "lr": 1e-4,
+        "step_size": 200,
+        "batch_size": 16,
+        "epochs": 100,
+    },  # noqa: E501
+    "dinov2_b14_448_ap10k": {
+        **_VIT_B14,
+        "img_size": 448,
+        "dataset": "ap10k",
+        "lr": 6e-5,
+        "step_size": 2000,
+        "batch_size": 8,
+        "epochs": 10,
+    },  # noqa: E501
+    "ibot_b16_256_spair": {
+        **_IBOT_B16,
+        "img_size": 256,
+        "dataset": "spair",
+        "lr": 1e-5,
+        "step_size": 800,
+        "batch_size": 8,
+        "epochs": 10,
+    },  # noqa: E501
+    "resnet101_256_spair": {
+        **_R101,
+        "img_size": 256,
+        "dataset": "spair",
+        "lr": 3e-5,
+        "step_size": 800,
+        "gamma": 0.9,
+        "batch_size": 8,
+        "epochs": 10,
+    },  # noqa: E501
+    "resnet101_256_pfpascal": {
+        **_R101,
+        "img_size": 256,
+        "dataset": "pfpascal",
+        "lr": 3e-5,
+        "step_size": 200,
+        "gamma": 0.9,
+        "batch_size": 16,
+        "epochs": 100,
+    },  # noqa: E501
     # Small CNN trained from scratch on synthetic warps: learns in minutes on 2 CPU cores (no weights needed).
-    "demo_cpu": dict(backbone="resnet18", finetune="full", img_size=128, align_dim=64, multiscale=True, windows=[0, 9, 15], dataset="synthetic", lr=1e-3, step_size=100, gamma=0.95, batch_size=8, epochs=1, max_steps=600, augment=True, dropout=0.0, synthetic_pairs=4800, synthetic_val_pairs=64, eval_every=200),  # noqa: E501
+    "demo_cpu": dict(
+        backbone="resnet18",
+        finetune="full",
+        img_size=128,
+        align_dim=64,
+        multiscale=True,
+        windows=[0, 9, 15],
+        dataset="synthetic",
+        lr=1e-3,
+        step_size=100,
+        gamma=0.95,
+        batch_size=8,
+        epochs=1,
+        max_steps=600,
+        augment=True,
+        dropout=0.0,
+        synthetic_pairs=4800,
+        synthetic_val_pairs=64,
+        eval_every=200,
+    ),  # noqa: E501
 }
 DEFAULT_PRESET = "dinov2_b14_252_spair"
 

@@ -42,9 +42,15 @@ def run_demo(
 
     console = console or Console()
     out = Path(out)
-    willow = willow if willow is not None else (DEFAULT_WILLOW if (DEFAULT_WILLOW / "PF-dataset").is_dir() else None)
+    willow = (
+        willow
+        if willow is not None
+        else (DEFAULT_WILLOW if (DEFAULT_WILLOW / "PF-dataset").is_dir() else None)
+    )
     if willow is not None and not (Path(willow) / "PF-dataset").is_dir():
-        raise SimpleMatchError(f"{willow} has no PF-dataset/ folder", "pass the folder that holds PF-dataset/")
+        raise SimpleMatchError(
+            f"{willow} has no PF-dataset/ folder", "pass the folder that holds PF-dataset/"
+        )
     examples = _examples_dir()
     ckpt = out / "checkpoint"
     cfg = resolve_config("demo_cpu", {"max_steps": max_steps, "device": "cpu"})
@@ -65,7 +71,10 @@ def run_demo(
     nums["synthetic_before"] = _eval_untrained(cfg)["pck"]
     console.print(f"untrained PCK: {nums['synthetic_before']}")
     done()
-    step("train demo_cpu on synthetic pairs", f"smatch train --preset demo_cpu --device cpu --max-steps {cfg.max_steps} --out {ckpt}")  # noqa: E501
+    step(
+        "train demo_cpu on synthetic pairs",
+        f"smatch train --preset demo_cpu --device cpu --max-steps {cfg.max_steps} --out {ckpt}",
+    )  # noqa: E501
     from simplematch.train import train
 
     res = train(cfg, ckpt, console=console)
@@ -77,7 +86,10 @@ def run_demo(
     for name, root in evals:
         root_arg = f" --data-root {root}" if root else ""
         js = out / f"eval_torch_{name}.json"
-        step(f"evaluate the checkpoint on {name} (PyTorch)", f"smatch eval {ckpt} --dataset {name}{root_arg} --json {js}")
+        step(
+            f"evaluate the checkpoint on {name} (PyTorch)",
+            f"smatch eval {ckpt} --dataset {name}{root_arg} --json {js}",
+        )
         nums[f"torch_{name}"] = _eval_cli(ckpt, name, root, js, console)
         done()
 
@@ -90,7 +102,11 @@ def run_demo(
         step(f"export ONNX {'fp16' if fp16 else 'fp32'} with the parity check",
              f"smatch export {ckpt} --out {target}{' --fp16' if fp16 else ''}{check_arg}")  # fmt: skip
         r = export_checkpoint(ckpt, out=target, fp16=fp16, check_data=willow)
-        nums[f"export_{'fp16' if fp16 else 'fp32'}"] = {"seconds": round(r["seconds"], 1), "size_mib": round(r["size_mib"], 2), **r["parity"]}  # noqa: E501
+        nums[f"export_{'fp16' if fp16 else 'fp32'}"] = {
+            "seconds": round(r["seconds"], 1),
+            "size_mib": round(r["size_mib"], 2),
+            **r["parity"],
+        }  # noqa: E501
         console.print(nums[f"export_{'fp16' if fp16 else 'fp32'}"])
         done()
 
@@ -112,7 +128,11 @@ def run_demo(
 
     inf = run_infer(examples / "src.png", examples / "tgt.png", examples / "kps.json", model=out / "model.onnx",
                     out=out / "infer.json", viz=picture)  # fmt: skip
-    nums["infer"] = {"provider": inf["provider"], "timing_ms": inf["timing_ms"], "keypoints": len(inf["keypoints"])}
+    nums["infer"] = {
+        "provider": inf["provider"],
+        "timing_ms": inf["timing_ms"],
+        "keypoints": len(inf["keypoints"]),
+    }
     nums["infer_example_error_px"] = _example_error(examples, inf)
     done()
 
@@ -122,7 +142,14 @@ def run_demo(
          f"smatch bench --checkpoint {ckpt} --runtime torch onnx onnx-fp16 --batch 1 8 --iters {bench_iters} --json {bench_json}")  # noqa: E501  # fmt: skip
     from simplematch.bench import print_bench, run_bench
 
-    bench = run_bench(checkpoint=ckpt, runtimes=["torch", "onnx", "onnx-fp16"], batches=[1, 8], warmup=2, iters=bench_iters, json_path=bench_json)  # noqa: E501
+    bench = run_bench(
+        checkpoint=ckpt,
+        runtimes=["torch", "onnx", "onnx-fp16"],
+        batches=[1, 8],
+        warmup=2,
+        iters=bench_iters,
+        json_path=bench_json,
+    )  # noqa: E501
     print_bench(bench, console)
     nums["bench"] = bench
     done()
@@ -160,7 +187,12 @@ def _eval_cli(model: Path, dataset: str, root: Path | None, js: Path, console: A
                        batch_size=8, device="cpu")  # fmt: skip
     print_result(res, console)
     _write_json(js, res)
-    return {"pck": res["pck"], "pck_per_point": res["pck_per_point"], "pairs": res["pairs"], "points": res["points"]}
+    return {
+        "pck": res["pck"],
+        "pck_per_point": res["pck_per_point"],
+        "pairs": res["pairs"],
+        "points": res["points"],
+    }
 
 
 def _example_error(examples: Path, inf: dict[str, Any]) -> float | None:
@@ -211,24 +243,42 @@ def render_report(nums: dict[str, Any], steps: list[dict[str, Any]], evals: list
     for name, _ in evals:
         t, o = nums[f"torch_{name}"]["pck"], nums[f"model.onnx_{name}"]["pck"]
         delta = max(abs(t[a] - o[a]) for a in t)
-        lines.append(f"\nRuntime vs PyTorch on {name}: max |PCK difference| = {delta:.3f} points (requirement <= 0.1).")
+        lines.append(
+            f"\nRuntime vs PyTorch on {name}: max |PCK difference| = {delta:.3f} points (requirement <= 0.1)."
+        )
     if "pfwillow" in dict(evals):
         lines.append(
             "\nPF-WILLOW reference points on this 4-class subset (kps threshold, PCK@0.1): placing each target"
             " keypoint at the source keypoint's relative position scores about 15, SIFT nearest neighbour about 22."
         )
-    lines += ["", "## Export parity (torch vs onnxruntime)", "", "| variant | seconds | MiB | max abs diff | mean abs diff | kp agreement (0.5 px) |", "|---|---|---|---|---|---|"]  # noqa: E501
+    lines += [
+        "",
+        "## Export parity (torch vs onnxruntime)",
+        "",
+        "| variant | seconds | MiB | max abs diff | mean abs diff | kp agreement (0.5 px) |",
+        "|---|---|---|---|---|---|",
+    ]  # noqa: E501
     for v in ("fp32", "fp16"):
         e = nums[f"export_{v}"]
-        lines.append(f"| {v} | {e['seconds']} | {e['size_mib']} | {e.get('max_abs_feature_diff', float('nan')):.2e} | {e.get('mean_abs_feature_diff', float('nan')):.2e} | {e.get('keypoint_agreement', float('nan')) * 100:.2f}% |")  # noqa: E501
+        lines.append(
+            f"| {v} | {e['seconds']} | {e['size_mib']} | {e.get('max_abs_feature_diff', float('nan')):.2e} | {e.get('mean_abs_feature_diff', float('nan')):.2e} | {e.get('keypoint_agreement', float('nan')) * 100:.2f}% |"
+        )  # noqa: E501
     lines += ["", "## Example match", "", "![matches](match.png)", ""]
     inf = nums["infer"]
     lines.append(f"Provider {inf['provider']}; timing {inf['timing_ms']} ms; {inf['keypoints']} keypoints.")
     if nums.get("infer_example_error_px") is not None:
         lines.append(f"Mean error against the known warp: {nums['infer_example_error_px']} px.")
-    lines += ["", "## Benchmark", "", "| runtime | batch | images/s | p50 ms | p95 ms | peak MiB | match share |", "|---|---|---|---|---|---|---|"]  # noqa: E501
+    lines += [
+        "",
+        "## Benchmark",
+        "",
+        "| runtime | batch | images/s | p50 ms | p95 ms | peak MiB | match share |",
+        "|---|---|---|---|---|---|---|",
+    ]  # noqa: E501
     for r in nums["bench"]["results"]:
-        lines.append(f"| {r['runtime']} | {r['batch']} | {r['images_per_s']:.1f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {r['peak_mem_mib']:.0f} | {r['match_share'] * 100:.1f}% |")  # noqa: E501
+        lines.append(
+            f"| {r['runtime']} | {r['batch']} | {r['images_per_s']:.1f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {r['peak_mem_mib']:.0f} | {r['match_share'] * 100:.1f}% |"
+        )  # noqa: E501
     for s in nums["bench"].get("skipped", []):
         lines.append(f"\nSkipped {s['runtime']}: {s['reason']}")
     lines += ["", "## Steps and the commands that reproduce them", ""]

@@ -52,7 +52,9 @@ def load_image(path: str | Path) -> np.ndarray:
             f"cannot read image {path} ({type(err).__name__}: {err})", "re-export it as PNG or JPEG"
         ) from err
     if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise SimpleMatchError(f"image {path} is {arr.shape[1]}x{arr.shape[0]} px", "use an image of at least 2x2 px")
+        raise SimpleMatchError(
+            f"image {path} is {arr.shape[1]}x{arr.shape[0]} px", "use an image of at least 2x2 px"
+        )
     return arr
 
 

@@ -132,27 +132,40 @@ def keypoint_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> 
 
 
 def pck_correct(
-    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, alphas: Sequence[float]
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    valid: torch.Tensor,
+    threshold: torch.Tensor,
+    alphas: Sequence[float],
 ) -> torch.Tensor:
     """Per-pair counts of correct keypoints: ``d < alpha * threshold`` (strict, as the paper's formula).
 
     pred, gt: (B, N, 2); valid: (B, N) bool; threshold: (B,) -> (B, len(alphas)) long.
     """
     dist = torch.linalg.vector_norm(pred.double() - gt.double(), dim=-1)  # (B, N)
-    thr = threshold.double().view(-1, 1, 1) * torch.tensor(list(alphas), dtype=torch.float64, device=dist.device)
+    thr = threshold.double().view(-1, 1, 1) * torch.tensor(
+        list(alphas), dtype=torch.float64, device=dist.device
+    )
     ok = (dist.unsqueeze(-1) < thr.view(-1, 1, len(alphas))) & valid.unsqueeze(-1)
     return ok.sum(dim=1)
 
 
 def pck(
-    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, alphas: Sequence[float]
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    valid: torch.Tensor,
+    threshold: torch.Tensor,
+    alphas: Sequence[float],
 ) -> dict[str, float]:
     """PCK in percent, per-image mean (the paper's convention) for each alpha (pairs with no valid kp skipped)."""
     counts = pck_correct(pred, gt, valid, threshold, alphas).double()
     nvalid = valid.sum(dim=1).double()
     keep = nvalid > 0
     per_pair = counts[keep] / nvalid[keep].unsqueeze(-1)
-    return {f"{a:g}": float(per_pair[:, i].mean() * 100) if keep.any() else float("nan") for i, a in enumerate(alphas)}
+    return {
+        f"{a:g}": float(per_pair[:, i].mean() * 100) if keep.any() else float("nan")
+        for i, a in enumerate(alphas)
+    }
 
 
 def dense_soft_argmax_loss_inputs(src_map: torch.Tensor, trg_map: torch.Tensor, beta: float) -> torch.Tensor:

@@ -56,7 +56,8 @@ class ModelMeta:
                 if f.name in ("config", "parity", "input_name", "output_name"):
                     continue
                 raise SimpleMatchError(
-                    f"{source} metadata lacks '{PREFIX + f.name}'", "re-export it with this version of `smatch export`"
+                    f"{source} metadata lacks '{PREFIX + f.name}'",
+                    "re-export it with this version of `smatch export`",
                 )
             if f.type == "str":
                 values[f.name] = raw
@@ -68,7 +69,11 @@ class ModelMeta:
                         f"{source} metadata '{PREFIX + f.name}' is not valid JSON", "re-export the model"
                     ) from err
         meta = cls(**values)
-        if meta.coord not in ("corner", "center") or meta.img_size < 4 or meta.precision not in ("fp32", "fp16"):
+        if (
+            meta.coord not in ("corner", "center")
+            or meta.img_size < 4
+            or meta.precision not in ("fp32", "fp16")
+        ):
             raise SimpleMatchError(f"{source} metadata has invalid values", "re-export the model")
         return meta
 

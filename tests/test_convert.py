@@ -442,11 +442,29 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
     truncated.write_bytes(good.read_bytes()[:5000])
     out = tmp_path / "out"
     cases = {
-        "missing file": (["convert", str(tmp_path / "nope.pth"), "--family", "resnet101", "--img-size", "256"], "not found"),  # noqa: E501
-        "truncated file": (["convert", str(truncated), "--family", "ibot_b16", "--img-size", "256"], "truncated"),
-        "dinov2 without backbone": (["convert", str(good), "--family", "dinov2_b14", "--img-size", "252"], "backbone"),  # noqa: E501
+        "missing file": (
+            ["convert", str(tmp_path / "nope.pth"), "--family", "resnet101", "--img-size", "256"],
+            "not found",
+        ),  # noqa: E501
+        "truncated file": (
+            ["convert", str(truncated), "--family", "ibot_b16", "--img-size", "256"],
+            "truncated",
+        ),
+        "dinov2 without backbone": (
+            ["convert", str(good), "--family", "dinov2_b14", "--img-size", "252"],
+            "backbone",
+        ),  # noqa: E501
         "missing backbone file": (
-            ["convert", str(good), "--family", "dinov2_b14", "--img-size", "252", "--backbone-weights", str(tmp_path / "no.pth")],  # noqa: E501
+            [
+                "convert",
+                str(good),
+                "--family",
+                "dinov2_b14",
+                "--img-size",
+                "252",
+                "--backbone-weights",
+                str(tmp_path / "no.pth"),
+            ],  # noqa: E501
             "not found",
         ),
         "wrong family": (["convert", str(good), "--family", "resnet101", "--img-size", "256"], "ibot_b16"),

@@ -91,7 +91,9 @@ def test_window_start_shifted_inside() -> None:
 def test_planted_peak_recovered_sub_pixel() -> None:
     """A Gaussian bump at a sub-cell location is recovered within 0.01 px (symmetric window, small beta)."""
     h = w = 40
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     targets = [(17.3, 22.6), (20.0, 20.0), (9.75, 30.25)]
     sims = []
     for tx, ty in targets:

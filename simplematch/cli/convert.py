@@ -32,7 +32,8 @@ def run_convert(
         model, cfg = load_checkpoint(checkpoint)
         if official_family(cfg) != family:
             raise SimpleMatchError(
-                f"{checkpoint} is a {official_family(cfg)} model, not {family}", f"pass --family {official_family(cfg)}"
+                f"{checkpoint} is a {official_family(cfg)} model, not {family}",
+                f"pass --family {official_family(cfg)}",
             )
         sd = ours_to_official(model, cfg)
         with atomic_path(Path(out)) as tmp:
@@ -40,7 +41,9 @@ def run_convert(
         console.print(f"wrote {len(sd)} tensors in the official {family} layout -> {out}")
         return {"keys": len(sd)}
     if img_size is None:
-        raise SimpleMatchError("--img-size is required to import an official checkpoint", "pass e.g. --img-size 252")
+        raise SimpleMatchError(
+            "--img-size is required to import an official checkpoint", "pass e.g. --img-size 252"
+        )
     if backbone_weights is not None and not Path(backbone_weights).is_file():
         raise SimpleMatchError(f"backbone weights not found: {backbone_weights}", "check the path")
     model, cfg, report = convert_official(checkpoint, family, img_size, backbone_weights)
