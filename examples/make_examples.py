@@ -16,8 +16,20 @@ from skimage.transform import ProjectiveTransform, warp
 
 HERE = Path(__file__).parent
 # Hand-picked parts in the original 451x300 photo: eyes, eye corners, nose, ears, cheeks, forehead.
-PARTS = [(172, 110), (318, 135), (138, 104), (342, 142), (262, 243), (60, 20), (362, 25), (100, 200),
-         (335, 225), (250, 45), (215, 150), (290, 285)]
+PARTS = [
+    (172, 110),
+    (318, 135),
+    (138, 104),
+    (342, 142),
+    (262, 243),
+    (60, 20),
+    (362, 25),
+    (100, 200),
+    (335, 225),
+    (250, 45),
+    (215, 150),
+    (290, 285),
+]
 
 
 def main() -> None:

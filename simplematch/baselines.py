@@ -9,6 +9,7 @@ Both are scored with the same PCK code as the models (:func:`evaluate_baseline`)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,22 +28,36 @@ def predict_relative(rec: PairRecord) -> np.ndarray:
     return rec.src_kps / [sw, sh] * [tw, th]
 
 
-def predict_sift(rec: PairRecord) -> np.ndarray:
+def _gray(rec: PairRecord, side: str) -> np.ndarray:
     import cv2  # opencv-python-headless comes with albumentations (train extra)
 
-    src = cv2.cvtColor(rec.load("src"), cv2.COLOR_RGB2GRAY)
-    trg = cv2.cvtColor(rec.load("trg"), cv2.COLOR_RGB2GRAY)
-    sift = cv2.SIFT_create()
-    src_kp = [cv2.KeyPoint(float(x), float(y), SIFT_SIZE) for x, y in rec.src_kps]
-    h, w = trg.shape
-    ys, xs = np.mgrid[0:h:GRID_STEP, 0:w:GRID_STEP]
+    return cv2.cvtColor(rec.load(side), cv2.COLOR_RGB2GRAY)
+
+
+def _sift(gray: np.ndarray, points: np.ndarray) -> np.ndarray:
+    import cv2
+
+    kps = [cv2.KeyPoint(float(x), float(y), SIFT_SIZE) for x, y in points]
+    kept, desc = cv2.SIFT_create().compute(gray, kps)
+    # With an explicit size no keypoint is dropped; if OpenCV ever drops one, the rows would misalign.
+    if desc is None or len(kept) != len(kps):
+        raise RuntimeError("OpenCV dropped SIFT keypoints")
+    return desc.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_sift(key: str, gray_bytes: bytes, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Grid descriptors of one target image, cached: each benchmark image is the target of many pairs."""
+    gray = np.frombuffer(gray_bytes, dtype=np.uint8).reshape(shape)
+    ys, xs = np.mgrid[0 : shape[0] : GRID_STEP, 0 : shape[1] : GRID_STEP]
     grid = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-    trg_kp = [cv2.KeyPoint(float(x), float(y), SIFT_SIZE) for x, y in grid]
-    _, d_src = sift.compute(src, src_kp)
-    _, d_trg = sift.compute(trg, trg_kp)
-    # compute() keeps every keypoint here (none is near enough to be dropped with an explicit size), but guard
-    if d_src is None or d_trg is None or len(d_src) != len(src_kp) or len(d_trg) != len(trg_kp):
-        return predict_relative(rec)
+    return grid, _sift(gray, grid)
+
+
+def predict_sift(rec: PairRecord) -> np.ndarray:
+    d_src = _sift(_gray(rec, "src"), rec.src_kps)
+    trg = _gray(rec, "trg")
+    grid, d_trg = _dense_sift(str(rec.trg_image), trg.tobytes(), trg.shape)
     dist = (d_src**2).sum(1)[:, None] - 2 * d_src @ d_trg.T + (d_trg**2).sum(1)[None, :]
     return grid[dist.argmin(axis=1)]
 

@@ -33,7 +33,8 @@ def backbone_family(backbone: str) -> str:
         return "resnet"
     raise SimpleMatchError(
         f"unknown backbone family for '{backbone}'",
-        "use a timm ViT (e.g. vit_base_patch14_dinov2, vit_base_patch16_224) or ResNet (e.g. resnet101, resnet18)",
+        "use a timm ViT (e.g. vit_base_patch14_dinov2, vit_base_patch16_224)"
+        " or ResNet (e.g. resnet101, resnet18)",
     )
 
 
@@ -169,94 +170,19 @@ class Config:
 _VIT_B14 = dict(backbone="vit_base_patch14_dinov2", finetune="lora", windows=[0, 15, 45], multiscale=False)
 _IBOT_B16 = dict(backbone="vit_base_patch16_224", finetune="full", windows=[0, 15, 45], multiscale=False)
 _R101 = dict(backbone="resnet101", finetune="full", windows=[0, 15, 30], multiscale=True)
+# fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
-    "dinov2_b14_252_spair": {
-        **_VIT_B14,
-        "img_size": 252,
-        "dataset": "spair",
-        "lr": 6e-4,
-        "step_size": 800,
-        "batch_size": 8,
-        "epochs": 10,
-    },  # noqa: E501
-    "dinov2_b14_448_spair": {
-        **_VIT_B14,
-        "img_size": 448,
-        "dataset": "spair",
-        "lr": 6e-4,
-        "step_size": 800,
-        "batch_size": 8,
-        "epochs": 10,
-    },  # noqa: E501
-    "dinov2_b14_252_pfpascal": {
-        **_VIT_B14,
-        "img_size": 252,
-        "dataset": "pfpascal",
-        "lr": 1e-4,
-        "step_size": 200,
-        "batch_size": 16,
-        "epochs": 100,
-    },  # noqa: E501
-    "dinov2_b14_448_ap10k": {
-        **_VIT_B14,
-        "img_size": 448,
-        "dataset": "ap10k",
-        "lr": 6e-5,
-        "step_size": 2000,
-        "batch_size": 8,
-        "epochs": 10,
-    },  # noqa: E501
-    "ibot_b16_256_spair": {
-        **_IBOT_B16,
-        "img_size": 256,
-        "dataset": "spair",
-        "lr": 1e-5,
-        "step_size": 800,
-        "batch_size": 8,
-        "epochs": 10,
-    },  # noqa: E501
-    "resnet101_256_spair": {
-        **_R101,
-        "img_size": 256,
-        "dataset": "spair",
-        "lr": 3e-5,
-        "step_size": 800,
-        "gamma": 0.9,
-        "batch_size": 8,
-        "epochs": 10,
-    },  # noqa: E501
-    "resnet101_256_pfpascal": {
-        **_R101,
-        "img_size": 256,
-        "dataset": "pfpascal",
-        "lr": 3e-5,
-        "step_size": 200,
-        "gamma": 0.9,
-        "batch_size": 16,
-        "epochs": 100,
-    },  # noqa: E501
+    "dinov2_b14_252_spair":    {**_VIT_B14, "img_size": 252, "dataset": "spair", "lr": 6e-4, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "dinov2_b14_448_spair":    {**_VIT_B14, "img_size": 448, "dataset": "spair", "lr": 6e-4, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "dinov2_b14_252_pfpascal": {**_VIT_B14, "img_size": 252, "dataset": "pfpascal", "lr": 1e-4, "step_size": 200, "batch_size": 16, "epochs": 100},  # noqa: E501
+    "dinov2_b14_448_ap10k":    {**_VIT_B14, "img_size": 448, "dataset": "ap10k", "lr": 6e-5, "step_size": 2000, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "ibot_b16_256_spair":      {**_IBOT_B16, "img_size": 256, "dataset": "spair", "lr": 1e-5, "step_size": 800, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "resnet101_256_spair":     {**_R101, "img_size": 256, "dataset": "spair", "lr": 3e-5, "step_size": 800, "gamma": 0.9, "batch_size": 8, "epochs": 10},  # noqa: E501
+    "resnet101_256_pfpascal":  {**_R101, "img_size": 256, "dataset": "pfpascal", "lr": 3e-5, "step_size": 200, "gamma": 0.9, "batch_size": 16, "epochs": 100},  # noqa: E501
     # Small CNN trained from scratch on synthetic warps: learns in minutes on 2 CPU cores (no weights needed).
-    "demo_cpu": dict(
-        backbone="resnet18",
-        finetune="full",
-        img_size=128,
-        align_dim=64,
-        multiscale=True,
-        windows=[0, 9, 15],
-        dataset="synthetic",
-        lr=1e-3,
-        step_size=100,
-        gamma=0.95,
-        batch_size=8,
-        epochs=1,
-        max_steps=600,
-        augment=True,
-        dropout=0.0,
-        synthetic_pairs=4800,
-        synthetic_val_pairs=64,
-        eval_every=200,
-    ),  # noqa: E501
+    "demo_cpu": dict(backbone="resnet18", finetune="full", img_size=128, align_dim=64, multiscale=True, windows=[0, 9, 15], dataset="synthetic", lr=1e-3, step_size=100, gamma=0.95, batch_size=8, epochs=1, max_steps=400, augment=True, dropout=0.0, synthetic_pairs=800, synthetic_val_pairs=64, eval_every=100),  # noqa: E501
 }
+# fmt: on
 DEFAULT_PRESET = "dinov2_b14_252_spair"
 
 

@@ -51,7 +51,7 @@ def cosine_similarity(src_feats: torch.Tensor, trg_feats: torch.Tensor, eps: flo
 
 
 def window_starts(center: torch.Tensor, k: int, size: int) -> torch.Tensor:
-    """Top-left of a k-window around ``center`` shifted to stay inside ``[0, size)``: clamp(c - k//2, 0, size - k)."""
+    """Top-left of a k-window around ``center`` kept inside ``[0, size)``: clamp(c - k//2, 0, size - k)."""
     return (center - k // 2).clamp(0, size - k)
 
 
@@ -157,7 +157,7 @@ def pck(
     threshold: torch.Tensor,
     alphas: Sequence[float],
 ) -> dict[str, float]:
-    """PCK in percent, per-image mean (the paper's convention) for each alpha (pairs with no valid kp skipped)."""
+    """PCK in percent, per-image mean (the paper's convention) per alpha; pairs without valid kps skipped."""
     counts = pck_correct(pred, gt, valid, threshold, alphas).double()
     nvalid = valid.sum(dim=1).double()
     keep = nvalid > 0

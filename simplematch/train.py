@@ -235,7 +235,7 @@ def train(
         ap10k_split=cfg.ap10k_split,
         seed=cfg.seed,
         n_pairs=cfg.synthetic_pairs if cfg.dataset == "synthetic" else None,
-    )  # noqa: E501
+    )
     val_records = load_records(
         cfg.dataset,
         cfg.data_root,
@@ -243,7 +243,7 @@ def train(
         ap10k_split=cfg.ap10k_split,
         seed=cfg.seed,
         n_pairs=cfg.synthetic_val_pairs if cfg.dataset == "synthetic" else None,
-    )  # noqa: E501
+    )
     if cfg.val_pairs is not None:
         val_records = val_records[: cfg.val_pairs]
     if len(train_records) < cfg.batch_size * dist_utils.world_size():
@@ -295,7 +295,7 @@ def train(
         augment=cfg.augment,
         seed=cfg.seed,
         threshold_kind=THRESHOLDS[cfg.dataset],
-    )  # noqa: E501
+    )
     ddp_model: torch.nn.Module = model
     if dist_utils.is_distributed():
         ddp_model = torch.nn.parallel.DistributedDataParallel(

@@ -60,7 +60,8 @@ def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", str(trained), "--out", str(onnx_path)]) == 0
     out, viz = tmp_path / "res.json", tmp_path / "viz.png"
-    rc = main(["infer", str(EXAMPLES / "src.png"), str(EXAMPLES / "tgt.png"), "--kps", str(EXAMPLES / "kps.json"),
+    kps = str(EXAMPLES / "kps.json")
+    rc = main(["infer", str(EXAMPLES / "src.png"), str(EXAMPLES / "tgt.png"), "--kps", kps,
                "--model", str(onnx_path), "--out", str(out), "--viz", str(viz)])  # fmt: skip
     assert rc == 0
     res = json.loads(out.read_text())

@@ -50,7 +50,8 @@ def run_convert(
     save_checkpoint(model, cfg, out)
     atomic_write_text(Path(out) / "convert_report.json", json.dumps(report, indent=2, default=str) + "\n")
     console.print(
-        f"{family}: {report['keys_in_file']} keys in file, {report['consumed']} consumed, {report['ignored']} ignored"
+        f"{family}: {report['keys_in_file']} keys in file, {report['consumed']} consumed,"
+        f" {report['ignored']} ignored"
         f" {report['ignored_by_reason']}, {report['from_backbone_weights']} from the backbone file -> {out}"
         " (details in convert_report.json)"
     )

@@ -23,12 +23,7 @@ from PIL import Image
 from simplematch.data.records import PairRecord, normalise_split
 from simplematch.errors import SimpleMatchError
 
-# Object photos plus a few textures (all bundled with scikit-image, no network); textures make the learned
-# descriptors less specific to a handful of scenes.
-TRAIN_PHOTOS = (
-    "astronaut", "coffee", "rocket", "immunohistochemistry", "motorcycle_left", "camera",
-    "clock", "retina", "moon", "brick", "gravel", "page",
-)  # fmt: skip
+TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "motorcycle_left", "camera")
 HELDOUT_PHOTOS = ("chelsea", "hubble_deep_field", "coins")
 SPLIT_CODE = {"trn": 0, "val": 1, "test": 2}
 DEFAULT_PAIRS = {"trn": 2000, "val": 64, "test": 64}
@@ -78,8 +73,6 @@ class SyntheticPairSpec:
     gain: tuple[float, float, float]
     gamma: float
     offset: float
-    channels: tuple[int, int, int] = (0, 1, 2)  # colour-channel permutation of the target
-    gray: bool = False  # target rendered in grey: semantic pairs differ in colour, so learn to ignore it
 
     @functools.cached_property
     def _maps(self):  # noqa: ANN202 - private (ProjectiveTransform, ThinPlateSplineTransform)
@@ -116,9 +109,6 @@ class SyntheticPairSpec:
     def target(self) -> np.ndarray:
         img = self.warp(self.source().astype(np.float64) / 255.0)
         img = np.clip(img * np.asarray(self.gain), 0.0, 1.0) ** self.gamma + self.offset
-        img = img[:, :, list(self.channels)]
-        if self.gray:
-            img = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)
         return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -137,8 +127,8 @@ class SyntheticImage:
 
 @functools.lru_cache(maxsize=4096)
 def _render(spec: SyntheticPairSpec, side: str) -> np.ndarray:
-    """Rendered pixels, cached: rendering a warped target costs ~50 ms, and training revisits every pair
-    once per epoch (4096 images of <= 256 px stay under ~800 MB). Read-only so cached arrays stay pristine."""
+    """Rendered pixels, cached: rendering a warped target costs ~50 ms and training revisits every pair once
+    per epoch (4096 images of <= 256 px stay under ~800 MB). Read-only, so a cached array stays pristine."""
     img = spec.source() if side == "src" else spec.target()
     img.setflags(write=False)
     return img
@@ -208,8 +198,6 @@ def _make_spec(rng: np.random.Generator, photos: tuple[str, ...]) -> tuple[Synth
         gain=tuple(float(v) for v in rng.uniform(0.8, 1.2, size=3)),  # type: ignore[arg-type]
         gamma=float(rng.uniform(0.75, 1.35)),
         offset=float(rng.uniform(-0.06, 0.06)),
-        channels=tuple(int(c) for c in (rng.permutation(3) if rng.random() < 0.3 else range(3))),  # type: ignore[arg-type]
-        gray=bool(rng.random() < 0.3),
     )
     # Photo corners -> source pixels (PIL's box resize maps pixel centres linearly), away from the border.
     pts = (corners + 0.5 - [x0, y0]) * [sw / cw, sh / ch] - 0.5
