@@ -78,7 +78,16 @@ def run_demo(
     from simplematch.train import train
 
     res = train(cfg, ckpt, console=console)
-    nums["train"] = {"steps": res.step, "seconds": round(res.seconds, 1), "best": res.best}
+    import resource
+
+    # ru_maxrss is in KiB on Linux: the process peak so far, i.e. the training run
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    nums["train"] = {
+        "steps": res.step,
+        "seconds": round(res.seconds, 1),
+        "best": res.best,
+        "peak_rss_mib": round(peak),
+    }
     done()
 
     # 2. PyTorch evaluation --------------------------------------------------------------------------------
@@ -236,7 +245,8 @@ def render_report(nums: dict[str, Any], steps: list[dict[str, Any]], evals: list
         f" simplematch {simplematch.__version__}. Total wall time {nums['total_seconds']:.0f} s.",
         "",
         f"Preset `demo_cpu`: {cfg['backbone']} from scratch at {cfg['img_size']} px, {nums['train']['steps']} steps"  # noqa: E501
-        f" in {nums['train']['seconds']:.0f} s on synthetic warps of scikit-image photos.",
+        f" in {nums['train']['seconds']:.0f} s on synthetic warps of scikit-image photos"
+        f" (peak RSS of the process {nums['train']['peak_rss_mib']} MiB).",
         "",
         "## Accuracy (PCK@0.05 / 0.1 / 0.15, per-image mean; per-point in brackets)",
         "",

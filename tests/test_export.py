@@ -360,11 +360,6 @@ def test_unknown_format_library():
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.app.main() catches click.ClickException, but typer 0.29 raises its vendored "
-    "typer._click exceptions for bad option values, so they escape as a traceback (fix belongs in app.py)",
-)
 def test_unknown_format_cli(ckpts, capsys):
     rc = main(["export", str(ckpts["vit"]), "--format", "bogus"])
     _one_line_error(capsys, rc, "bogus")
