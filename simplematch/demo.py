@@ -158,7 +158,7 @@ def run_demo(
     # 6. bench -------------------------------------------------------------------------------------------------  # noqa: E501
     bench_json = out / "bench.json"
     step("benchmark torch vs onnxruntime (short)",
-         f"smatch bench --checkpoint {ckpt} --runtime torch onnx onnx-fp16 --batch 1 8 --iters {bench_iters} --json {bench_json}")  # noqa: E501  # fmt: skip
+         f"smatch bench --checkpoint {ckpt} --runtime torch,onnx,onnx-fp16 --batch 1,8 --iters {bench_iters} --json {bench_json}")  # noqa: E501  # fmt: skip
     from simplematch.bench import print_bench, run_bench
 
     bench = run_bench(
