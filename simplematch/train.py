@@ -228,22 +228,15 @@ def train(
         raise SimpleMatchError(
             "PF-WILLOW has no training split", "train on spair or pfpascal, evaluate on pfwillow"
         )
-    train_records = load_records(
-        cfg.dataset,
-        cfg.data_root,
-        TRAIN_SPLIT,
-        ap10k_split=cfg.ap10k_split,
-        seed=cfg.seed,
-        n_pairs=cfg.synthetic_pairs if cfg.dataset == "synthetic" else None,
-    )
-    val_records = load_records(
-        cfg.dataset,
-        cfg.data_root,
-        VAL_SPLIT,
-        ap10k_split=cfg.ap10k_split,
-        seed=cfg.seed,
-        n_pairs=cfg.synthetic_val_pairs if cfg.dataset == "synthetic" else None,
-    )
+
+    def records(split: str, synthetic_pairs: int) -> list:
+        n_pairs = synthetic_pairs if cfg.dataset == "synthetic" else None
+        return load_records(
+            cfg.dataset, cfg.data_root, split, ap10k_split=cfg.ap10k_split, seed=cfg.seed, n_pairs=n_pairs
+        )
+
+    train_records = records(TRAIN_SPLIT, cfg.synthetic_pairs)
+    val_records = records(VAL_SPLIT, cfg.synthetic_val_pairs)
     if cfg.val_pairs is not None:
         val_records = val_records[: cfg.val_pairs]
     if len(train_records) < cfg.batch_size * dist_utils.world_size():
