@@ -490,6 +490,22 @@ def run_bench(
     say = log or (lambda _msg: None)
     runtimes = list(runtimes) if runtimes is not None else ([] if models else list(DEFAULT_RUNTIMES))
     runtimes = [r for r in runtimes if r != "none"]  # `--runtime none`: only --model files / --train-memory
+    if models and checkpoint is None:
+        # With only --model files, `--runtime onnx|trt` names the engine that runs them, which each file's
+        # suffix already decides. Any other runtime would export its own model from a checkpoint.
+        kinds = {"trt" if Path(m).suffix.lower() in (".engine", ".plan") else "onnx" for m in models}
+        foreign = [r for r in runtimes if r not in kinds]
+        if foreign:
+            raise SimpleMatchError(
+                f"--runtime {', '.join(foreign)} exports a model from a checkpoint, and none was given",
+                "pass --checkpoint DIR, or drop --runtime to benchmark the --model files alone",
+            )
+        runtimes = []
+    if not runtimes and not models and not train_memory:
+        raise SimpleMatchError(
+            "nothing to benchmark (--runtime none, no --model, no --train-memory)",
+            "pass --model FILE, a --runtime, or --train-memory",
+        )
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise SimpleMatchError(
@@ -505,6 +521,10 @@ def run_bench(
         raise SimpleMatchError(f"--threads {threads} is invalid", "pass a positive thread count")
     if num_kps < 1:
         raise SimpleMatchError("the number of keypoints must be >= 1", "use the default 30")
+    if runtimes or train_memory or checkpoint is not None:
+        from simplematch.extras import require
+
+        require("train", "benchmarking a checkpoint or the torch/export runtimes (only --model runs without)")
     device = _check_device(device)
     json_file = _check_json_out(Path(json_path) if json_path else None)
     model_files = [Path(m) for m in models]

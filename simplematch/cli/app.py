@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.exceptions import TyperException
 
 from simplematch.errors import SimpleMatchError
 
@@ -111,6 +112,9 @@ def train(
     import dataclasses
 
     from simplematch.config import Config, resolve_config
+    from simplematch.extras import require
+
+    require("train", "`smatch train`")
 
     if resume is not None:
         # The saved config *is* the run: other settings would silently change it half-way.
@@ -301,6 +305,9 @@ def export(
     repository's CI (TensorRT cannot be installed there); it needs an NVIDIA GPU and `simplematch[trt]`.
     """
     from simplematch.export import export_checkpoint
+    from simplematch.extras import require
+
+    require("train", "`smatch export`")
 
     if batch != "dynamic" and not batch.isdigit():
         raise SimpleMatchError(f"--batch {batch!r} is invalid", "pass a positive integer or 'dynamic'")
@@ -387,7 +394,10 @@ def convert(
 ) -> None:
     """Import the authors' released checkpoints (strict key accounting), or write ours in their layout."""
     from simplematch.cli.convert import run_convert
+    from simplematch.extras import require
     from simplematch.io import check_output_file, check_writable_dir
+
+    require("train", "`smatch convert`")
 
     # Checked before the conversion (which loads every tensor), so a bad --out fails at once.
     check_output_file(out, "--out") if to_official else check_writable_dir(out, "--out")
@@ -409,7 +419,10 @@ def demo(
     Writes everything (checkpoint, exports, JSON results, report.md) under --out.
     """
     from simplematch.demo import run_demo
+    from simplematch.extras import require
     from simplematch.io import check_writable_dir
+
+    require("train", "`smatch demo`")
 
     check_writable_dir(out, "--out")  # the demo's first steps take minutes: fail before them
     run_demo(out, willow=willow, max_steps=max_steps, bench_iters=bench_iters, console=_console())
@@ -446,20 +459,35 @@ def bench(
 
 
 # ------------------------------------------------------------------------------------------------------
+def _version_callback(value: bool) -> None:
+    if value:
+        import simplematch
+
+        typer.echo(f"smatch (simplematch) {simplematch.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """SimpleMatch semantic correspondence: train, eval, export, infer, bench. --debug shows tracebacks."""
+
+
+def _one_line_usage_error(err: TyperException) -> str:
+    # Usage errors (unknown option, invalid choice, missing argument) get the same one-line form.
+    ctx = getattr(err, "ctx", None)
+    hint = f". Fix: see `{ctx.command_path} --help`" if ctx is not None else ""
+    message = " ".join(err.format_message().split()).replace("Value error, ", "").rstrip(".")
+    return f"error: {message}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, turning user errors into one line and exit code 2."""
-    import click
-
-    # typer >= 0.20 vendors its own click: catch both families, or usage errors escape as tracebacks.
-    usage_errors: tuple[type[BaseException], ...] = (click.ClickException,)
-    exits: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
-    aborts: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
-    try:
-        from typer._click import exceptions as vendored
-    except ImportError:
-        pass
-    else:
-        usage_errors += (vendored.ClickException,)
+    from simplematch.extras import missing_module_error
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -472,20 +500,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except exits as err:
+    except ModuleNotFoundError as err:
+        # An optional extra that this install lacks (e.g. torch in a runtime-only install): name it.
+        user_error = missing_module_error(err)
+        if debug or user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        return user_error.exit_code
+    except typer.Exit as err:
         return int(getattr(err, "exit_code", 0) or 0)
-    except aborts:
+    except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 130
-    except usage_errors as err:
+    except TyperException as err:  # typer's (vendored click's) usage errors all derive from it
         if debug:
             raise
         if type(err).__name__ == "NoArgsIsHelpError":  # bare `smatch`: the help text is the answer
             err.show()
             return 2
-        # Usage errors (unknown option, invalid choice, missing argument) get the same one-line form.
-        ctx = getattr(err, "ctx", None)
-        hint = f". Fix: see `{ctx.command_path} --help`" if ctx is not None else ""
-        message = " ".join(err.format_message().split()).replace("Value error, ", "").rstrip(".")
-        print(f"error: {message}{hint}", file=sys.stderr)
+        print(_one_line_usage_error(err), file=sys.stderr)
         return 2

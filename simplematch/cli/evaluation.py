@@ -45,6 +45,9 @@ def evaluate_any(
 
 
 def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window):  # noqa: ANN001, ANN202
+    from simplematch.extras import require
+
+    require("train", "evaluating a checkpoint folder (PyTorch)")
     from simplematch import distributed as dist_utils
     from simplematch.checkpoint import load_checkpoint
     from simplematch.evaluate import checkpoint_info, evaluate_model

@@ -29,6 +29,9 @@ def load_records(
     if dataset not in DATASETS:
         raise SimpleMatchError(f"unknown dataset '{dataset}'", f"use one of {', '.join(DATASETS)}")
     if dataset == "synthetic":
+        from simplematch.extras import require
+
+        require("synthetic", "--dataset synthetic")
         from simplematch.data.synthetic import read_synthetic
 
         return read_synthetic(split, seed=seed, n_pairs=n_pairs)
