@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,40 +133,111 @@ class Config:
         return cls.from_dict(data, source=str(path))
 
     def validate(self) -> None:
+        """Types first (a JSON config can hold anything), then ranges; each message names the fix."""
+        _check_types(self)
+
         def bad(key: str, why: str, fix: str) -> SimpleMatchError:
             return SimpleMatchError(f"config {key}={getattr(self, key)!r}: {why}", fix)
 
+        def finite(key: str) -> bool:
+            return math.isfinite(getattr(self, key))
+
         self.family  # noqa: B018 - raises for an unknown backbone family
         if self.finetune not in FINETUNE_MODES:
-            raise bad("finetune", "unknown mode", f"use one of {', '.join(FINETUNE_MODES)}")
+            raise bad(
+                "finetune", "unknown mode", f"use one of {', '.join(FINETUNE_MODES)} ({_where('finetune')})"
+            )
         if self.coord not in COORD_CONVENTIONS:
-            raise bad("coord", "unknown convention", f"use one of {', '.join(COORD_CONVENTIONS)}")
+            raise bad(
+                "coord",
+                "unknown convention",
+                f"use one of {', '.join(COORD_CONVENTIONS)} ({_where('coord')})",
+            )
         if self.dataset not in DATASETS:
             raise bad("dataset", "unknown dataset", f"use one of {', '.join(DATASETS)}")
         if self.ap10k_split not in AP10K_SPLITS:
             raise bad("ap10k_split", "unknown split", f"use one of {', '.join(AP10K_SPLITS)}")
-        if not isinstance(self.img_size, int) or self.img_size < 32:
-            raise bad("img_size", "must be an integer >= 32", "pass e.g. --img-size 252")
+        example = 252 if self.family == "vit" else 256  # ViT: a multiple of the patch (14 or 16) and of 4
+        if self.img_size < 32:
+            raise bad("img_size", "must be an integer >= 32", f"pass e.g. --img-size {example}")
         if self.img_size % 4:
             raise bad(
-                "img_size", "must be divisible by 4 (the fine head is at exactly 1/4)", "use e.g. 252 or 256"
+                "img_size",
+                "must be divisible by 4 (the fine head is at exactly 1/4)",
+                f"pass e.g. --img-size {example}",
             )
-        if len(self.windows) != 3 or any((not isinstance(k, int)) or k < 0 for k in self.windows):
+        if len(self.windows) != 3 or any(k < 0 for k in self.windows):
             raise bad(
-                "windows", "needs three integers >= 0 (coarse, mid, fine; 0 = whole map)", "e.g. [0, 15, 45]"
-            )
-        if self.beta <= 0:
-            raise bad("beta", "must be > 0", "use the paper's 0.02")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise bad("batch_size", "batch size and epochs must be >= 1", "pass positive values")
+                "windows", "needs three integers >= 0 (coarse, mid, fine; 0 = whole map)",
+                f"e.g. [0, 15, 45] ({_where('windows')}; --window sets the fine one)",
+            )  # fmt: skip
+        if not finite("beta") or self.beta <= 0:
+            raise bad("beta", "must be a finite number > 0", f"use the paper's 0.02 ({_where('beta')})")
+        if self.batch_size < 1:
+            raise bad("batch_size", "must be >= 1", "pass a positive --batch-size")
+        if self.epochs < 1:
+            raise bad("epochs", "must be >= 1", "pass a positive --epochs")
         if self.max_steps is not None and self.max_steps < 1:
             raise bad("max_steps", "must be >= 1", "pass a positive --max-steps")
-        if self.lr <= 0:
-            raise bad("lr", "must be > 0", "pass a positive --lr")
+        if not finite("lr") or self.lr <= 0:
+            raise bad("lr", "must be a finite number > 0", "pass a positive --lr, e.g. --lr 6e-4")
+        if not finite("gamma") or not 0 < self.gamma <= 1:
+            raise bad("gamma", "must be in (0, 1]", f"use the released 0.95 ({_where('gamma')})")
+        if self.step_size < 1:
+            raise bad(
+                "step_size", "must be >= 1 (iterations per LR step)", f"e.g. 800 ({_where('step_size')})"
+            )
+        if not finite("dropout") or not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1)", f"use the released 0.3 ({_where('dropout')})")
         if self.lora_rank < 1:
-            raise bad("lora_rank", "must be >= 1", "use 16 as the paper")
+            raise bad("lora_rank", "must be >= 1", f"use 16 as the paper ({_where('lora_rank')})")
+        if not finite("lora_alpha") or self.lora_alpha <= 0:
+            raise bad(
+                "lora_alpha", "must be a finite number > 0", f"use the released 1.0 ({_where('lora_alpha')})"
+            )
+        for key in ("synthetic_pairs", "synthetic_val_pairs", "val_pairs", "eval_every", "decoder_dim"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise bad(key, "must be >= 1", f"pass a positive value ({_where(key)})")
+        if self.num_workers < 0:
+            raise bad("num_workers", "must be >= 0", f"pass 0 or more ({_where('num_workers')})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise bad("device", "unknown device", "use auto, cpu or cuda")
+            raise bad("device", "unknown device", "pass --device auto, cpu or cuda")
+
+
+# Config keys that `smatch train` has a flag for; every other key is set in a --config JSON file.
+CLI_FLAGS = ("dataset", "data_root", "backbone", "weights", "img_size", "batch_size", "epochs", "max_steps",
+             "lr", "seed", "device", "ap10k_split")  # fmt: skip
+
+
+def _where(key: str) -> str:
+    return f"--{key.replace('_', '-')}" if key in CLI_FLAGS else f'set "{key}" in a --config JSON file'
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if hint is float:  # JSON has one number type: 1 is a valid float, True is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(cfg: Config) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _type_ok(value, hints[f.name]):
+            hint = hints[f.name]
+            want = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            raise SimpleMatchError(
+                f"config {f.name}={value!r}: must be of type {want}", f"fix the value ({_where(f.name)})"
+            )
 
 
 # One line per preset: the paper's hyperparameters (section 4.1 and the released configs).

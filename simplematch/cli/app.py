@@ -210,21 +210,24 @@ def eval_cmd(
     ] = Frame.resized,
     batch_size: Annotated[int, typer.Option()] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    window: Annotated[int, typer.Option(help="Override the fine window size (paper Table 7).")] = None,
+    window: Annotated[
+        int, typer.Option(min=0, help="Override the fine window size (paper Table 7); 0 = whole map.")
+    ] = None,
     ap10k_split: Annotated[Ap10kSplit, typer.Option()] = Ap10kSplit.intra,
-    limit: Annotated[int, typer.Option(help="Evaluate only the first N pairs.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Evaluate only the first N pairs.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic split.")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
     from simplematch.cli.evaluation import evaluate_any, print_result
     from simplematch.data import load_records
 
-    alphas = tuple(alpha) if alpha else (0.05, 0.1, 0.15)
-    if json_out is not None:
-        from simplematch.io import check_output_file
+    from simplematch import validate
 
-        check_output_file(json_out, "--json")  # before the (slow) evaluation, not after it
+    alphas = validate.alphas(alpha, (0.05, 0.1, 0.15))
+    # Before the (slow) evaluation, not after it.
+    validate.output_file(json_out, "--json", suffixes=(".json",), inputs=[model, data_root], force=force)
     records = load_records(
         dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed
     )  # noqa: E501
@@ -237,6 +240,12 @@ def eval_cmd(
         )  # fmt: skip
     finally:
         _cleanup_distributed()
+    # Every option that changes the number, so two result files can be compared.
+    res["options"] = {
+        "dataset": dataset.value, "split": split, "alphas": list(alphas), "frame": frame.value,
+        "window": window, "limit": limit, "seed": seed if dataset is Dataset.synthetic else None,
+        "ap10k_split": ap10k_split.value if dataset is Dataset.ap10k else None,
+    }  # fmt: skip
     if _is_main_process():  # under torchrun every rank holds the gathered totals; one prints and writes
         print_result(res, _console())
         _write_json(json_out, res)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from simplematch.config import DATASETS, THRESHOLDS
-from simplematch.data.records import PairRecord
+from simplematch.data.records import PairRecord, normalise_split
 from simplematch.errors import SimpleMatchError
 
 # PCK normaliser per dataset: spair/ap10k target bbox, pfpascal image, pfwillow keypoint extent,
@@ -28,7 +28,15 @@ def load_records(
     """
     if dataset not in DATASETS:
         raise SimpleMatchError(f"unknown dataset '{dataset}'", f"use one of {', '.join(DATASETS)}")
+    split = normalise_split(split)
+    if dataset == "pfwillow" and split != "test":
+        raise SimpleMatchError(f"PF-WILLOW has no '{split}' split (it is a test-only benchmark)", "pass --split test")
     if dataset == "synthetic":
+        if data_root is not None:
+            raise SimpleMatchError(
+                f"--data-root {data_root} is not used by the synthetic dataset (it is generated)",
+                "drop --data-root, or pick the dataset that lives there with --dataset",
+            )
         from simplematch.extras import require
 
         require("synthetic", "--dataset synthetic")

@@ -1,0 +1,170 @@
+"""The one place for the rules every command and the Python API share: output paths, numbers, choices.
+
+Each check raises :class:`~simplematch.errors.SimpleMatchError` (one line naming the problem and the fix;
+the CLI prints it and exits 2) and creates nothing, so a command that validates everything first leaves
+nothing behind when it refuses. Torch-free.
+
+Output rules (one rule, written once):
+* an output is never one of the command's inputs (same file, however spelled);
+* an existing file or a non-empty folder is only replaced with ``force=True`` (``--force``);
+* the nearest existing ancestor must be a writable folder (the output is created later, atomically).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from simplematch.errors import SimpleMatchError
+
+PathLike = str | os.PathLike
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable_base(path: Path, flag: str) -> None:
+    base = _nearest_existing(path.parent if not path.exists() else path)
+    if not base.is_dir():
+        raise SimpleMatchError(f"cannot write {flag} {path}: {base} is not a folder", "choose another path")
+    if not os.access(base, os.W_OK):
+        raise SimpleMatchError(
+            f"cannot write {flag} {path}: {base} is not writable", "choose a writable path"
+        )
+
+
+def _not_an_input(path: Path, flag: str, inputs: Iterable[PathLike | None]) -> None:
+    for given in inputs:
+        if given is None:
+            continue
+        given = Path(given)
+        if _same(path, given) or (given.is_dir() and _inside(path, given) and path.exists()):
+            raise SimpleMatchError(
+                f"{flag} {path} is one of this command's inputs ({given}); writing it would destroy it",
+                f"pass another {flag} path",
+            )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def output_file(
+    path: PathLike | None,
+    flag: str,
+    *,
+    suffixes: Sequence[str] | None = None,
+    inputs: Iterable[PathLike | None] = (),
+    force: bool = False,
+) -> Path | None:
+    """A file the command will write (atomically, later): checked now, nothing created. ``None`` passes."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise SimpleMatchError(f"{flag} {path} is a folder", "pass a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        example = path.with_suffix(suffixes[0]).name if path.name else f"out{suffixes[0]}"
+        raise SimpleMatchError(f"{flag} {path} must end in {' or '.join(suffixes)}", f"pass e.g. {example}")
+    _not_an_input(path, flag, inputs)
+    if path.exists() and not force:
+        raise SimpleMatchError(
+            f"{flag} {path} already exists", "pass --force to overwrite it, or choose another path"
+        )
+    _writable_base(path, flag)
+    return path
+
+
+def output_dir(
+    path: PathLike,
+    flag: str,
+    *,
+    inputs: Iterable[PathLike | None] = (),
+    force: bool = False,
+    what: str = "folder",
+) -> Path:
+    """A folder the command will fill: a non-empty one is only reused with ``force``. Nothing created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SimpleMatchError(f"{flag} {path} is a file", "pass a folder path")
+    for given in inputs:
+        if given is not None and (_same(path, Path(given)) or _inside(Path(given), path)):
+            raise SimpleMatchError(
+                f"{flag} {path} holds this command's input {given}; writing there would destroy it",
+                f"pass another {flag} folder",
+            )
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise SimpleMatchError(
+            f"{flag} {path} already holds a {what}",
+            "pass --force to replace it, or choose a new folder"
+            + (" (or --resume it)" if what == "run" else ""),
+        )
+    _writable_base(path, flag)
+    return path
+
+
+def number(
+    value: Any,
+    flag: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    fix: str | None = None,
+) -> Any:
+    """A finite number within [low, high] (``*_open`` excludes the bound); ``None`` passes through."""
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or not integer) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        rule = " and ".join(s for s in (lo, hi) if s) or "finite"
+        kind = "an integer" if integer else "a number"
+        raise SimpleMatchError(
+            f"{flag} {value!r} is invalid: must be {kind} {rule}", fix or f"pass {flag} {rule}"
+        )
+    return value
+
+
+def choice(value: Any, flag: str, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        raise SimpleMatchError(f"{flag} {value!r} is not valid", f"use one of {', '.join(map(str, choices))}")
+    return value
+
+
+def alphas(values: Sequence[float] | None, default: Sequence[float]) -> tuple[float, ...]:
+    """PCK thresholds: each in (0, 1] (alpha scales the object/image size; 0 or > 1 gives 0 or 100 %)."""
+    chosen = tuple(values) if values else tuple(default)
+    for a in chosen:
+        number(
+            a, "--alpha", low=0, high=1, low_open=True, fix="pass PCK thresholds in (0, 1], e.g. --alpha 0.1"
+        )
+    if len(set(chosen)) != len(chosen):
+        raise SimpleMatchError(f"--alpha repeats a value ({', '.join(map(str, chosen))})", "give each once")
+    return chosen
