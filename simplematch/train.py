@@ -20,6 +20,7 @@ checkpoint. So N steps == N/2 steps + resume + N/2 steps.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -27,7 +28,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from simplematch import distributed as dist_utils
-from simplematch.checkpoint import load_model_weights, save_checkpoint
+from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs
@@ -211,10 +212,15 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    replace: bool = False,
     console: Any = None,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train ``cfg`` into ``out_dir`` (see module docstring). Returns how the run ended."""
+    """Train ``cfg`` into ``out_dir`` (see module docstring). Returns how the run ended.
+
+    ``replace`` (``--force``): ``out_dir`` holds an earlier run, whose files are removed once the inputs
+    are known to be valid (just before the first write), so no stale checkpoint can be resumed later.
+    """
     from simplematch.model import SimpleMatch
 
     t0 = time.time()
@@ -250,6 +256,8 @@ def train(
     seed_everything(cfg.seed + dist_utils.rank())
     model = SimpleMatch(cfg).to(device)
     created = not out.exists()
+    if replace and not resume and not created:
+        clear_run(out)
     ensure_writable_dir(out)
     opt, sched = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
@@ -455,3 +463,107 @@ def _progress(console: Any, enabled: bool) -> Any:
         console=console,
         disable=not enabled,
     )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Run planning: everything `smatch train` decides before training, checked before anything is written.
+RUN_FILES = ("config.json", "metrics.jsonl", "best.json", "last.json", WEIGHTS_NAME)
+
+
+def plan_run(
+    *,
+    out: str | Path | None,
+    resume: str | Path | None = None,
+    preset: str | None = None,
+    config_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    window: int | None = None,
+    max_steps: int | None = None,
+    device: str | None = None,
+    changed_flags: Sequence[str] = (),
+    force: bool = False,
+) -> tuple[Config, Path]:
+    """(config, run folder) of a new run or of ``resume``; raises before anything is created.
+
+    A new run starts from ``config_path`` or ``preset`` plus ``overrides`` (``None`` values ignored) and
+    ``window`` (the fine head's). A resumed run keeps its saved config: only ``max_steps`` (the new
+    total, beyond the step reached) and ``device`` may change, and ``changed_flags`` names any other
+    option the user gave, which is refused.
+    """
+    from simplematch import validate
+    from simplematch.config import resolve_config
+
+    if resume is not None:
+        cfg, run = _plan_resume(Path(resume), max_steps, device, changed_flags)
+    else:
+        if out is None:
+            raise SimpleMatchError("no output folder given", "pass --out DIR (or --resume DIR)")
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        given.update({k: v for k, v in (("max_steps", max_steps), ("device", device)) if v is not None})
+        if config_path is not None:
+            if preset is not None:
+                raise SimpleMatchError("--config and --preset both given", "pass one of them")
+            cfg = Config.from_dict({**Config.load(config_path).to_dict(), **given}, source=str(config_path))
+        else:
+            cfg = resolve_config(preset, given)
+        if window is not None:
+            cfg.windows = [*cfg.windows[:-1], window]
+            cfg.validate()
+        run = validate.output_dir(
+            out, "--out", inputs=[cfg.weights, cfg.data_root, config_path], force=force, what="run"
+        )
+    validate.check_memory(cfg, cfg.batch_size, _memory_device(cfg.device), training=True)
+    return cfg, run
+
+
+def _plan_resume(
+    run: Path, max_steps: int | None, device: str | None, changed_flags: Sequence[str]
+) -> tuple[Config, Path]:
+    if changed_flags:
+        raise SimpleMatchError(
+            f"--resume continues a run with its saved config; {', '.join(changed_flags)} cannot be changed",
+            "drop those options (only --max-steps and --device may be given with --resume)",
+        )
+    if not run.is_dir():
+        raise SimpleMatchError(
+            f"run folder not found: {run}", "pass the --out folder of an earlier `smatch train`"
+        )
+    cfg = Config.load(run / "config.json")
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("max_steps", max_steps), ("device", device)) if v})
+    cfg.validate()
+    reached = _step_reached(run)
+    if cfg.max_steps is not None and cfg.max_steps <= reached:
+        raise SimpleMatchError(
+            f"--max-steps {cfg.max_steps} is not beyond step {reached}, where {run} stopped",
+            f"pass --max-steps larger than {reached} (it is the new total, not the steps to add)",
+        )
+    return cfg, run
+
+
+def _step_reached(run: Path) -> int:
+    """The step of the run's last resumable checkpoint (``last.json``), without loading it."""
+    pointer = run / "last.json"
+    if not pointer.is_file():
+        raise SimpleMatchError(
+            f"{run} has no last.json (no resumable checkpoint was saved)",
+            "start a new run with --out (a run saves one every validation and on Ctrl-C)",
+        )
+    try:
+        return int(json.loads(pointer.read_text())["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise SimpleMatchError(f"{pointer} is malformed", "delete it and restart the run") from err
+
+
+def _memory_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def clear_run(out: Path) -> None:
+    """Remove what an earlier run wrote in ``out`` (``--force``), so no stale checkpoint survives."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for old in out.glob("ckpt-*"):
+        if old.is_dir():
+            shutil.rmtree(old)

@@ -103,80 +103,44 @@ def train(
             "--config", help="Start from this config.json (e.g. a previous run's); flags override it."
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the run already in --out (its checkpoints and metrics).")
+    ] = False,
 ) -> None:
     """Train SimpleMatch (PyTorch). Writes model.safetensors, config.json, metrics.jsonl, best.json.
 
     Ctrl-C (SIGINT/SIGTERM) saves a resumable checkpoint and exits with code 130. Under
     `torchrun --nproc_per_node N -m simplematch.cli train ...` it trains with DDP (gloo on CPU, nccl on CUDA).
     """
-    import dataclasses
-
-    from simplematch.config import Config, resolve_config
     from simplematch.extras import require
 
     require("train", "`smatch train`")
-
-    if resume is not None:
-        # The saved config *is* the run: other settings would silently change it half-way.
-        given = {
-            "--out": out, "--preset": preset, "--dataset": dataset, "--data-root": data_root,
-            "--backbone": backbone, "--weights": weights, "--img-size": img_size, "--window": window,
-            "--batch-size": batch_size, "--epochs": epochs, "--lr": lr, "--seed": seed,
-            "--ap10k-split": ap10k_split, "--config": config,
-        }  # fmt: skip
-        clash = [flag for flag, value in given.items() if value is not None]
-        if clash:
-            raise SimpleMatchError(
-                f"--resume continues a run with its saved config; {', '.join(clash)} cannot be changed",
-                "drop those options (only --max-steps and --device may be given with --resume)",
-            )
-        if not Path(resume).is_dir():
-            raise SimpleMatchError(
-                f"run folder not found: {resume}", "pass the --out folder of an earlier `smatch train`"
-            )
-        cfg = Config.load(Path(resume) / "config.json")
-        changes = {"max_steps": max_steps, "device": device}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-        cfg.validate()
-        out = Path(resume)
-    else:
-        if out is None:
-            raise SimpleMatchError("no output folder given", "pass --out DIR (or --resume DIR)")
-        overrides = dict(
-            dataset=dataset.value if dataset else None,
-            data_root=str(data_root) if data_root else None,
-            backbone=backbone,
-            weights=str(weights) if weights else None,
-            img_size=img_size,
-            batch_size=batch_size,
-            epochs=epochs,
-            max_steps=max_steps,
-            lr=lr,
-            seed=seed,
-            device=device,
-            ap10k_split=ap10k_split.value if ap10k_split else None,
-        )
-        if config is not None:
-            if preset is not None:
-                raise SimpleMatchError("--config and --preset both given", "pass one of them")
-            base = Config.load(config)
-            given = {k: v for k, v in overrides.items() if v is not None}
-            cfg = Config.from_dict({**base.to_dict(), **given}, source=str(config))
-        else:
-            cfg = resolve_config(preset, overrides)
-        if window is not None:
-            cfg.windows = [*cfg.windows[:-1], window]
-            cfg.validate()
-    from simplematch.io import check_writable_dir
+    from simplematch.train import plan_run
     from simplematch.train import train as run_train
 
-    check_writable_dir(out)
+    run_flags = {
+        "--out": out, "--preset": preset, "--dataset": dataset, "--data-root": data_root,
+        "--backbone": backbone, "--weights": weights, "--img-size": img_size, "--window": window,
+        "--batch-size": batch_size, "--epochs": epochs, "--lr": lr, "--seed": seed,
+        "--ap10k-split": ap10k_split, "--config": config, "--force": force or None,
+    }  # fmt: skip
+    overrides = dict(
+        dataset=dataset.value if dataset else None, data_root=str(data_root) if data_root else None,
+        backbone=backbone, weights=str(weights) if weights else None, img_size=img_size,
+        batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
+        ap10k_split=ap10k_split.value if ap10k_split else None,
+    )  # fmt: skip
+    cfg, out = plan_run(
+        out=out, resume=resume, preset=preset, config_path=config, overrides=overrides, window=window,
+        max_steps=max_steps, device=device, force=force,
+        changed_flags=[flag for flag, value in run_flags.items() if value is not None],
+    )  # fmt: skip
     main_rank = _is_main_process()
     console = _console()
     if main_rank:
         console.print(f"training {cfg.backbone} @ {cfg.img_size} on {cfg.dataset} -> {out}", soft_wrap=True)
     try:
-        res = run_train(cfg, out, resume=resume is not None, console=console)
+        res = run_train(cfg, out, resume=resume is not None, replace=force, console=console)
     finally:
         _cleanup_distributed()
     if res.status == "interrupted":
@@ -220,10 +184,9 @@ def eval_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
+    from simplematch import validate
     from simplematch.cli.evaluation import evaluate_any, print_result
     from simplematch.data import load_records
-
-    from simplematch import validate
 
     alphas = validate.alphas(alpha, (0.05, 0.1, 0.15))
     # Before the (slow) evaluation, not after it.
