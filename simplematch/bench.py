@@ -32,10 +32,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from simplematch import validate
 from simplematch.errors import SimpleMatchError
 
 RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt", "trt-fp16")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt")
+DEFAULT_PRESET = "demo_cpu"  # the random-init model measured when no --checkpoint / --model is given
 TRAIN_MODES = ("dense", "sparse", "sparse_window")
 RESULT_KEYS = (
     "runtime",
@@ -409,21 +411,6 @@ def _median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _check_json_out(path: Path | None) -> Path | None:
-    """Fail before minutes of benchmarking, not after, when the JSON cannot be written."""
-    if path is None:
-        return None
-    from simplematch.io import ensure_writable_dir
-
-    path = Path(path)
-    if path.is_dir():
-        raise SimpleMatchError(f"--json {path} is a folder", "pass a file path, e.g. --json bench.json")
-    ensure_writable_dir(path.parent)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise SimpleMatchError(f"--json {path} is not writable", "choose a writable path or fix permissions")
-    return path
-
-
 def _check_device(device: str) -> str:
     device = str(device).lower()
     if device not in ("cpu", "cuda"):
@@ -445,18 +432,22 @@ def _tensorrt_missing() -> str | None:
     return None
 
 
-def _build_random_checkpoint(preset: str, overrides: dict[str, Any], out: Path) -> Path:
+def _build_random_checkpoint(
+    preset: str, overrides: dict[str, Any], out: Path, batches: Sequence[int], device: str
+) -> Path:
     """A randomly initialised model (throughput does not depend on weights), saved so export works."""
     import torch
 
     from simplematch.checkpoint import save_checkpoint
     from simplematch.config import resolve_config
     from simplematch.model import SimpleMatch
+    from simplematch.validate import check_memory
 
     torch.manual_seed(0)
     # weights=None: never read (or require) a pretrained backbone file for a throughput benchmark.
     cfg = resolve_config(preset, {**overrides, "weights": None})
     cfg.weights = None
+    check_memory(cfg, max(batches), device, training=False)
     model = SimpleMatch(cfg)
     save_checkpoint(model, cfg, out)
     return out
@@ -472,12 +463,13 @@ def run_bench(
     iters: int = 10,
     repeats: int = 1,
     train_memory: bool = False,
-    preset: str = "demo_cpu",
+    preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     json_path: str | Path | None = None,
     num_kps: int = NUM_KPS,
     threads: int | None = None,
+    force: bool = False,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Benchmark runtimes x batch sizes (and optionally training memory); returns the result dict.
@@ -501,6 +493,14 @@ def run_bench(
                 "pass --checkpoint DIR, or drop --runtime to benchmark the --model files alone",
             )
         runtimes = []
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if checkpoint is not None and (preset is not None or given):
+        flags = ["--preset"] * (preset is not None) + [f"--{k.replace('_', '-')}" for k in given]
+        raise SimpleMatchError(
+            f"{', '.join(flags)} describe the random-init model, and --checkpoint {checkpoint} is measured as"
+            " saved",
+            "drop them to measure the checkpoint, or drop --checkpoint to measure that random-init model",
+        )
     if not runtimes and not models and not train_memory:
         raise SimpleMatchError(
             "nothing to benchmark (--runtime none, no --model, no --train-memory)",
@@ -526,7 +526,7 @@ def run_bench(
 
         require("train", "benchmarking a checkpoint or the torch/export runtimes (only --model runs without)")
     device = _check_device(device)
-    json_file = _check_json_out(Path(json_path) if json_path else None)
+    json_file = validate.output_file(json_path, "--json", suffixes=(".json",), inputs=models, force=force)
     model_files = [Path(m) for m in models]
     for m in model_files:
         if not m.is_file():
@@ -559,7 +559,9 @@ def run_bench(
             ckpt_dir = Path(checkpoint)
         elif needs_ckpt:
             say(f"building a randomly initialised model from preset {preset}")
-            ckpt_dir = _build_random_checkpoint(preset, dict(overrides or {}), tmp / "ckpt")
+            ckpt_dir = _build_random_checkpoint(
+                preset or DEFAULT_PRESET, given, tmp / "ckpt", batches, device
+            )
         if ckpt_dir is not None:
             model_sha = sha256_file(ckpt_dir / "model.safetensors")
         else:
@@ -651,6 +653,9 @@ def run_bench(
                     }
                 )
 
+    if not results and not train_rows:
+        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped) or "nothing ran"
+        raise SimpleMatchError(f"no benchmark could run ({reasons})", "choose a runtime this machine has")
     result: dict[str, Any] = {
         "device": desc,
         "versions": versions,

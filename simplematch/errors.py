@@ -19,3 +19,13 @@ class SimpleMatchError(Exception):
         super().__init__(msg)
         self.problem = problem
         self.fix = fix
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of an exception's message, for embedding in a one-line error.
+
+    Some libraries raise with an empty message (``torch.load`` on an empty file), so this never indexes
+    blindly: an empty message gives the exception's type name.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from simplematch.config import Config
-from simplematch.errors import SimpleMatchError
+from simplematch.errors import SimpleMatchError, first_line
 from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
 from simplematch.matching import match_keypoints
 
@@ -105,7 +105,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from err
     except (RuntimeError, OSError, EOFError, ValueError) as err:
         raise SimpleMatchError(
-            f"cannot read {path} as a torch file ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+            f"cannot read {path} as a torch file ({type(err).__name__}: {first_line(err)})",
             "the file is truncated or not a checkpoint; re-download it",
         ) from err
     for key in ("state_dict", "model", "teacher"):

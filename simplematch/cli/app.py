@@ -322,6 +322,7 @@ def infer(
     viz: Annotated[Path, typer.Option(help="Write a side-by-side match picture (PNG) here.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda (cuda needs onnxruntime-gpu or TensorRT).")] = "cpu",
     allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing --out / --viz files.")] = False,
 ) -> None:
     """Match keypoints from SRC into TGT with the torch-free runtime (numpy + onnxruntime / TensorRT)."""
     from rich.table import Table
@@ -329,7 +330,15 @@ def infer(
     from simplematch.runtime.infer import run_infer
 
     res = run_infer(
-        src, tgt, kps, model=model, out=out, viz=viz, device=device, allow_fallback=allow_fallback
+        src,
+        tgt,
+        kps,
+        model=model,
+        out=out,
+        viz=viz,
+        device=device,
+        allow_fallback=allow_fallback,
+        force=force,
     )
     table = Table(title=f"{src} -> {tgt} ({res['provider']})")
     for col in ("#", "source x", "source y", "target x", "target y", "score"):
@@ -363,18 +372,23 @@ def convert(
     to_official: Annotated[
         bool, typer.Option("--to-official", help="Write our checkpoint in their layout.")
     ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out (file or run).")] = False,
 ) -> None:
     """Import the authors' released checkpoints (strict key accounting), or write ours in their layout."""
-    from simplematch.cli.convert import run_convert
+    from simplematch import validate
     from simplematch.extras import require
-    from simplematch.io import check_output_file, check_writable_dir
 
     require("train", "`smatch convert`")
+    from simplematch.cli.convert import run_convert
 
     # Checked before the conversion (which loads every tensor), so a bad --out fails at once.
-    check_output_file(out, "--out") if to_official else check_writable_dir(out, "--out")
+    inputs = [checkpoint, backbone_weights]
+    if to_official:
+        validate.output_file(out, "--out", suffixes=(".pth", ".pt"), inputs=inputs, force=force)
+    else:
+        validate.output_dir(out, "--out", inputs=inputs, force=force, what="checkpoint")
     run_convert(checkpoint, family.value, out, img_size=img_size, backbone_weights=backbone_weights,
-                to_official=to_official, console=_console())  # fmt: skip
+                to_official=to_official, replace=force, console=_console())  # fmt: skip
 
 
 @app.command()
@@ -411,11 +425,12 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Fresh worker processes per cell (medians).")] = 1,
     json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here (atomically).")] = None,
     train_memory: Annotated[bool, typer.Option("--train-memory", help="Also training-step memory.")] = False,
-    preset: Annotated[str, typer.Option(help="Preset of the random-init model.")] = "demo_cpu",
+    preset: Annotated[str, typer.Option(help="Preset of the random-init model (default demo_cpu).")] = None,
     backbone: Annotated[str, typer.Option(help="Override the preset's timm backbone.")] = None,
     img_size: Annotated[int, typer.Option(help="Override the preset's input size.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     threads: Annotated[int, typer.Option(help="CPU threads for torch and onnxruntime alike.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
 ) -> None:
     """Throughput, latency, peak memory and matching share per runtime (each in a fresh process)."""
     from simplematch.bench import parse_batches, print_bench, run_bench, split_values
@@ -425,7 +440,7 @@ def bench(
         checkpoint=checkpoint, models=model or [], runtimes=split_values(runtime) or None,
         batches=parse_batches(batch), warmup=warmup, iters=iters, repeats=repeats, train_memory=train_memory,
         preset=preset, overrides={"backbone": backbone, "img_size": img_size}, device=device,
-        json_path=json_out, threads=threads, log=lambda msg: console.print(msg),
+        json_path=json_out, threads=threads, force=force, log=lambda msg: console.print(msg),
     )  # fmt: skip
     print_bench(res, console)
 

@@ -17,6 +17,7 @@ def run_convert(
     img_size: int | None,
     backbone_weights: Path | None,
     to_official: bool,
+    replace: bool = False,
     console: Any,
 ) -> dict[str, Any]:
     import torch
@@ -47,6 +48,10 @@ def run_convert(
     if backbone_weights is not None and not Path(backbone_weights).is_file():
         raise SimpleMatchError(f"backbone weights not found: {backbone_weights}", "check the path")
     model, cfg, report = convert_official(checkpoint, family, img_size, backbone_weights)
+    if replace:  # --force over an earlier run: drop its checkpoints too, or --resume would use them
+        from simplematch.train import clear_run
+
+        clear_run(Path(out))
     save_checkpoint(model, cfg, out)
     atomic_write_text(Path(out) / "convert_report.json", json.dumps(report, indent=2, default=str) + "\n")
     console.print(

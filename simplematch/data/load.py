@@ -30,7 +30,9 @@ def load_records(
         raise SimpleMatchError(f"unknown dataset '{dataset}'", f"use one of {', '.join(DATASETS)}")
     split = normalise_split(split)
     if dataset == "pfwillow" and split != "test":
-        raise SimpleMatchError(f"PF-WILLOW has no '{split}' split (it is a test-only benchmark)", "pass --split test")
+        raise SimpleMatchError(
+            f"PF-WILLOW has no '{split}' split (it is a test-only benchmark)", "pass --split test"
+        )
     if dataset == "synthetic":
         if data_root is not None:
             raise SimpleMatchError(

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from simplematch import validate
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image
 from simplematch.io import atomic_write_bytes, atomic_write_text
@@ -29,24 +30,6 @@ def find_default_model(cwd: str | Path | None = None) -> Path:
             f"no --model given and no default model at {DEFAULT_MODEL}",
             "pass --model PATH/model.onnx, or run `make demo` to train and export the demo model",
         )
-    return path
-
-
-def _check_output(path: Path | None, suffix: str, flag: str) -> Path | None:
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_dir():
-        raise SimpleMatchError(f"{flag} {path} is a folder", f"pass a file name ending in {suffix}")
-    if path.suffix.lower() != suffix:
-        raise SimpleMatchError(
-            f"{flag} {path} must end in {suffix}", f"pass e.g. {path.with_suffix(suffix).name}"
-        )
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # the folder will be created on write: check the nearest existing ancestor
-    if not parent.is_dir():
-        raise SimpleMatchError(f"cannot write {flag} {path}: {parent} is not a folder", "choose another path")
     return path
 
 
@@ -74,6 +57,7 @@ def run_infer(
     viz: str | Path | None = None,
     device: str = "cpu",
     allow_fallback: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Match the keypoints of ``kps_path`` (source-image pixels) into the target image.
 
@@ -83,9 +67,10 @@ def run_infer(
     invalid input.
     """
     # 1. Validate every input before doing any work or writing anything.
-    out_path = _check_output(Path(out) if out is not None else None, ".json", "--out")
-    viz_path = _check_output(Path(viz) if viz is not None else None, ".png", "--viz")
     model_path = Path(model) if model is not None else find_default_model()
+    inputs = [src, trg, kps_path, model_path]
+    out_path = validate.output_file(out, "--out", suffixes=(".json",), inputs=inputs, force=force)
+    viz_path = validate.output_file(viz, "--viz", suffixes=(".png",), inputs=[*inputs, out], force=force)
     src_img = load_image(src)
     trg_img = load_image(trg)
     kps = read_keypoints(kps_path, src_img.shape[:2])
