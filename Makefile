@@ -26,8 +26,9 @@ test: $(STAMP)
 	bash scripts/check_runtime_install.sh
 	$(BIN)/python -m pytest -q
 
+# `make demo` is re-runnable: it replaces the previous runs/demo (smatch itself never does without --force).
 demo: $(STAMP)
-	$(BIN)/smatch demo
+	$(BIN)/smatch demo --force
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

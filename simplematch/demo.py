@@ -34,6 +34,7 @@ def run_demo(
     willow: Path | None = None,
     max_steps: int | None = None,
     bench_iters: int = 5,
+    force: bool = False,
     console: Any = None,
 ) -> Path:
     from rich.console import Console
@@ -77,7 +78,7 @@ def run_demo(
     )  # noqa: E501
     from simplematch.train import train
 
-    res = train(cfg, ckpt, console=console)
+    res = train(cfg, ckpt, replace=force, console=console)
     import resource
 
     # ru_maxrss is in KiB on Linux: the process peak so far, i.e. the training run

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from simplematch.errors import SimpleMatchError
+from simplematch.errors import SimpleMatchError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,15 +38,27 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file -> (H, W, 3) uint8 RGB. Missing, truncated or non-image files raise one line."""
+def load_image(path: str | Path, *, exif_orientation: bool = True) -> np.ndarray:
+    """Read an image file -> (H, W, 3) uint8 RGB. Missing, truncated, oversized or non-image files raise
+    one line.
+
+    ``exif_orientation``: apply the EXIF Orientation tag (phone photos), so the pixels -- and keypoints
+    given in them -- are in the frame a viewer displays. The benchmark readers pass ``False``: their
+    annotations are in the stored frame.
+    """
     path = Path(path)
     if not path.is_file():
         raise SimpleMatchError(f"image not found: {path}", "check the path")
     try:
         with Image.open(path) as img:
             img.load()  # force decoding now: truncated files fail here, not later
-            arr = to_rgb_uint8(img)
+            shown = ImageOps.exif_transpose(img) if exif_orientation else img
+            arr = to_rgb_uint8(shown)
+    except Image.DecompressionBombError as err:  # Pillow's guard against decompression bombs
+        raise SimpleMatchError(
+            f"image {path} is too large to decode safely ({first_line(err)})",
+            f"downscale it below {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels",
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise SimpleMatchError(
             f"cannot read image {path} ({type(err).__name__}: {err})", "re-export it as PNG or JPEG"

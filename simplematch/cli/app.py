@@ -398,20 +398,24 @@ def demo(
         Path, typer.Option(help="PF-WILLOW root (default ../shared/data/pf-willow if present).")
     ] = None,
     max_steps: Annotated[int, typer.Option(help="Override the demo_cpu training length.")] = None,
-    bench_iters: Annotated[int, typer.Option(help="Iterations per benchmark cell.")] = 5,
+    bench_iters: Annotated[int, typer.Option(min=1, help="Iterations per benchmark cell.")] = 5,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier demo in --out.")] = False,
 ) -> None:
     """The whole pipeline on embedded data: train demo_cpu, eval, export, runtime eval, infer, bench, report.
 
     Writes everything (checkpoint, exports, JSON results, report.md) under --out.
     """
-    from simplematch.demo import run_demo
+    from simplematch import validate
     from simplematch.extras import require
-    from simplematch.io import check_writable_dir
 
     require("train", "`smatch demo`")
+    from simplematch.demo import run_demo
 
-    check_writable_dir(out, "--out")  # the demo's first steps take minutes: fail before them
-    run_demo(out, willow=willow, max_steps=max_steps, bench_iters=bench_iters, console=_console())
+    # The demo's first steps take minutes: fail before them.
+    validate.output_dir(out, "--out", inputs=[willow], force=force, what="demo")
+    run_demo(
+        out, willow=willow, max_steps=max_steps, bench_iters=bench_iters, force=force, console=_console()
+    )
 
 
 @app.command()

@@ -76,7 +76,7 @@ class PairRecord:
 def load_pair_image(source: ImageSource) -> np.ndarray:
     """Any :data:`ImageSource` -> (H, W, 3) uint8 RGB (files via :func:`simplematch.image.load_image`)."""
     if isinstance(source, (str, Path)):
-        return load_image(source)
+        return load_image(source, exif_orientation=False)  # annotations are in the stored frame
     arr = source() if callable(source) else source
     arr = np.asarray(arr)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
