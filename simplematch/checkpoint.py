@@ -34,8 +34,14 @@ def _resolve(path_or_dir: str | Path) -> tuple[Path, Path]:
     else:
         raise SimpleMatchError(f"checkpoint not found: {path}", "pass a folder written by `smatch train`")
     if not weights.is_file():
+        last = sorted(weights.parent.glob("ckpt-*/" + WEIGHTS_NAME))
+        if last:  # a run stopped (Ctrl-C, crash) before its first validation wrote the best model
+            raise SimpleMatchError(
+                f"{weights} is missing: the run stopped before its first validation",
+                f"use its last checkpoint {last[-1].parent}, or `smatch train --resume {weights.parent}`",
+            )
         raise SimpleMatchError(
-            f"{weights} is missing", "pass a folder written by `smatch train` (or re-run it)"
+            f"{weights} is missing", "pass a folder written by `smatch train` or `smatch convert`"
         )
     return weights, config
 
