@@ -161,6 +161,12 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with open(root / "evil.pth", "wb") as fh:
         pickle.dump({"x": _Evil()}, fh, protocol=2)
     (root / "garbage.pth").write_bytes(b"\x00\x01 not a pickle")
+    (root / "empty.pth").write_bytes(b"")
+    (root / "existing.json").write_text('{"a user file": "must survive"}\n')
+    (root / "windows5.json").write_text(json.dumps({**cfg.to_dict(), "windows": 5}))
+    (root / "resume_at_4").mkdir()
+    cfg.save(root / "resume_at_4" / "config.json")
+    (root / "resume_at_4" / "last.json").write_text('{"checkpoint": "ckpt-00000004", "step": 4}\n')
     return root
 
 
@@ -410,11 +416,119 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
         ["demo", "--out", "d", "--willow", "willow_pf", "--max-steps", "0"],
         "max_steps=0: must be >= 1",
     ),
+    # --- outputs never replace inputs or earlier results (without --force) ------------------------------
+    (
+        "infer",
+        "--viz is the source image",
+        [*INFER, "--kps", "kps/ok.json", "--viz", "img/rgb.png"],
+        "inputs",
+    ),
+    (
+        "infer",
+        "--out is the keypoint file",
+        [*INFER, "--kps", "kps/ok.json", "--out", "kps/ok.json"],
+        "inputs",
+    ),
+    ("infer", "--out exists", [*INFER, "--kps", "kps/ok.json", "--out", "existing.json"], "--force"),
+    ("eval", "--json exists", [*E, "--dataset", "synthetic", "--json", "existing.json"], "--force"),
+    (
+        "eval",
+        "--json inside the checkpoint, --force",
+        [*E, "--dataset", "synthetic", "--json", "ckpt/config.json", "--force"],
+        "inputs",
+    ),
+    ("train", "--out holds a run", ["train", "--config", "tiny.json", "--out", "ckpt"], "--force"),
+    (
+        "convert",
+        "--out holds a run",
+        ["convert", "evil.pth", "--family", "resnet101", "--out", "ckpt", "--img-size", "64"],
+        "--force",
+    ),  # fmt: skip
+    (
+        "convert",
+        "--to-official --out is the input",
+        ["convert", "garbage.pth", "--family", "resnet101", "--to-official", "--out", "garbage.pth"],
+        "inputs",
+    ),
+    ("demo", "--out holds a run", ["demo", "--out", "ckpt"], "--force"),
+    ("bench", "--json exists", ["bench", "--model", "tiny.onnx", "--json", "existing.json"], "--force"),
+    # --- numbers and options that would make a result meaningless ----------------------------------------
+    *[
+        (
+            "eval",
+            f"--alpha {a}",
+            [*E, "--dataset", "synthetic", "--alpha", a],
+            "must be a number > 0 and <= 1",
+        )
+        for a in ("nan", "0", "-0.1", "inf", "2")
+    ],
+    ("eval", "--limit 0", [*E, "--dataset", "synthetic", "--limit", "0"], "'--limit'"),
+    ("eval", "--limit -5", [*E, "--dataset", "synthetic", "--limit", "-5"], "'--limit'"),
+    ("eval", "--window -1", [*E, "--dataset", "synthetic", "--window", "-1"], "'--window'"),
+    (
+        "eval",
+        "--split bogus",
+        [*E, "--dataset", "pfwillow", "--data-root", "willow_modes", "--split", "bogus"],
+        "unknown split 'bogus'",
+    ),
+    (
+        "eval",
+        "PF-WILLOW --split trn",
+        [*E, "--dataset", "pfwillow", "--data-root", "willow_modes", "--split", "trn"],
+        "PF-WILLOW has no 'trn' split",
+    ),
+    (
+        "eval",
+        "--data-root for synthetic",
+        [*E, "--dataset", "synthetic", "--data-root", "willow_modes"],
+        "not used by the synthetic dataset",
+    ),
+    ("train", "--lr nan", [*T, "--lr", "nan"], "lr=nan: must be a finite number > 0"),
+    ("train", "--epochs 0 names epochs", [*T, "--epochs", "0"], "config epochs=0"),
+    ("train", "--img-size that cannot fit memory", [*T, "--img-size", "100000"], "needs at least"),
+    (
+        "train",
+        "--config with windows: 5",
+        ["train", "--config", "windows5.json", "--out", "run"],
+        "list[int]",
+    ),
+    ("train", "empty --weights file", [*T, "--weights", "empty.pth"], "cannot read empty.pth"),
+    (
+        "train",
+        "--resume --max-steps below the step reached",
+        ["train", "--resume", "resume_at_4", "--max-steps", "2"],
+        "not beyond step 4",
+    ),
+    (
+        "convert",
+        "empty file",
+        ["convert", "empty.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        "cannot read empty.pth",
+    ),
+    (
+        "bench",
+        "--checkpoint with random-init options",
+        ["bench", "--checkpoint", "ckpt", "--backbone", "resnet50", "--img-size", "64"],
+        "--backbone, --img-size describe the random-init model",
+    ),
+    ("bench", "--runtime none and no model", ["bench", "--runtime", "none"], "nothing to benchmark"),
+    (
+        "bench",
+        "--runtime onnx with only --model files... of another kind",
+        ["bench", "--model", "tiny.onnx", "--runtime", "torch"],
+        "--runtime torch exports a model from a checkpoint",
+    ),
 ]
 
 
-def _snapshot(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` -> digest of its bytes ("dir" for folders): new, changed, removed all show."""
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+    }
 
 
 def _run_case(ws: Path, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, set[str]]:
@@ -422,7 +536,9 @@ def _run_case(ws: Path, argv: list[str], capsys: pytest.CaptureFixture) -> tuple
     capsys.readouterr()
     rc = main(argv)
     err = capsys.readouterr().err
-    return rc, err, _snapshot(ws) - before
+    after = _snapshot(ws)
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    return rc, err, changed
 
 
 @pytest.fixture(scope="module")
