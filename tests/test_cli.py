@@ -522,7 +522,7 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` -> digest of its bytes ("dir" for folders): new, changed, removed all show."""
+    """Path under ``root`` -> digest of its bytes ("dir" for folders): new, changed, removed all show."""
     import hashlib
 
     return {
