@@ -37,8 +37,11 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _writable_base(path: Path, flag: str) -> None:
-    base = _nearest_existing(path.parent if not path.exists() else path)
+def _writable_base(path: Path, flag: str, *, folder: bool = False) -> None:
+    """The folder that will hold ``path`` (``folder``: ``path`` itself) exists or can be created there."""
+    if not folder and path.exists() and not os.access(path, os.W_OK):
+        raise SimpleMatchError(f"cannot write {flag} {path}: it is read-only", "choose a writable path")
+    base = _nearest_existing(path if folder else path.parent)
     if not base.is_dir():
         raise SimpleMatchError(f"cannot write {flag} {path}: {base} is not a folder", "choose another path")
     if not os.access(base, os.W_OK):
@@ -117,7 +120,7 @@ def output_dir(
             "pass --force to replace it, or choose a new folder"
             + (" (or --resume it)" if what == "run" else ""),
         )
-    _writable_base(path, flag)
+    _writable_base(path, flag, folder=True)
     return path
 
 
