@@ -16,14 +16,21 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from simplematch.errors import SimpleMatchError
 
-FINETUNE_MODES = ("frozen", "lora", "full")
-COORD_CONVENTIONS = ("corner", "center")
-DATASETS = ("spair", "pfpascal", "pfwillow", "ap10k", "synthetic")
-AP10K_SPLITS = ("intra", "cross-species", "cross-family")
+# The choices are types: Config's fields use them, Config.validate checks against them, and the CLI derives
+# its choices from them (simplematch/cli/app.py), so each list is written once.
+Finetune = Literal["frozen", "lora", "full"]
+Coord = Literal["corner", "center"]
+DatasetName = Literal["spair", "pfpascal", "pfwillow", "ap10k", "synthetic"]
+Ap10kSplit = Literal["intra", "cross-species", "cross-family"]
+LoraBlocks = Literal["last_half", "all"]
+FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
+COORD_CONVENTIONS: tuple[str, ...] = typing.get_args(Coord)
+DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
+AP10K_SPLITS: tuple[str, ...] = typing.get_args(Ap10kSplit)
 THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img"}
 
 
@@ -49,10 +56,10 @@ class Config:
     backbone: str = "vit_base_patch14_dinov2"  # any timm ViT or ResNet name
     img_size: int = 252  # square input side; ViTs are built at this size (pos-embed resampled once)
     weights: str | None = None  # local pretrained backbone file (.pth/.safetensors); never downloaded
-    finetune: str = "lora"  # frozen | lora | full
+    finetune: Finetune = "lora"
     lora_rank: int = 16
     lora_alpha: float = 1.0  # scale = alpha / rank = 1/16, as the released code (loralib defaults)
-    lora_blocks: str = "last_half"  # which ViT blocks get LoRA on mlp.fc2: last_half | all
+    lora_blocks: LoraBlocks = "last_half"  # which ViT blocks get LoRA on mlp.fc2
     decoder_dim: int | None = None  # decoder width; None = encoder width (ViT) / align_dim (ResNet)
     align_dim: int = 512  # ResNet: every feature level is aligned to this many channels by 1x1 convs
     dropout: float = 0.3  # ViT: dropout on the tokens before the decoder (training only)
@@ -60,11 +67,11 @@ class Config:
     # --- matching ----------------------------------------------------------------------------------
     windows: list[int] = field(default_factory=lambda: [0, 15, 45])  # coarse, mid, fine; 0 = whole map
     beta: float = 0.02  # soft-argmax temperature
-    coord: str = "corner"  # cell i -> pixel i*s (released code) | centre: (i + 0.5)*s
+    coord: Coord = "corner"  # cell i -> pixel i*s (released code) | centre: (i + 0.5)*s
     # --- data --------------------------------------------------------------------------------------
-    dataset: str = "spair"
+    dataset: DatasetName = "spair"
     data_root: str | None = None
-    ap10k_split: str = "intra"
+    ap10k_split: Ap10kSplit = "intra"
     augment: bool = True
     synthetic_pairs: int = 2000  # synthetic dataset: training pairs per epoch
     synthetic_val_pairs: int = 64
@@ -215,6 +222,8 @@ def _where(key: str) -> str:
 
 def _type_ok(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
     if hint is type(None):
@@ -234,6 +243,11 @@ def _check_types(cfg: Config) -> None:
         value = getattr(cfg, f.name)
         if not _type_ok(value, hints[f.name]):
             hint = hints[f.name]
+            if typing.get_origin(hint) is Literal:
+                raise SimpleMatchError(
+                    f"config {f.name}={value!r}: unknown choice",
+                    f"use one of {', '.join(map(str, typing.get_args(hint)))} ({_where(f.name)})",
+                )
             want = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
             raise SimpleMatchError(
                 f"config {f.name}={value!r}: must be of type {want}", f"fix the value ({_where(f.name)})"

@@ -198,15 +198,15 @@ def _eval_untrained(cfg: Any) -> dict[str, Any]:
 
 
 def _eval_cli(model: Path, dataset: str, root: Path | None, js: Path, console: Any) -> dict[str, Any]:
-    from simplematch.cli.app import _write_json
     from simplematch.cli.evaluation import evaluate_any, print_result
     from simplematch.data import load_records
+    from simplematch.io import write_json
 
     records = load_records(dataset, str(root) if root else None, "test")
     res = evaluate_any(model, records, dataset=dataset, split="test", alphas=(0.05, 0.1, 0.15), frame="resized",  # noqa: E501
                        batch_size=8, device="cpu")  # fmt: skip
     print_result(res, console)
-    _write_json(js, res)
+    write_json(js, res)
     return {
         "pck": res["pck"],
         "pck_per_point": res["pck_per_point"],

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from simplematch.errors import SimpleMatchError
 
@@ -101,6 +103,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path | None, data: Any) -> None:
+    """``data`` as indented JSON, atomically; ``None`` writes nothing (an optional ``--json``)."""
+    if path is not None:
+        atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

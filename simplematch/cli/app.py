@@ -7,7 +7,6 @@ shows the traceback instead.
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import Enum
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from simplematch.config import AP10K_SPLITS, DATASETS
 from simplematch.errors import SimpleMatchError
 
 app = typer.Typer(
@@ -28,23 +28,18 @@ app = typer.Typer(
 )
 
 
-class Dataset(str, Enum):
-    spair = "spair"
-    pfpascal = "pfpascal"
-    pfwillow = "pfwillow"
-    ap10k = "ap10k"
-    synthetic = "synthetic"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice type from a config Literal's values (member name = value, e.g. ``cross-species``)."""
+    return Enum(name, [(v, v) for v in values], type=str)
+
+
+Dataset = _choices("Dataset", DATASETS)
+Ap10kSplit = _choices("Ap10kSplit", AP10K_SPLITS)
 
 
 class Frame(str, Enum):
     resized = "resized"
     original = "original"
-
-
-class Ap10kSplit(str, Enum):
-    intra = "intra"
-    cross_species = "cross-species"
-    cross_family = "cross-family"
 
 
 def _console():  # noqa: ANN202 - rich is imported lazily
@@ -66,13 +61,6 @@ def _cleanup_distributed() -> None:
         from simplematch import distributed
 
         distributed.cleanup()
-
-
-def _write_json(path: Path | None, data: dict) -> None:
-    if path is not None:
-        from simplematch.io import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -187,6 +175,7 @@ def eval_cmd(
     from simplematch import validate
     from simplematch.cli.evaluation import evaluate_any, print_result
     from simplematch.data import load_records
+    from simplematch.io import write_json
 
     alphas = validate.alphas(alpha, (0.05, 0.1, 0.15))
     # Before the (slow) evaluation, not after it.
@@ -211,7 +200,7 @@ def eval_cmd(
     }  # fmt: skip
     if _is_main_process():  # under torchrun every rank holds the gathered totals; one prints and writes
         print_result(res, _console())
-        _write_json(json_out, res)
+        write_json(json_out, res)
 
 
 # ------------------------------------------------------------------------------------------------------
