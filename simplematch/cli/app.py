@@ -92,6 +92,12 @@ def train(
     seed: Annotated[int, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = None,
     ap10k_split: Annotated[Ap10kSplit, typer.Option()] = None,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            "--amp", help="Mixed precision (CUDA only). Off by default: the released recipe trains in fp32."
+        ),
+    ] = False,
     resume: Annotated[
         Path,
         typer.Option(help="Continue the run in this folder with its saved config (--max-steps = new total)."),
@@ -118,7 +124,7 @@ def train(
             "--out": out, "--preset": preset, "--dataset": dataset, "--data-root": data_root,
             "--backbone": backbone, "--weights": weights, "--img-size": img_size, "--window": window,
             "--batch-size": batch_size, "--epochs": epochs, "--lr": lr, "--seed": seed,
-            "--ap10k-split": ap10k_split, "--config": config,
+            "--ap10k-split": ap10k_split, "--config": config, "--amp": amp or None,
         }  # fmt: skip
         clash = [flag for flag, value in given.items() if value is not None]
         if clash:
@@ -151,6 +157,7 @@ def train(
             seed=seed,
             device=device,
             ap10k_split=ap10k_split.value if ap10k_split else None,
+            amp=True if amp else None,
         )
         if config is not None:
             if preset is not None:
@@ -264,12 +271,20 @@ def stats(
 
 
 @app.command()
-def presets() -> None:
-    """List the configuration presets (paper hyperparameters)."""
-    from simplematch.config import PRESETS
+def presets(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every preset fully resolved (all config keys) as JSON.")
+    ] = False,
+) -> None:
+    """List the configuration presets (the authors' released configs; see README "Paper presets")."""
+    from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, resolved_presets
 
+    if as_json:
+        typer.echo(json.dumps(resolved_presets(), indent=2, sort_keys=True))
+        return
     for name, values in PRESETS.items():
-        typer.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        note = f"  [{PAPER_TEXT_DIFFERS[name]}]" if name in PAPER_TEXT_DIFFERS else ""
+        typer.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) + note)
 
 
 # ------------------------------------------------------------------------------------------------------
