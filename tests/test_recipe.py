@@ -6,6 +6,9 @@ import json
 import types
 
 import pytest
+import timm
+import torch
+import torch.nn.functional as F
 
 from simplematch.cli.app import main
 from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, resolve_config
@@ -63,3 +66,99 @@ def test_train_is_fp32_unless_amp_is_explicit(
     monkeypatch.setattr(simplematch.train, "train", fake_train)
     assert main(["train", "--preset", "demo_cpu", "--out", str(tmp_path / "run"), *flags]) == 130
     assert seen == {"amp": want}
+
+
+# --- ResNet decoder: the released forward, re-computed from the official key names ----------------------
+def _released_resnet_maps(official: dict, img: torch.Tensor, training: bool) -> list[torch.Tensor]:
+    """CorrespondenceModelResNet written from the reference layout (section 4b), not from our modules.
+
+    Backbone on the concatenated src+trg batch; in training the decoder runs per image set (BN batch
+    statistics of src alone, then trg alone); f8 = layer2 + trans_conv2(f16) (no align: 512 = 512);
+    f4 = aligns.0(layer1) + bilinear(f8, align_corners=True). Returns [proj1(f16), proj2(f8), proj3(f4)].
+    """
+    from test_convert import RESNET_PREFIX, TINY_RESNET
+
+    net = timm.create_model("resnet101", pretrained=False, num_classes=1000, **TINY_RESNET)
+    prefix = RESNET_PREFIX + "backbone."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in official.items() if k.startswith(prefix)})
+    net.train(training)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = net.act1(net.bn1(net.conv1((img - mean) / std)))
+    layers = []
+    x = net.maxpool(x)
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+        layers.append(x)
+
+    def w(name: str) -> torch.Tensor:
+        return official[RESNET_PREFIX + name] if name.startswith("aligns") else official[name]
+
+    def refine(f: torch.Tensor, name: str) -> torch.Tensor:
+        for blk in ("block1", "block2"):
+            p = f"{name}.{blk}"
+            y = F.conv2d(f, w(f"{p}.0.weight"), w(f"{p}.0.bias"), padding=1)
+            y = F.batch_norm(
+                y, w(f"{p}.1.running_mean").clone(), w(f"{p}.1.running_var").clone(),
+                w(f"{p}.1.weight"), w(f"{p}.1.bias"), training=training, eps=1e-5,
+            )  # fmt: skip
+            f = f + F.relu(y)
+        return f
+
+    def proj(f: torch.Tensor, name: str) -> torch.Tensor:
+        return F.linear(f.permute(0, 2, 3, 1), w(f"{name}.weight"), w(f"{name}.bias")).permute(0, 3, 1, 2)
+
+    def decode(l1, l2, l3, l4):  # noqa: ANN001, ANN202
+        a3 = F.conv2d(l4, w("aligns.3.weight"), w("aligns.3.bias"))
+        a2 = F.conv2d(l3, w("aligns.2.weight"), w("aligns.2.bias"))
+        f16 = refine(
+            a2 + F.conv_transpose2d(a3, w("trans_conv1.weight"), w("trans_conv1.bias"), stride=2),
+            "conv_refine1",
+        )
+        f8 = refine(
+            l2 + F.conv_transpose2d(f16, w("trans_conv2.weight"), w("trans_conv2.bias"), stride=2),
+            "conv_refine2",
+        )
+        a0 = F.conv2d(l1, w("aligns.0.weight"), w("aligns.0.bias"))
+        up = F.interpolate(f8, size=a0.shape[-2:], mode="bilinear", align_corners=True)
+        f4 = refine(a0 + up, "conv_refine3")
+        return [proj(f16, "proj1"), proj(f8, "proj2"), proj(f4, "proj3")]
+
+    if not training:
+        return decode(*layers)
+    b = img.shape[0] // 2
+    first, second = decode(*(t[:b] for t in layers)), decode(*(t[b:] for t in layers))
+    return [torch.cat(pair) for pair in zip(first, second, strict=True)]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_resnet_forward_matches_released_recomputation(tmp_path, training: bool) -> None:
+    from test_convert import TINY_RESNET, official_resnet
+
+    from simplematch.convert import convert_official
+    from simplematch.matching import match_keypoints
+
+    official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
+    torch.save(official, tmp_path / "best_model.pth")
+    model, cfg, _ = convert_official(
+        tmp_path / "best_model.pth",
+        "resnet101",
+        128,
+        backbone_kwargs=TINY_RESNET,
+        overrides={"align_dim": 64},
+    )
+    torch.manual_seed(0)
+    src, trg = torch.rand(2, 3, 128, 128), torch.rand(2, 3, 128, 128)
+    kps = torch.rand(2, 7, 2) * 127
+    model.train(training)
+    with torch.no_grad():
+        ref = _released_resnet_maps(official, torch.cat((src, trg)), training)
+        got = model(src, trg, kps)
+    # the fine map itself (eval: no batch statistics involved)
+    if not training:
+        fine = model.feature_maps(src)[-1]
+        assert (fine - ref[-1][:2]).abs().max() < 1e-4 * ref[-1].abs().max()
+    # every head's prediction equals the released maps matched with the same windows
+    for head, (m, k) in enumerate(zip(ref, cfg.windows, strict=True)):
+        want = match_keypoints(m[:2], m[2:], kps, 128, k, cfg.beta, cfg.coord)
+        assert (got[head] - want).abs().max() < 1e-3, (head, training)
