@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from simplematch import distributed as dist_utils
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data.dataset import PairDataset, collate_pairs
+from simplematch.data.records import resolve_threshold
 from simplematch.matching import pck_correct
 from simplematch.metrics import aggregate_pck
 
@@ -101,8 +102,9 @@ def summarize(
     frame: str,
     model_info: dict[str, Any],
     config: dict[str, Any],
+    threshold: str | None = None,
 ) -> dict[str, Any]:
-    """The evaluation JSON (exact top-level keys of the CLI contract)."""
+    """The evaluation JSON (exact top-level keys of the CLI contract); ``threshold`` = the kind used."""
     counts = np.array([r["correct"] for r in rows], dtype=np.int64).reshape(len(rows), len(alphas))
     valid = np.array([r["valid"] for r in rows], dtype=np.int64)
     agg = aggregate_pck(counts, valid, [r["category"] for r in rows], alphas)
@@ -111,7 +113,7 @@ def summarize(
         "split": split,
         "pairs": agg["pairs"],
         "points": agg["points"],
-        "threshold": THRESHOLDS[dataset],
+        "threshold": threshold or THRESHOLDS[dataset],
         "frame": frame,
         "pck": agg["pck"],
         "pck_per_point": agg["pck_per_point"],
@@ -135,8 +137,11 @@ def evaluate_model(
     window: int | None = None,
     model_info: dict[str, Any] | None = None,
     progress: Any = None,
+    threshold: str | None = None,
 ) -> dict[str, Any]:
-    ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=THRESHOLDS[dataset])
+    """``threshold``: PCK threshold kind (None: the dataset's convention); see records.resolve_threshold."""
+    kind = resolve_threshold(dataset, threshold, frame, THRESHOLDS)
+    ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
     local = pair_counts(
         model,
         ds,
@@ -159,6 +164,7 @@ def evaluate_model(
         frame=frame,
         model_info=model_info or {"path": None, "sha256": None},
         config=conf,
+        threshold=kind,
     )
 
 

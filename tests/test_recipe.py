@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import types
+from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io
 import timm
 import torch
 import torch.nn.functional as F
 
 from simplematch.cli.app import main
-from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, resolve_config
+from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, THRESHOLDS, resolve_config
+from simplematch.data import load_records, pck_threshold
+from simplematch.data.records import resolve_threshold
+from simplematch.errors import SimpleMatchError
 
 # The authors' released configs, typed from issue 13 independently of simplematch/config.py:
 # preset -> (img, batch, epochs, lr, StepLR step in iterations, gamma, dataset)
@@ -162,3 +169,105 @@ def test_resnet_forward_matches_released_recomputation(tmp_path, training: bool)
     for head, (m, k) in enumerate(zip(ref, cfg.windows, strict=True)):
         want = match_keypoints(m[:2], m[2:], kps, 128, k, cfg.beta, cfg.coord)
         assert (got[head] - want).abs().max() < 1e-3, (head, training)
+
+
+# --- PF-WILLOW like for like ------------------------------------------------------------------------------
+WILLOW = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
+
+
+def _need_willow() -> None:
+    if not (WILLOW / "PF-dataset").is_dir():
+        pytest.skip("../shared/data/pf-willow is absent (read from the shared folder, never copied)")
+
+
+def _willow_copy(tmp_path: Path) -> Path:
+    """A symlinked copy of the shared PF-WILLOW root (files linked, so one can be removed or replaced)."""
+    root = tmp_path / "willow"
+    for f in (WILLOW / "PF-dataset").glob("*/*"):
+        dst = root / "PF-dataset" / f.parent.name / f.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(f)
+    return root
+
+
+def test_released_willow_threshold_is_the_padded_extent() -> None:
+    # the released pipeline: resize to S (x by S/w, y by S/h), pad with -1 up to 40, max(max - min)
+    kps = np.array([[100.0, 50.0], [140.0, 90.0], [120.0, 70.0]])
+    arrays = {"trg_kps": kps, "trg_bbox": None, "trg_size": (300, 200)}
+    s = 100
+    scaled = np.array([[100 / 3, 25.0], [140 / 3, 45.0], [40.0, 35.0]])
+    padded = np.concatenate([scaled, -np.ones((37, 2))])
+    want = (padded.max(0) - padded.min(0)).max()  # x: 140/3 + 1
+    assert (
+        pck_threshold(arrays, "released", "resized", s) == pytest.approx(want) == pytest.approx(140 / 3 + 1)
+    )
+    assert pck_threshold(arrays, "kps", "resized", s) == pytest.approx(20.0)  # clean extent (y: 45 - 25)
+    with pytest.raises(SimpleMatchError, match="resized model frame only"):
+        pck_threshold(arrays, "released", "original")
+    with pytest.raises(SimpleMatchError, match="PF-WILLOW threshold"):
+        resolve_threshold("spair", "released", "resized", THRESHOLDS)
+    assert resolve_threshold("pfwillow", None, "resized", THRESHOLDS) == "kps"
+
+
+def test_real_willow_released_threshold_inflation() -> None:
+    _need_willow()
+    recs = load_records("pfwillow", WILLOW, "test")
+    ratio = [
+        pck_threshold(r, "released", "resized", 252) / pck_threshold(r, "kps", "resized", 252) for r in recs
+    ]
+    assert min(ratio) > 1.0 and 1.2 < float(np.mean(ratio)) < 2.5  # measured 1.33 on the 4-class subset
+
+
+def test_willow_incomplete_roots_are_refused(tmp_path: Path) -> None:
+    _need_willow()
+    root = _willow_copy(tmp_path)
+    assert len(load_records("pfwillow", root, "test")) == 360
+    mat = next((root / "PF-dataset" / "car(G)").glob("*.mat"))
+    mat.unlink()  # one .mat missing: was 342 pairs, silently
+    with pytest.raises(SimpleMatchError, match=re.escape(mat.with_suffix(".png").name)):
+        load_records("pfwillow", root, "test")
+    mat.symlink_to(WILLOW / "PF-dataset" / "car(G)" / mat.name)
+    duck = root / "PF-dataset" / "duck(S)"
+    for f in sorted(duck.iterdir())[2:]:  # keep one image + its .mat: was 270 pairs, silently
+        f.unlink()
+    with pytest.raises(SimpleMatchError, match=re.escape("duck(S)")):
+        load_records("pfwillow", root, "test")
+
+
+def test_willow_keypoint_outside_image_is_refused(tmp_path: Path) -> None:
+    _need_willow()
+    root = _willow_copy(tmp_path)
+    mat = sorted((root / "PF-dataset" / "motorbike(M)").glob("*.mat"))[3]
+    pts = scipy.io.loadmat(str(mat))["pts_coord"].copy()
+    pts[0, 4] = 5000.0
+    mat.unlink()
+    scipy.io.savemat(mat, {"pts_coord": pts})
+    with pytest.raises(SimpleMatchError, match=re.escape(mat.name) + ".*outside"):
+        load_records("pfwillow", root, "test")
+
+
+def test_eval_threshold_flag_is_recorded_in_the_json(tmp_path: Path) -> None:
+    _need_willow()
+    from tiny import tiny_config
+
+    from simplematch.checkpoint import save_checkpoint
+    from simplematch.model import SimpleMatch
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ckpt")
+    base = ["eval", str(tmp_path / "ckpt"), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
+    base += ["--limit", "6", "--device", "cpu", "--alpha", "0.1"]
+    res = {}
+    for kind in ("kps", "released", None):
+        out = tmp_path / f"{kind}.json"
+        assert main([*base, "--json", str(out), *(["--threshold", kind] if kind else [])]) == 0
+        res[kind] = json.loads(out.read_text())
+    assert res[None]["threshold"] == "kps" and res["kps"]["threshold"] == "kps"
+    assert res["released"]["threshold"] == "released"
+    assert res[None]["pck"] == res["kps"]["pck"]
+    assert res["released"]["pck"]["0.1"] >= res["kps"]["pck"]["0.1"]  # a larger threshold
+    # meaningless combinations are refused with one line (exit 2), before anything is written
+    bad = tmp_path / "bad.json"
+    assert main([*base, "--threshold", "released", "--frame", "original", "--json", str(bad)]) == 2
+    assert not bad.exists()

@@ -40,6 +40,13 @@ class Frame(str, Enum):
     original = "original"
 
 
+class Threshold(str, Enum):
+    bbox = "bbox"
+    img = "img"
+    kps = "kps"
+    released = "released"
+
+
 class Ap10kSplit(str, Enum):
     intra = "intra"
     cross_species = "cross-species"
@@ -218,6 +225,13 @@ def eval_cmd(
     limit: Annotated[int, typer.Option(help="Evaluate only the first N pairs.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic split.")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
+    threshold: Annotated[
+        Threshold,
+        typer.Option(
+            help="PCK threshold kind (default: the benchmark's; PF-WILLOW kps). released: the released code's"
+            " PF-WILLOW threshold (keypoint extent after -1 padding, resized frame). Recorded in the JSON."
+        ),
+    ] = None,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
     from simplematch.cli.evaluation import evaluate_any, print_result
@@ -237,6 +251,7 @@ def eval_cmd(
         res = evaluate_any(
             model, records, dataset=dataset.value, split=split, alphas=alphas, frame=frame.value,
             batch_size=batch_size, device=device, window=window,
+            threshold=threshold.value if threshold else None,
         )  # fmt: skip
     finally:
         _cleanup_distributed()

@@ -21,6 +21,7 @@ def evaluate_any(
     batch_size: int,
     device: str,
     window: int | None = None,
+    threshold: str | None = None,
 ) -> dict[str, Any]:
     model = Path(model)
     if not model.exists():
@@ -32,19 +33,21 @@ def evaluate_any(
             f"no {dataset} pairs found for split '{split}'", "check --data-root and --split"
         )
     if model.is_dir():
-        return _evaluate_torch(model, records, dataset, split, alphas, frame, batch_size, device, window)
+        return _evaluate_torch(
+            model, records, dataset, split, alphas, frame, batch_size, device, window, threshold
+        )
     if model.suffix in (".onnx", ".engine"):
         from simplematch.runtime.evaluate import evaluate_runtime
 
         rt_device = "cpu" if device == "auto" else device
         return evaluate_runtime(
             model, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
-            batch_size=batch_size, device=rt_device, window=window,
+            batch_size=batch_size, device=rt_device, window=window, threshold=threshold,
         )  # fmt: skip
     raise SimpleMatchError(f"cannot evaluate {model}", "pass a checkpoint folder, a .onnx or a .engine file")
 
 
-def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window):  # noqa: ANN001, ANN202
+def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window, threshold):  # noqa: ANN001, ANN202, E501
     from simplematch import distributed as dist_utils
     from simplematch.checkpoint import load_checkpoint
     from simplematch.evaluate import checkpoint_info, evaluate_model
@@ -59,7 +62,7 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
         return evaluate_model(
             net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
             batch_size=batch_size, device=dev, window=window, model_info=checkpoint_info(model_dir),
-            progress=advance,
+            progress=advance, threshold=threshold,
         )  # fmt: skip
 
 

@@ -186,7 +186,10 @@ class PairDataset(Dataset):
             "trg_kps": torch.from_numpy(trg_m.astype(np.float32)),
             "valid": torch.from_numpy(valid),
             "threshold": float(pck_threshold(arrays, kind, "resized", s)),
-            "threshold_original": float(pck_threshold(arrays, kind, "original")),
+            # the released threshold exists in the resized frame only (records.check_threshold_frame)
+            "threshold_original": (
+                float("nan") if kind == "released" else float(pck_threshold(arrays, kind, "original"))
+            ),
             "trg_size": torch.tensor(arrays["trg_size"], dtype=torch.float32),
             "trg_kps_original": torch.from_numpy(rec.trg_kps.astype(np.float32)),
             "category": rec.category,

@@ -23,7 +23,12 @@ from simplematch.image import load_image
 # pairs are generated lazily so thousands of records do not hold thousands of images in memory).
 ImageSource = Union[str, Path, np.ndarray, Callable[[], np.ndarray]]  # noqa: UP007 - runtime alias, py3.10
 
-THRESHOLD_KINDS = ("bbox", "img", "kps")
+THRESHOLD_KINDS = ("bbox", "img", "kps", "released")
+# ``released``: the released code's PF-WILLOW threshold. Its pipeline resizes to S x S, pads the keypoints
+# with (-1, -1) up to 40 (PadKeyPoints) and only then takes max(max - min) over all 40 (WILLOWThreshold), so
+# the padding stretches the extent down to -1 on both axes (about 1.8x the clean keypoint extent). It exists
+# in the resized frame only.
+RELEASED_PAD = -1.0
 FRAMES = ("original", "resized")
 
 
@@ -120,6 +125,8 @@ def pck_threshold(
 ) -> float:
     """PCK normaliser ``max(w, h)`` of the target bbox / target image / valid target keypoints.
 
+    ``kind="released"`` is the ``kps`` extent computed as the released code does (see ``RELEASED_PAD``).
+
     ``record_or_arrays`` is a :class:`PairRecord` or a mapping with ``trg_kps`` (N, 2), ``trg_bbox``
     ([x1, y1, x2, y2] or None) and ``trg_size`` ((w, h)) in ORIGINAL pixels. ``valid`` masks padded keypoints:
     the ``kps`` threshold uses the valid keypoints only (the released code also counted the zero padding,
@@ -132,6 +139,7 @@ def pck_threshold(
         )
     if frame not in FRAMES:
         raise SimpleMatchError(f"unknown frame '{frame}'", f"use one of {', '.join(FRAMES)}")
+    check_threshold_frame(kind, frame)
     if frame == "resized" and (img_size is None or img_size <= 0):
         raise SimpleMatchError(
             "resized-frame PCK threshold needs img_size", "pass img_size=<model input side>"
@@ -167,8 +175,38 @@ def pck_threshold(
         raise SimpleMatchError(
             "kps PCK threshold for a pair without valid keypoints", "drop pairs with no keypoints"
         )
+    kps = kps * np.array([sx, sy])
+    if kind == "released":
+        kps = np.concatenate([kps, [[RELEASED_PAD, RELEASED_PAD]]])  # the padding the released code counts
     ext = kps.max(axis=0) - kps.min(axis=0)
-    return float(max(ext[0] * sx, ext[1] * sy))
+    return float(max(ext[0], ext[1]))
+
+
+def resolve_threshold(dataset: str, kind: str | None, frame: str, conventions: Mapping[str, str]) -> str:
+    """The PCK threshold kind for ``dataset`` (``None``: its convention), refused where it means nothing."""
+    kind = kind or conventions.get(dataset)
+    if kind is None:
+        raise SimpleMatchError(f"no PCK threshold convention for dataset '{dataset}'", "pass --threshold")
+    if kind not in THRESHOLD_KINDS:
+        raise SimpleMatchError(
+            f"unknown PCK threshold kind '{kind}'", f"use one of {', '.join(THRESHOLD_KINDS)}"
+        )
+    if kind == "released" and dataset != "pfwillow":
+        raise SimpleMatchError(
+            f"--threshold released is the released code's PF-WILLOW threshold, not one for {dataset}",
+            "drop --threshold (each benchmark's own convention is the default)",
+        )
+    check_threshold_frame(kind, frame)
+    return kind
+
+
+def check_threshold_frame(kind: str, frame: str) -> None:
+    """Refuse combinations whose number would mean nothing (the released threshold is a resized-frame one)."""
+    if kind == "released" and frame != "resized":
+        raise SimpleMatchError(
+            "the released PF-WILLOW threshold is defined in the resized model frame only",
+            "use --frame resized with --threshold released (or --threshold kps for original pixels)",
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------

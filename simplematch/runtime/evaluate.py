@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from simplematch.config import THRESHOLDS
-from simplematch.data.records import FRAMES, PairRecord, pck_threshold
+from simplematch.data.records import FRAMES, PairRecord, pck_threshold, resolve_threshold
 from simplematch.errors import SimpleMatchError
 from simplematch.image import to_model_frame
 from simplematch.io import sha256_file
@@ -101,8 +101,9 @@ def evaluate_runtime(
 ) -> dict[str, Any]:
     """The evaluation JSON of :func:`simplematch.evaluate.summarize`, plus ``runtime`` and ``provider``.
 
-    ``dataset`` defaults to the one in the model's training config; ``threshold`` (bbox | img | kps) to that
-    dataset's convention (:data:`simplematch.config.THRESHOLDS`); ``window`` overrides the fine window.
+    ``dataset`` defaults to the one in the model's training config; ``threshold`` (bbox | img | kps |
+    released) to that dataset's convention (:data:`simplematch.config.THRESHOLDS`); ``window`` overrides the
+    fine window.
     """
     if frame not in FRAMES:
         raise SimpleMatchError(f"unknown frame '{frame}'", f"use one of {', '.join(FRAMES)}")
@@ -114,11 +115,7 @@ def evaluate_runtime(
     )
     meta = matcher.meta
     dataset = dataset or str(meta.config.get("dataset", ""))
-    kind = threshold or THRESHOLDS.get(dataset)
-    if kind is None:
-        raise SimpleMatchError(
-            f"no PCK threshold convention for dataset '{dataset}'", "pass threshold=bbox|img|kps"
-        )
+    kind = resolve_threshold(dataset, threshold, frame, THRESHOLDS)
     alphas = list(alphas)
     rows = pair_counts(
         matcher, records, alphas, frame, kind, batch_size=batch_size, window=window, progress=progress
