@@ -271,3 +271,47 @@ def test_eval_threshold_flag_is_recorded_in_the_json(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     assert main([*base, "--threshold", "released", "--frame", "original", "--json", str(bad)]) == 2
     assert not bad.exists()
+
+
+# --- one shared resize: OpenCV bilinear (the released interpolation), torch-free -------------------------
+@pytest.mark.parametrize("size", [(128, 128), (252, 252), (448, 448), (37, 91), (601, 333)])
+def test_resize_is_opencv_bilinear(size: tuple[int, int]) -> None:
+    cv2 = pytest.importorskip("cv2")  # the reference only: the runtime has no OpenCV
+    from PIL import Image
+
+    from simplematch.image import resize_bilinear, resize_square
+
+    rng = np.random.default_rng(sum(size))
+    img = rng.integers(0, 256, (173, 211, 3), dtype=np.uint8)
+    img[40:90, 50:140] = (250, 10, 120)  # flat regions and edges, like a photo
+    want = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR).astype(int)
+    got = resize_bilinear(img, *size).astype(int)
+    diff = np.abs(got - want)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # OpenCV's own SIMD tails differ by one level
+    if size[0] == size[1]:
+        np.testing.assert_array_equal(
+            resize_square(img, size[0]), got.astype(np.float32).transpose(2, 0, 1) / 255
+        )
+    # Pillow's antialiased bilinear (what was used before) is far from it when shrinking
+    pil = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR)).astype(int)
+    if size[0] < img.shape[1] and size[1] < img.shape[0]:
+        assert np.abs(pil - want).mean() > 5 * diff.mean()
+
+
+def test_resize_used_by_dataset_and_runtime_is_the_same(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from simplematch.data.dataset import PairDataset
+    from simplematch.data.records import PairRecord
+    from simplematch.image import resize_bilinear
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    rec = PairRecord(tmp_path / "a.png", tmp_path / "a.png", [[5, 5]], [[6, 6]], "x", "p", dataset="pfwillow")
+    item = PairDataset([rec], 64)[0]
+    want = resize_bilinear(img, 64, 64).transpose(2, 0, 1).astype(np.float32) / 255
+    np.testing.assert_array_equal(item["src_img"].numpy(), want)
+    import simplematch.runtime.matcher as rt
+
+    assert rt.resize_square is __import__("simplematch.image", fromlist=["resize_square"]).resize_square
