@@ -41,7 +41,7 @@ from simplematch import distributed as dist_utils
 from simplematch.checkpoint import load_model_weights, save_checkpoint
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data import load_records
-from simplematch.data.dataset import PairDataset, collate_pairs
+from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluate import evaluate_model
 from simplematch.io import atomic_path, atomic_write_text, check_writable_dir, ensure_writable_dir
@@ -288,6 +288,7 @@ def train(
         augment=cfg.augment,
         seed=cfg.seed,
         threshold_kind=THRESHOLDS[cfg.dataset],
+        transforms=train_transforms(cfg.dataset, cfg.backbone),  # the released pipeline of this dataset
     )
     ddp_model: torch.nn.Module = model
     if dist_utils.is_distributed():

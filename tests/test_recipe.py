@@ -315,3 +315,102 @@ def test_resize_used_by_dataset_and_runtime_is_the_same(tmp_path: Path) -> None:
     import simplematch.runtime.matcher as rt
 
     assert rt.resize_square is __import__("simplematch.image", fromlist=["resize_square"]).resize_square
+
+
+# --- augmentation per dataset, as released ----------------------------------------------------------------
+def test_train_transforms_table_is_the_released_one() -> None:
+    from simplematch.data.dataset import train_transforms
+
+    assert train_transforms("spair", "vit_base_patch14_dinov2") == ("crop", "rotate", "photometric")
+    assert train_transforms("spair", "resnet101") == ("crop", "rotate", "photometric")
+    assert train_transforms("pfpascal", "vit_base_patch14_dinov2") == ("crop", "photometric", "swap")
+    assert train_transforms("pfpascal", "resnet101") == ("crop", "photometric", "swap")
+    assert train_transforms("pfpascal", "vit_base_patch16_224") == ("crop", "rotate", "photometric", "swap")
+    assert train_transforms("ap10k", "vit_base_patch14_dinov2") == ("photometric",)
+
+
+def _spy_records(dataset: str, n: int, category: str = "cat") -> list:
+    from simplematch.data.records import PairRecord
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)  # different sizes: a swap is visible
+    trg = rng.integers(0, 256, (120, 60, 3), dtype=np.uint8)
+    kps_s, kps_t = np.array([[10.0, 10.0], [90.0, 70.0]]), np.array([[5.0, 20.0], [50.0, 100.0]])
+    return [
+        PairRecord(
+            src, trg, kps_s, kps_t, category, f"p{i}", [5, 5, 95, 75], [2, 10, 58, 110], dataset=dataset
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "backbone", "want"),
+    [
+        ("spair", "vit_base_patch14_dinov2", {"crop", "squash", "rotate", "photometric"}),
+        ("pfpascal", "vit_base_patch14_dinov2", {"crop", "squash", "photometric", "swap"}),
+        ("pfpascal", "vit_base_patch16_224", {"crop", "squash", "rotate", "photometric", "swap"}),
+        ("ap10k", "vit_base_patch14_dinov2", {"photometric"}),
+    ],
+)
+def test_each_dataset_pipeline_applies_exactly_its_transforms(
+    dataset: str, backbone: str, want: set, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import simplematch.data.dataset as D
+
+    seen: set[str] = set()
+
+    def spy(name, fn):  # noqa: ANN001, ANN202
+        def wrapped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            seen.add(name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(D.PairDataset, "_crop", spy("crop", D.PairDataset._crop))
+    monkeypatch.setattr(D.PairDataset, "_rotate", spy("rotate", D.PairDataset._rotate))
+    monkeypatch.setattr(D.PairDataset, "_photometric", spy("photometric", D.PairDataset._photometric))
+    monkeypatch.setattr(D, "_squash", spy("squash", D._squash))
+    recs = _spy_records(dataset, 40)
+    ds = D.PairDataset(
+        recs, 32, augment=True, seed=1, threshold_kind="img", transforms=D.train_transforms(dataset, backbone)
+    )
+    for i in range(len(ds)):
+        item = ds[i]
+        if tuple(item["trg_size"].tolist()) == (100, 80):  # the source's size: src/trg exchanged
+            seen.add("swap")
+        if dataset == "ap10k":  # plain resize: keypoints are exactly the scaled annotations
+            np.testing.assert_allclose(item["src_kps"].numpy(), recs[i].src_kps * [32 / 100, 32 / 80], 1e-5)
+    assert seen == want
+
+
+def test_rotation_statistics_as_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    import simplematch.data.dataset as D
+
+    calls: list[tuple[int, float]] = []
+    real = D.PairDataset._rotate
+
+    def spy(self, img, kps, angle):  # noqa: ANN001, ANN202
+        calls.append((len(calls), angle))
+        return real(self, img, kps, angle)
+
+    monkeypatch.setattr(D.PairDataset, "_rotate", spy)
+    per_item = []
+    for category, limit in (("cat", 30.0), ("bottle", 180.0)):
+        ds = D.PairDataset(
+            _spy_records("spair", 300, category), 32, augment=True, seed=2, threshold_kind="img"
+        )
+        for i in range(len(ds)):
+            before = len(calls)
+            ds[i]
+            angles = [a for _, a in calls[before:]]
+            per_item.append(len(angles))
+            if len(angles) == 2:
+                assert angles[0] == angles[1]  # the same angle for both images
+            assert all(abs(a) <= limit for a in angles)
+        if category == "bottle":
+            assert max(abs(a) for _, a in calls[-100:]) > 60  # the wide range is used for bottles
+    counts = np.bincount(per_item, minlength=3)
+    rotated = (counts[1] + counts[2]) / len(per_item)
+    assert 0.42 < rotated < 0.58  # p 0.5
+    assert 0.25 < counts[2] / (counts[1] + counts[2]) < 0.42  # both images: 1/3 of the rotated pairs
