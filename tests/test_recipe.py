@@ -414,3 +414,109 @@ def test_rotation_statistics_as_released(monkeypatch: pytest.MonkeyPatch) -> Non
     rotated = (counts[1] + counts[2]) / len(per_item)
     assert 0.42 < rotated < 0.58  # p 0.5
     assert 0.25 < counts[2] / (counts[1] + counts[2]) < 0.42  # both images: 1/3 of the rotated pairs
+
+
+# --- tests that would fail on a wrong implementation (eq. 13-14, schedule, dropout, epoch batches) --------
+def test_loss_pools_valid_keypoints_over_a_batch_with_unequal_counts() -> None:
+    from simplematch.matching import keypoint_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, gt = torch.rand(2, 4, 2, generator=g) * 50, torch.rand(2, 4, 2, generator=g) * 50
+    valid = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    # released compute_loss: per-sample Euclidean distances of the first n_pts points, concatenated, mean
+    per = [((pred[0, :3] - gt[0, :3]) ** 2).sum(-1).sqrt(), ((pred[1, :1] - gt[1, :1]) ** 2).sum(-1).sqrt()]
+    want = torch.cat(per).mean()
+    got = keypoint_loss(pred, gt, valid)
+    torch.testing.assert_close(got, want)
+    # and it is not the per-image mean, nor the squared distance (both would pass a batch-of-one test)
+    assert abs(float(got) - float((per[0].mean() + per[1].mean()) / 2)) > 1e-3
+    pred[1, 1:] = 1e6  # padded points carry no weight
+    torch.testing.assert_close(keypoint_loss(pred, gt, valid), want)
+
+
+def test_multiscale_loss_is_the_equal_weight_sum_of_the_heads() -> None:
+    from simplematch.train import multiscale_loss
+
+    g = torch.Generator().manual_seed(1)
+    gt = torch.rand(2, 5, 2, generator=g) * 40
+    valid = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    preds = [gt + torch.randn(2, 5, 2, generator=g) * s for s in (8.0, 4.0, 1.0)]
+
+    def eq13(p: torch.Tensor) -> float:  # pooled mean Euclidean distance over the valid points
+        d = [float(torch.dist(p[b, i], gt[b, i])) for b in range(2) for i in range(5) if valid[b, i]]
+        return sum(d) / len(d)
+
+    total, heads = multiscale_loss(preds, gt, valid)
+    assert [float(h) for h in heads] == pytest.approx([eq13(p) for p in preds], rel=1e-5)
+    assert float(total) == pytest.approx(sum(eq13(p) for p in preds), rel=1e-5)
+
+
+def test_lr_decays_every_iteration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tiny import tiny_config
+
+    import simplematch.train as T
+
+    seen: list[float] = []
+    real = T.build_optimizer
+
+    def spy(model, cfg):  # noqa: ANN001, ANN202
+        opt, sched = real(model, cfg)
+        opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(o.param_groups[0]["lr"]))
+        return opt, sched
+
+    monkeypatch.setattr(T, "build_optimizer", spy)
+    # 6 training pairs at batch 2: 3 iterations per epoch; StepLR(step 2, gamma 0.5) counted in iterations
+    cfg = tiny_config(lr=1e-3, step_size=2, gamma=0.5, max_steps=6, eval_every=6, augment=False)
+    T.train(cfg, tmp_path / "run", show_progress=False)
+    assert seen == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
+
+
+def test_vit_dropout_is_active_in_train_mode_only() -> None:
+    from simplematch.config import Config
+    from simplematch.model import SimpleMatch
+
+    cfg = Config(backbone="vit_small_patch14_dinov2", img_size=56, finetune="lora", dropout=0.3)
+    torch.manual_seed(0)
+    model = SimpleMatch(cfg, backbone_kwargs=dict(depth=1, embed_dim=32, num_heads=2))
+    x = torch.rand(2, 3, 56, 56)
+    model.train()
+    with torch.no_grad():
+        a, b = model.feature_maps(x)[-1], model.feature_maps(x)[-1]
+    assert (a - b).abs().max() > 1e-3  # a fresh dropout mask each call
+    model.eval()
+    with torch.no_grad():
+        c, d = model.feature_maps(x)[-1], model.feature_maps(x)[-1]
+        model.decoder.dropout.p = 0.0
+        e = model.feature_maps(x)[-1]
+    torch.testing.assert_close(c, d, rtol=0, atol=0)
+    torch.testing.assert_close(c, e, rtol=0, atol=0)  # eval = no dropout at all
+    model.train()  # SimpleMatch.train() (fine-tune modes) must not leave the dropout in eval
+    assert model.decoder.dropout.training
+
+
+def test_epoch_batches_keep_the_last_partial_batch() -> None:
+    from simplematch.train import epoch_batches
+
+    batches = epoch_batches(10, 4, seed=0, epoch=0)
+    assert [len(b) for b in batches] == [4, 4, 2]  # drop_last=False, as released
+    assert sorted(i for b in batches for i in b) == list(range(10))
+
+
+def test_ap10k_always_trains_on_the_intra_species_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import simplematch.train as T
+
+    calls: list[tuple[str, str]] = []
+
+    def fake_load(dataset, root, split, *, ap10k_split, seed, n_pairs):  # noqa: ANN001, ANN202
+        calls.append((split, ap10k_split))
+        if len(calls) == 2:
+            raise SimpleMatchError("stop here", "test")
+        return []
+
+    monkeypatch.setattr(T, "load_records", fake_load)
+    cfg = resolve_config("dinov2_b14_448_ap10k", {"ap10k_split": "cross-family", "data_root": str(tmp_path)})
+    with pytest.raises(SimpleMatchError, match="stop here"):
+        T.train(cfg, tmp_path / "run", show_progress=False)
+    assert calls == [("trn", "intra"), ("val", "cross-family")]
