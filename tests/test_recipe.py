@@ -520,3 +520,36 @@ def test_ap10k_always_trains_on_the_intra_species_split(
     with pytest.raises(SimpleMatchError, match="stop here"):
         T.train(cfg, tmp_path / "run", show_progress=False)
     assert calls == [("trn", "intra"), ("val", "cross-family")]
+
+
+# --- PF-PASCAL layouts ----------------------------------------------------------------------------------
+PASCAL_CSV = WILLOW.parent / "pf-pascal-annotations" / "test_pairs.csv"
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_pfpascal_released_hpf_layout(tmp_path: Path, nested: bool) -> None:
+    if not PASCAL_CSV.is_file():
+        pytest.skip("../shared/data/pf-pascal-annotations is absent")
+    base = tmp_path / "PF-PASCAL" if nested else tmp_path
+    (base / "JPEGImages").mkdir(parents=True)
+    (base / "Annotations").mkdir()
+    (base / "test_pairs.csv").symlink_to(PASCAL_CSV)
+    recs = load_records("pfpascal", tmp_path, "test")
+    assert len(recs) == 299
+    assert recs[0].src_image == base / "JPEGImages" / "2011_001407.jpg"  # basenames only
+    assert recs[0].category == "aeroplane" and recs[0].n_kps == 11
+
+
+def test_pfpascal_ncnet_train_pairs_name(tmp_path: Path) -> None:
+    ann = tmp_path / "PF-dataset-PASCAL" / "Annotations" / "cat"
+    ann.mkdir(parents=True)
+    kps = np.array([[1.0, 2.0], [5.0, 6.0]])
+    scipy.io.savemat(ann / "a.mat", {"kps": kps, "bbox": np.array([[1, 2, 50, 60]])})
+    scipy.io.savemat(ann / "b.mat", {"kps": kps + 1, "bbox": np.array([[3, 4, 70, 80]])})
+    img = "PF-dataset-PASCAL/JPEGImages/"
+    (tmp_path / "train_pairs.csv").write_text(
+        f"source_image,target_image,class,flip\n{img}a.jpg,{img}b.jpg,8,0\n"
+    )
+    (rec,) = load_records("pfpascal", tmp_path, "trn")
+    assert rec.src_image == tmp_path / "PF-dataset-PASCAL" / "JPEGImages" / "a.jpg"
+    np.testing.assert_allclose(rec.trg_kps, kps + 1)
