@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from simplematch import distributed as dist_utils
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data.dataset import PairDataset, collate_pairs
-from simplematch.data.records import resolve_threshold
+from simplematch.data.records import released_threshold, resolve_threshold
 from simplematch.matching import pck_correct
 from simplematch.metrics import aggregate_pck
 
@@ -41,6 +41,7 @@ def pair_counts(
     window: int | None = None,
     num_workers: int = 0,
     progress: Any = None,
+    inclusive: bool = False,
 ) -> list[dict[str, Any]]:
     """Per-pair results ``{"index", "category", "valid", "correct": [per alpha]}`` for this rank's share."""
     device = torch.device(device)
@@ -70,7 +71,7 @@ def pair_counts(
         else:
             gt = batch["trg_kps"].double()
             thr = torch.as_tensor(batch["threshold"], dtype=torch.float64)
-        correct = pck_correct(pred.double(), gt, valid, thr, alphas)
+        correct = pck_correct(pred.double(), gt, valid, thr, alphas, inclusive=inclusive)
         for i in range(pred.shape[0]):
             out.append(
                 {
@@ -138,9 +139,13 @@ def evaluate_model(
     model_info: dict[str, Any] | None = None,
     progress: Any = None,
     threshold: str | None = None,
+    released_compat: bool = False,
 ) -> dict[str, Any]:
-    """``threshold``: PCK threshold kind (None: the dataset's convention); see records.resolve_threshold."""
-    kind = resolve_threshold(dataset, threshold, frame, THRESHOLDS)
+    """``threshold``: PCK threshold kind (None: the dataset's convention); see records.resolve_threshold.
+    ``released_compat``: the released code's scoring quirks (released_threshold, ``<=``); docs/recipe.md."""
+    kind = resolve_threshold(
+        dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
+    )
     ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
     local = pair_counts(
         model,
@@ -151,11 +156,14 @@ def evaluate_model(
         device=device,
         window=window,
         progress=progress,
+        inclusive=released_compat,
     )
     rows = gather_pair_counts(local)
     conf = cfg.to_dict()
     if window is not None:
         conf = {**conf, "eval_window": window}
+    if released_compat:
+        conf = {**conf, "eval_released_compat": True}
     return summarize(
         rows,
         alphas,

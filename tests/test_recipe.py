@@ -553,3 +553,53 @@ def test_pfpascal_ncnet_train_pairs_name(tmp_path: Path) -> None:
     (rec,) = load_records("pfpascal", tmp_path, "trn")
     assert rec.src_image == tmp_path / "PF-dataset-PASCAL" / "JPEGImages" / "a.jpg"
     np.testing.assert_allclose(rec.trg_kps, kps + 1)
+
+
+# --- --released-compat ----------------------------------------------------------------------------------
+def test_released_pairing_filters_each_image_alone() -> None:
+    from simplematch.data.pfpascal import released_pairing
+
+    nan = np.nan
+    src = np.array([[1.0, 1.0], [nan, nan], [3.0, 3.0], [4.0, 4.0]])
+    trg = np.array([[11.0, 11.0], [12.0, 12.0], [nan, nan], [14.0, 14.0]])
+    s, t = released_pairing(src, trg)
+    np.testing.assert_array_equal(s, [[1, 1], [3, 3], [4, 4]])
+    np.testing.assert_array_equal(t, [[11, 11], [12, 12], [14, 14]])  # point 3 paired with trg point 2
+    s, t = released_pairing(src, np.array([[11.0, 11.0], [nan, nan], [nan, nan], [nan, nan]]))
+    np.testing.assert_array_equal(t, [[11, 11], [-1, -1], [-1, -1]])  # padded as the released code
+
+
+def test_inclusive_comparison_in_both_twins() -> None:
+    from simplematch.matching import pck_correct as torch_pck
+    from simplematch.metrics import pck_correct as numpy_pck
+
+    pred, gt = np.array([[[3.0, 4.0], [0.0, 1.0]]]), np.zeros((1, 2, 2))  # distances 5 and 1
+    valid, thr = np.ones((1, 2), bool), np.array([50.0])
+    assert numpy_pck(pred, gt, valid, thr, [0.1]).tolist() == [[1]]  # 5 < 5 is false
+    assert numpy_pck(pred, gt, valid, thr, [0.1], inclusive=True).tolist() == [[2]]
+    args = (torch.tensor(pred), torch.tensor(gt), torch.tensor(valid), torch.tensor(thr), [0.1])
+    assert torch_pck(*args).tolist() == [[1]]
+    assert torch_pck(*args, inclusive=True).tolist() == [[2]]
+
+
+def test_released_compat_eval(tmp_path: Path) -> None:
+    _need_willow()
+    from tiny import tiny_config
+
+    from simplematch.checkpoint import save_checkpoint
+    from simplematch.model import SimpleMatch
+
+    plain = load_records("pfwillow", WILLOW, "test")
+    swapped = load_records("pfwillow", WILLOW, "test", released=True)
+    assert swapped[0].src_image == plain[0].trg_image and swapped[0].trg_image == plain[0].src_image
+    np.testing.assert_array_equal(swapped[0].trg_kps, plain[0].src_kps)  # released: target = imageA
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ckpt")
+    base = ["eval", str(tmp_path / "ckpt"), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
+    base += ["--limit", "4", "--device", "cpu", "--alpha", "0.1"]
+    assert main([*base, "--released-compat", "--json", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["threshold"] == "released" and res["config"]["eval_released_compat"] is True
+    assert main([*base, "--released-compat", "--threshold", "kps", "--json", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()

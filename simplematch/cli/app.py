@@ -232,6 +232,15 @@ def eval_cmd(
             " PF-WILLOW threshold (keypoint extent after -1 padding, resized frame). Recorded in the JSON."
         ),
     ] = None,
+    released_compat: Annotated[
+        bool,
+        typer.Option(
+            "--released-compat",
+            help="Score as the authors' released code, to check a converted checkpoint against published"
+            " numbers: PF-WILLOW released threshold and direction, PF-PASCAL per-image NaN filtering, d <="
+            " threshold (docs/recipe.md).",
+        ),
+    ] = False,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
     from simplematch.cli.evaluation import evaluate_any, print_result
@@ -243,15 +252,16 @@ def eval_cmd(
 
         check_output_file(json_out, "--json")  # before the (slow) evaluation, not after it
     records = load_records(
-        dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed
-    )  # noqa: E501
+        dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed,
+        released=released_compat,
+    )  # fmt: skip
     if limit:
         records = records[:limit]
     try:
         res = evaluate_any(
             model, records, dataset=dataset.value, split=split, alphas=alphas, frame=frame.value,
             batch_size=batch_size, device=device, window=window,
-            threshold=threshold.value if threshold else None,
+            threshold=threshold.value if threshold else None, released_compat=released_compat,
         )  # fmt: skip
     finally:
         _cleanup_distributed()

@@ -22,6 +22,7 @@ def evaluate_any(
     device: str,
     window: int | None = None,
     threshold: str | None = None,
+    released_compat: bool = False,
 ) -> dict[str, Any]:
     model = Path(model)
     if not model.exists():
@@ -34,7 +35,17 @@ def evaluate_any(
         )
     if model.is_dir():
         return _evaluate_torch(
-            model, records, dataset, split, alphas, frame, batch_size, device, window, threshold
+            model,
+            records,
+            dataset,
+            split,
+            alphas,
+            frame,
+            batch_size,
+            device,
+            window,
+            threshold,
+            released_compat,
         )
     if model.suffix in (".onnx", ".engine"):
         from simplematch.runtime.evaluate import evaluate_runtime
@@ -43,11 +54,14 @@ def evaluate_any(
         return evaluate_runtime(
             model, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
             batch_size=batch_size, device=rt_device, window=window, threshold=threshold,
+            released_compat=released_compat,
         )  # fmt: skip
     raise SimpleMatchError(f"cannot evaluate {model}", "pass a checkpoint folder, a .onnx or a .engine file")
 
 
-def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window, threshold):  # noqa: ANN001, ANN202, E501
+def _evaluate_torch(
+    model_dir, records, dataset, split, alphas, frame, batch_size, device, window, threshold, released_compat
+):  # noqa: ANN001, ANN202, E501
     from simplematch import distributed as dist_utils
     from simplematch.checkpoint import load_checkpoint
     from simplematch.evaluate import checkpoint_info, evaluate_model
@@ -62,7 +76,7 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
         return evaluate_model(
             net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
             batch_size=batch_size, device=dev, window=window, model_info=checkpoint_info(model_dir),
-            progress=advance, threshold=threshold,
+            progress=advance, threshold=threshold, released_compat=released_compat,
         )  # fmt: skip
 
 

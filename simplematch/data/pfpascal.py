@@ -89,13 +89,17 @@ def parse_pfpascal_csv(
     *,
     image_dir: Path | None = None,
     ann_dir: Path | None = None,
+    released: bool = False,
 ) -> list[PairRecord]:
     """Decoded CSV text -> records (the .mat files are read only when needed or present).
 
     ``image_dir``: None = CSV image paths relative to ``root`` (CATs / NC-Net); a folder = basenames inside
     it (released code / HPF). ``ann_dir``: the Annotations folder (default
-    ``root/PF-dataset-PASCAL/Annotations``).
+    ``root/PF-dataset-PASCAL/Annotations``). ``released``: the released code's pairing (see
+    :func:`released_pairing`), keypoints from the .mat files.
     """
+    if released:
+        kps_source = "mat"
     if kps_source not in KPS_SOURCES:
         raise SimpleMatchError(
             f"unknown PF-PASCAL keypoint source '{kps_source}'", f"use {', '.join(KPS_SOURCES)}"
@@ -152,7 +156,7 @@ def parse_pfpascal_csv(
             (src, boxes[0]), (trg, boxes[1]) = read_pascal_mat(mats[0]), read_pascal_mat(mats[1])
             if len(src) != len(trg):
                 raise SimpleMatchError(f"{mats[0]} and {mats[1]} hold different numbers of keypoints", FIX)
-        src, trg = mutual_valid(src, trg)
+        src, trg = released_pairing(src, trg) if released else mutual_valid(src, trg)
         records.append(
             PairRecord(
                 src_image=image(src_name),
@@ -164,10 +168,24 @@ def parse_pfpascal_csv(
                 src_bbox=boxes[0],
                 trg_bbox=boxes[1],
                 dataset="pfpascal",
-                meta={"kps_source": "csv" if use_csv else "mat"},
+                meta={
+                    "kps_source": "csv" if use_csv else "mat",
+                    "pairing": "released" if released else "mutual",
+                },
             )
         )
     return records
+
+
+def released_pairing(src: np.ndarray, trg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The released code's PF-PASCAL pairing (``--released-compat`` only): NaN rows are dropped from each
+    image on its own, then the first ``n_src`` target points are scored, the target padded with (-1, -1)
+    when it has fewer. Whenever the NaN rows differ this pairs keypoint i with another one, which is why
+    the default (:func:`mutual_valid`) keeps the rows valid in both images instead."""
+    s = src[np.isfinite(src).all(axis=1)]
+    t = trg[np.isfinite(trg).all(axis=1)][: len(s)]
+    pad = np.full((len(s) - len(t), 2), -1.0)
+    return s, np.concatenate([t, pad])
 
 
 def pfpascal_layout(root: str | Path, split: str) -> tuple[Path, Path, Path | None, Path]:
@@ -186,8 +204,11 @@ def pfpascal_layout(root: str | Path, split: str) -> tuple[Path, Path, Path | No
     return root / names[0], root, None, root / "PF-dataset-PASCAL" / "Annotations"  # reported as missing
 
 
-def read_pfpascal(root: str | Path, split: str, *, kps_source: str = "auto") -> list[PairRecord]:
+def read_pfpascal(
+    root: str | Path, split: str, *, kps_source: str = "auto", released: bool = False
+) -> list[PairRecord]:
     path, base, image_dir, ann_dir = pfpascal_layout(root, split)
     return parse_pfpascal_csv(
-        read_text_file(path, FIX), path, base, kps_source, image_dir=image_dir, ann_dir=ann_dir
-    )
+        read_text_file(path, FIX), path, base, kps_source, image_dir=image_dir, ann_dir=ann_dir,
+        released=released,
+    )  # fmt: skip

@@ -14,6 +14,7 @@ image that is missing) or a keypoint outside its image is refused instead of sil
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -70,9 +71,23 @@ def _check_inside(kps: np.ndarray, image: Path, where: str, sizes: dict[Path, tu
         )
 
 
-def read_pfwillow(root: str | Path, split: str = "test") -> list[PairRecord]:
-    """PF-WILLOW is a test-only benchmark: every split name returns the test pairs."""
-    root = Path(root)
+def read_pfwillow(root: str | Path, split: str = "test", *, released: bool = False) -> list[PairRecord]:
+    """PF-WILLOW is a test-only benchmark: every split name returns the test pairs.
+
+    ``released``: the released code's direction (it reads imageB as the source and imageA as the target).
+    """
+    records = _read_pfwillow(Path(root))
+    if released:
+        records = [
+            dataclasses.replace(
+                r, src_image=r.trg_image, trg_image=r.src_image, src_kps=r.trg_kps, trg_kps=r.src_kps
+            )
+            for r in records
+        ]
+    return records
+
+
+def _read_pfwillow(root: Path) -> list[PairRecord]:
     base = root / "PF-dataset"
     for csv_path in (root / "test_pairs.csv", base / "test_pairs.csv"):
         if csv_path.is_file():

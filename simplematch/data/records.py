@@ -182,6 +182,18 @@ def pck_threshold(
     return float(max(ext[0], ext[1]))
 
 
+def released_threshold(dataset: str, kind: str | None, released_compat: bool) -> str | None:
+    """``--released-compat`` scores PF-WILLOW with the released threshold; it refuses any other choice."""
+    if not released_compat or dataset != "pfwillow":
+        return kind
+    if kind not in (None, "released"):
+        raise SimpleMatchError(
+            f"--released-compat scores PF-WILLOW with the released threshold, not --threshold {kind}",
+            "drop --threshold, or drop --released-compat",
+        )
+    return "released"
+
+
 def resolve_threshold(dataset: str, kind: str | None, frame: str, conventions: Mapping[str, str]) -> str:
     """The PCK threshold kind for ``dataset`` (``None``: its convention), refused where it means nothing."""
     kind = kind or conventions.get(dataset)
