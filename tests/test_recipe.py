@@ -603,3 +603,17 @@ def test_released_compat_eval(tmp_path: Path) -> None:
     assert res["threshold"] == "released" and res["config"]["eval_released_compat"] is True
     assert main([*base, "--released-compat", "--threshold", "kps", "--json", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_spair_keypoint_outside_its_stated_image_is_refused(tmp_path: Path) -> None:
+    from simplematch.data.spair import parse_spair_pair
+
+    pair = {
+        "src_imname": "a.jpg", "trg_imname": "b.jpg", "category": "cat", "src_imsize": [100, 80, 3],
+        "trg_imsize": [60, 50, 3], "src_kps": [[10, 10], [99, 79]], "trg_kps": [[5, 5], [61, 20]],
+        "src_bndbox": [0, 0, 99, 79], "trg_bndbox": [0, 0, 59, 49],
+    }  # fmt: skip
+    with pytest.raises(SimpleMatchError, match=r"p\.json \(trg_kps\): keypoint \(61, 20\) lies outside"):
+        parse_spair_pair(pair, tmp_path / "p.json", tmp_path)
+    pair["trg_kps"][1] = [59, 20]
+    assert parse_spair_pair(pair, tmp_path / "p.json", tmp_path).n_kps == 2

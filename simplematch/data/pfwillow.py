@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from simplematch.data.matfile import read_mat
-from simplematch.data.records import PairRecord, image_size, mutual_valid, read_text_file
+from simplematch.data.records import PairRecord, check_points_inside, image_size, mutual_valid, read_text_file
 from simplematch.errors import SimpleMatchError
 
 FIX = "re-download PF-WILLOW (PF-dataset.zip) and pass the folder holding PF-dataset/ as --data-root"
@@ -60,15 +60,7 @@ def _check_inside(kps: np.ndarray, image: Path, where: str, sizes: dict[Path, tu
     """Refuse keypoints outside [0, w] x [0, h] of their image (1-based values may reach w and h)."""
     if image not in sizes:
         sizes[image] = image_size(image)
-    w, h = sizes[image]
-    pts = kps[np.isfinite(kps).all(axis=1)]
-    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
-    if bad.any():
-        x, y = pts[np.argmax(bad)]
-        raise SimpleMatchError(
-            f"{where}: keypoint ({x:g}, {y:g}) lies outside its {w}x{h} image {image}",
-            "fix the annotation or restore the original file (" + FIX + ")",
-        )
+    check_points_inside(kps, *sizes[image], f"{where} ({image})", FIX)
 
 
 def read_pfwillow(root: str | Path, split: str = "test", *, released: bool = False) -> list[PairRecord]:

@@ -295,6 +295,16 @@ def image_size_field(value: Any, where: str, fix: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def check_points_inside(kps: np.ndarray, w: float, h: float, where: str, fix: str) -> None:
+    """Refuse finite keypoints outside [0, w] x [0, h] of their image (a corrupt or mismatched annotation)."""
+    pts = np.asarray(kps, dtype=np.float64).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+    if bad.any():
+        x, y = pts[np.argmax(bad)]
+        raise SimpleMatchError(f"{where}: keypoint ({x:g}, {y:g}) lies outside its {w:g}x{h:g} image", fix)
+
+
 def mutual_valid(src: np.ndarray, trg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keep rows finite in BOTH arrays (the released code filtered each image alone, misaligning pairs)."""
     keep = np.isfinite(src).all(axis=1) & np.isfinite(trg).all(axis=1)
