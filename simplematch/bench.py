@@ -1,5 +1,5 @@
 """``smatch bench``: inference throughput, latency, peak memory and matching share per runtime, plus the
-training-memory ablation of paper Table 11 (dense vs sparse vs sparse + window).
+training-memory ablation of paper Table 11 (baseline dense, + window, + sparse matching).
 
 Design
 ------
@@ -38,7 +38,11 @@ from simplematch.errors import SimpleMatchError
 RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt", "trt-fp16")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt")
 DEFAULT_PRESET = "demo_cpu"  # the random-init model measured when no --checkpoint / --model is given
-TRAIN_MODES = ("dense", "sparse", "sparse_window")
+# Paper Table 11, in its order: baseline (dense correlation, full-map soft-argmax), + window (dense
+# correlation, windowed soft-argmax), + sparse matching (sparse correlation + window: what training does).
+TRAIN_MODES = ("dense", "dense_window", "sparse_window")
+TRAIN_MODE_LABELS = {"dense": "baseline", "dense_window": "+ window", "sparse_window": "+ sparse matching"}
+PAPER_TABLE11_MB = {"dense": 21941, "dense_window": 16287, "sparse_window": 10675}  # DINOv2 448, RTX 4090
 RESULT_KEYS = (
     "runtime",
     "batch",
@@ -274,6 +278,40 @@ def _gpu_used_mib() -> float | None:
     return None
 
 
+def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: float, coord: str):  # noqa: ANN001, ANN201
+    """Predicted target pixels (B, N, 2) of one head in a Table 11 mode (see TRAIN_MODES).
+
+    ``dense``: (h*w)^2 correlation, full-map soft-argmax for every source cell; ``dense_window``: the same
+    correlation, soft-argmax in each cell's k x k window; ``sparse_window``: the keypoints' rows only, in the
+    window (:func:`simplematch.matching.match_keypoints`, what training does). The keypoints' rows are read
+    out of the dense results, so the three give the same predictions up to the window (tests/test_bench.py).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from simplematch.matching import (
+        cells_to_pixels,
+        dense_soft_argmax_loss_inputs,
+        keypoint_cells,
+        match_keypoints,
+        window_soft_argmax,
+    )
+
+    if mode == "sparse_window":
+        return match_keypoints(s_map, t_map, src_kps, size, k, beta, coord)
+    b, _, h, w = t_map.shape
+    stride = size / h
+    if mode == "dense":
+        cells_all = dense_soft_argmax_loss_inputs(s_map, t_map, beta)  # (B, h*w, 2)
+    else:
+        src = F.normalize(s_map.flatten(2), dim=1).transpose(1, 2)
+        corr = torch.bmm(src, F.normalize(t_map.flatten(2), dim=1))  # (B, h*w, h*w)
+        cells_all = window_soft_argmax(corr.view(b, h * w, h, w), k, beta)
+    cells = keypoint_cells(src_kps, stride, (h, w))
+    rows = (cells[..., 1] * w + cells[..., 0]).unsqueeze(-1).expand(-1, -1, 2)
+    return cells_to_pixels(torch.gather(cells_all, 1, rows), stride, coord)
+
+
 def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of ONE optimisation step (forward + backward + Adam step) in one matching mode."""
     import gc
@@ -281,13 +319,7 @@ def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from simplematch.checkpoint import load_checkpoint
-    from simplematch.matching import (
-        cells_to_pixels,
-        dense_soft_argmax_loss_inputs,
-        keypoint_cells,
-        keypoint_loss,
-        match_keypoints,
-    )
+    from simplematch.matching import keypoint_loss
 
     mode, device, b = spec["mode"], spec["device"], int(spec["batch"])
     if spec.get("threads"):
@@ -312,16 +344,7 @@ def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         losses = []
         for m, k in zip(maps, windows, strict=True):
             s_map, t_map = m[:b], m[b:]
-            if mode == "dense":
-                h, w = t_map.shape[-2:]
-                stride = size / h
-                cells_all = dense_soft_argmax_loss_inputs(s_map, t_map, cfg.beta)  # (B, h*w, 2)
-                cells = keypoint_cells(src_kps, stride, (h, w))
-                rows = (cells[..., 1] * w + cells[..., 0]).unsqueeze(-1).expand(-1, -1, 2)
-                pred = cells_to_pixels(torch.gather(cells_all, 1, rows), stride, cfg.coord)
-            else:
-                window = 0 if mode == "sparse" else k
-                pred = match_keypoints(s_map, t_map, src_kps, size, window, cfg.beta, cfg.coord)
+            pred = table11_predict(mode, s_map, t_map, src_kps, size, k, cfg.beta, cfg.coord)
             losses.append(keypoint_loss(pred.float(), trg_kps, valid))
         loss = torch.stack(losses).sum()
         opt.zero_grad(set_to_none=True)
@@ -694,12 +717,16 @@ def print_bench(result: dict[str, Any], console: Any) -> None:
     rows = result.get("train_memory") or []
     if rows:
         dense = next((r for r in rows if r["mode"] == "dense"), None)
-        tm = Table(title=f"training memory, one step at batch {rows[0].get('batch')}")
-        for col in ("mode", "peak MiB", "delta MiB", "delta / dense"):
-            tm.add_column(col, justify="left" if col == "mode" else "right")
+        tm = Table(title=f"training memory (paper Table 11), one step at batch {rows[0].get('batch')}")
+        for col in ("row", "mode", "peak MiB", "delta MiB", "delta / baseline", "paper ratio"):
+            tm.add_column(col, justify="left" if col in ("row", "mode") else "right")
         for r in rows:
             ratio = r["delta_mib"] / dense["delta_mib"] if dense and dense["delta_mib"] > 0 else float("nan")
-            tm.add_row(r["mode"], f"{r['peak_mem_mib']:.0f}", f"{r['delta_mib']:.0f}", f"{ratio:.2f}")
+            paper = PAPER_TABLE11_MB.get(r["mode"], float("nan")) / PAPER_TABLE11_MB["dense"]
+            tm.add_row(
+                TRAIN_MODE_LABELS.get(r["mode"], r["mode"]), r["mode"], f"{r['peak_mem_mib']:.0f}",
+                f"{r['delta_mib']:.0f}", f"{ratio:.2f}", f"{paper:.2f}",
+            )  # fmt: skip
         console.print(tm)
     console.print(f"model sha256 {result['model_sha256'][:16]}...")
 

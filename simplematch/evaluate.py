@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from simplematch import distributed as dist_utils
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data.dataset import PairDataset, collate_pairs
+from simplematch.data.records import released_threshold, resolve_threshold
 from simplematch.matching import pck_correct
 from simplematch.metrics import aggregate_pck
 
@@ -40,6 +41,7 @@ def pair_counts(
     window: int | None = None,
     num_workers: int = 0,
     progress: Any = None,
+    inclusive: bool = False,
 ) -> list[dict[str, Any]]:
     """Per-pair results ``{"index", "category", "valid", "correct": [per alpha]}`` for this rank's share."""
     device = torch.device(device)
@@ -69,7 +71,7 @@ def pair_counts(
         else:
             gt = batch["trg_kps"].double()
             thr = torch.as_tensor(batch["threshold"], dtype=torch.float64)
-        correct = pck_correct(pred.double(), gt, valid, thr, alphas)
+        correct = pck_correct(pred.double(), gt, valid, thr, alphas, inclusive=inclusive)
         for i in range(pred.shape[0]):
             out.append(
                 {
@@ -101,8 +103,9 @@ def summarize(
     frame: str,
     model_info: dict[str, Any],
     config: dict[str, Any],
+    threshold: str | None = None,
 ) -> dict[str, Any]:
-    """The evaluation JSON (exact top-level keys of the CLI contract)."""
+    """The evaluation JSON (exact top-level keys of the CLI contract); ``threshold`` = the kind used."""
     counts = np.array([r["correct"] for r in rows], dtype=np.int64).reshape(len(rows), len(alphas))
     valid = np.array([r["valid"] for r in rows], dtype=np.int64)
     agg = aggregate_pck(counts, valid, [r["category"] for r in rows], alphas)
@@ -111,7 +114,7 @@ def summarize(
         "split": split,
         "pairs": agg["pairs"],
         "points": agg["points"],
-        "threshold": THRESHOLDS[dataset],
+        "threshold": threshold or THRESHOLDS[dataset],
         "frame": frame,
         "pck": agg["pck"],
         "pck_per_point": agg["pck_per_point"],
@@ -135,8 +138,15 @@ def evaluate_model(
     window: int | None = None,
     model_info: dict[str, Any] | None = None,
     progress: Any = None,
+    threshold: str | None = None,
+    released_compat: bool = False,
 ) -> dict[str, Any]:
-    ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=THRESHOLDS[dataset])
+    """``threshold``: PCK threshold kind (None: the dataset's convention); see records.resolve_threshold.
+    ``released_compat``: the released code's scoring quirks (released_threshold, ``<=``); docs/recipe.md."""
+    kind = resolve_threshold(
+        dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
+    )
+    ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
     local = pair_counts(
         model,
         ds,
@@ -146,11 +156,14 @@ def evaluate_model(
         device=device,
         window=window,
         progress=progress,
+        inclusive=released_compat,
     )
     rows = gather_pair_counts(local)
     conf = cfg.to_dict()
     if window is not None:
         conf = {**conf, "eval_window": window}
+    if released_compat:
+        conf = {**conf, "eval_released_compat": True}
     return summarize(
         rows,
         alphas,
@@ -159,6 +172,7 @@ def evaluate_model(
         frame=frame,
         model_info=model_info or {"path": None, "sha256": None},
         config=conf,
+        threshold=kind,
     )
 
 

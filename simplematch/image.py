@@ -1,7 +1,8 @@
 """Torch-free image loading and preprocessing shared by training, PyTorch evaluation and the runtime.
 
 One function turns a file into the model's input, so the PyTorch path and the onnxruntime/TensorRT path see
-bit-identical pixels: RGB, square resize with Pillow's bilinear filter, float32 in [0, 1], CHW.
+bit-identical pixels: RGB, square resize with OpenCV-style bilinear interpolation (the released code's
+``cv2.resize``: half-pixel centres, two taps, NO antialiasing, uint8 result), float32 in [0, 1], CHW.
 ImageNet normalisation is *not* done here: it lives inside the model (and so inside the exported graph).
 """
 
@@ -16,7 +17,6 @@ from simplematch.errors import SimpleMatchError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESAMPLE = Image.Resampling.BILINEAR
 
 
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
@@ -70,12 +70,55 @@ def load_image(path: str | Path, *, exif_orientation: bool = True) -> np.ndarray
     return arr
 
 
+_COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS: weights are integers summing to 2048
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV INTER_LINEAR taps and fixed-point weights: ``x = (i + 0.5) * n_in / n_out - 0.5`` (float32),
+    edges clamped as cv2 does (x < 0 -> pixel 0; x >= n_in - 1 -> pixel n_in - 1, weight 0)."""
+    x = ((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5).astype(np.float32)
+    i0 = np.floor(x).astype(np.intp)
+    frac = x - i0
+    frac[i0 < 0] = 0.0
+    i0[i0 < 0] = 0
+    edge = i0 >= n_in - 1
+    frac[edge], i0[edge] = 0.0, n_in - 1
+    w0 = np.rint((1.0 - frac) * (1 << _COEF_BITS)).astype(np.int64)
+    return i0, np.minimum(i0 + 1, n_in - 1), w0, (1 << _COEF_BITS) - w0
+
+
+def resize_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (height, width, C) uint8, as ``cv2.resize(img, (width, height))`` (INTER_LINEAR).
+
+    The released code resizes with OpenCV, which samples two taps per axis at any scale (no antialiasing,
+    unlike Pillow, which widens its filter when shrinking). Written in numpy because the torch-free runtime
+    has no OpenCV (base dependencies: numpy, Pillow, scipy; scipy.ndimage.zoom samples other positions).
+    It follows OpenCV's fixed-point arithmetic (11-bit weights, the vectorised vertical pass's rounding), so
+    it equals cv2 on all but ~0.1 % of pixels, and those by one grey level (tests/test_recipe.py).
+    """
+    if img.ndim != 3 or img.dtype != np.uint8:
+        raise SimpleMatchError(
+            f"resize needs an (H, W, C) uint8 image, got {img.shape} {img.dtype}", "pass RGB uint8 pixels"
+        )
+    h, w = img.shape[:2]
+    if (w, h) == (width, height):
+        return img
+    y0, y1, b0, b1 = _linear_taps(h, height)
+    x0, x1, a0, a1 = _linear_taps(w, width)
+    src = img.astype(np.int64)
+    rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]  # horizontal pass, x 2048
+    b0, b1 = b0[:, None, None], b1[:, None, None]
+    out = (((b0 * (rows[y0] >> 4)) >> 16) + ((b1 * (rows[y1] >> 4)) >> 16) + 2) >> 2  # vertical, SIMD rule
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, size, size) float32 in [0, 1]; aspect ratio is not kept (as the paper)."""
-    pil = Image.fromarray(img)
-    if pil.size != (size, size):
-        pil = pil.resize((size, size), RESAMPLE)
-    return np.ascontiguousarray(np.asarray(pil, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    """(H, W, 3) uint8 -> (3, size, size) float32 in [0, 1]; aspect ratio is not kept (as the paper).
+
+    The one resize of training, evaluation and the runtime: :func:`resize_bilinear` (released interpolation).
+    """
+    out = resize_bilinear(np.asarray(img), size, size)
+    return np.ascontiguousarray(out.astype(np.float32).transpose(2, 0, 1) / 255.0)
 
 
 def scale_factors(hw: tuple[int, int], size: int) -> tuple[float, float]:

@@ -137,8 +137,11 @@ def pck_correct(
     valid: torch.Tensor,
     threshold: torch.Tensor,
     alphas: Sequence[float],
+    inclusive: bool = False,
 ) -> torch.Tensor:
     """Per-pair counts of correct keypoints: ``d < alpha * threshold`` (strict, as the paper's formula).
+
+    ``inclusive``: ``d <= alpha * threshold``, the released code's ``torch.le`` (``--released-compat``).
 
     pred, gt: (B, N, 2); valid: (B, N) bool; threshold: (B,) -> (B, len(alphas)) long.
     """
@@ -146,7 +149,8 @@ def pck_correct(
     thr = threshold.double().view(-1, 1, 1) * torch.tensor(
         list(alphas), dtype=torch.float64, device=dist.device
     )
-    ok = (dist.unsqueeze(-1) < thr.view(-1, 1, len(alphas))) & valid.unsqueeze(-1)
+    d, t = dist.unsqueeze(-1), thr.view(-1, 1, len(alphas))
+    ok = ((d <= t) if inclusive else (d < t)) & valid.unsqueeze(-1)
     return ok.sum(dim=1)
 
 

@@ -25,8 +25,11 @@ def pck_correct(
     valid: np.ndarray,
     threshold: np.ndarray | float,
     alphas: Sequence[float],
+    inclusive: bool = False,
 ) -> np.ndarray:
     """Counts of correct keypoints: ``d < alpha * threshold`` (strict), valid keypoints only.
+
+    ``inclusive``: ``d <= alpha * threshold``, the released code's ``torch.le`` (``--released-compat``).
 
     pred, gt: (B, N, 2) or (N, 2); valid: (B, N) / (N,) bool; threshold: (B,) / scalar
     -> (B, len(alphas)) / (len(alphas),) int64. Distances in float64 like the torch twin.
@@ -40,7 +43,7 @@ def pck_correct(
     dist = np.linalg.norm(pred - gt, axis=-1)  # (B, N)
     thr = np.asarray(threshold, dtype=np.float64).reshape(-1, 1, 1) * np.asarray(alphas, dtype=np.float64)
     # NaN distances (missing keypoints) compare False, but ``valid`` is what decides: invalid never counts.
-    ok = (dist[..., None] < thr) & valid[..., None]
+    ok = ((dist[..., None] <= thr) if inclusive else (dist[..., None] < thr)) & valid[..., None]
     counts = ok.sum(axis=1).astype(np.int64)
     return counts[0] if single else counts
 

@@ -519,10 +519,14 @@ class SimpleMatch(nn.Module):
         feats = self.encoder(x)
         if split is None:
             return self.decoder(feats, out_hw, fine_only)
-        # Released ViT training decodes source and target in two calls, so decoder BN batch statistics are
-        # per image set; reproduced here (identical in eval, where BN uses running statistics).
-        first = self.decoder(feats[:split], out_hw, fine_only)
-        second = self.decoder(feats[split:], out_hw, fine_only)
+        # Released training (ViT and ResNet alike) decodes source and target in two calls, so the decoder's
+        # BN batch statistics are per image set; reproduced here (identical in eval: running statistics).
+        if isinstance(feats, list):  # ResNet: one tensor per level
+            first = self.decoder([f[:split] for f in feats], out_hw, fine_only)
+            second = self.decoder([f[split:] for f in feats], out_hw, fine_only)
+        else:
+            first = self.decoder(feats[:split], out_hw, fine_only)
+            second = self.decoder(feats[split:], out_hw, fine_only)
         return [torch.cat(pair) for pair in zip(first, second, strict=True)]
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -546,8 +550,9 @@ class SimpleMatch(nn.Module):
         [coarse, mid, fine] (only [fine] without multiscale); heads use ``cfg.windows`` aligned from the end.
         """
         b = src_img.shape[0]
-        # One concatenated batch through the encoder, as released (ResNet BN sees src and trg together).
-        split = b if (self.family == "vit" and self.training) else None
+        # One concatenated batch through the encoder, as released (ResNet backbone BN sees src and trg
+        # together); the decoder then runs per image set in training (see _maps).
+        split = b if self.training else None
         maps = self._maps(torch.cat((src_img, trg_img)), split=split)
         windows = self.cfg.windows[-len(maps) :]
         size = src_img.shape[-1]

@@ -42,7 +42,7 @@ from simplematch import distributed as dist_utils
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data import load_records
-from simplematch.data.dataset import PairDataset, collate_pairs
+from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluate import evaluate_model
 from simplematch.io import atomic_path, atomic_write_text, check_writable_dir, ensure_writable_dir
@@ -131,14 +131,25 @@ def _catch_signals(flag: _StopFlag) -> Iterator[None]:
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled, rank-sharded, full batches for one epoch (deterministic in seed and epoch)."""
+    """Shuffled, rank-sharded batches for one epoch (deterministic in seed and epoch).
+
+    The last batch may be short (``drop_last=False``, as the released DataLoader), so every pair is seen.
+    """
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=gen).tolist()
     world = dist_utils.world_size()
     # Every rank must get the same number of batches, or DDP's gradient all-reduce waits forever on the
     # rank with one batch more: drop the remainder of n / world (different pairs each epoch).
     perm = perm[: len(perm) - len(perm) % world][dist_utils.rank() :: world]
-    return [perm[i : i + batch_size] for i in range(0, len(perm) - batch_size + 1, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+
+
+def multiscale_loss(
+    preds: list[torch.Tensor], trg_kps: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Eq. 14: the equal-weight sum of the per-head losses (eq. 13), in float32 -> (total, per head)."""
+    losses = [keypoint_loss(p.float(), trg_kps, valid) for p in preds]
+    return torch.stack(losses).sum(), losses
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
@@ -237,8 +248,11 @@ def train(
 
     def records(split: str, synthetic_pairs: int) -> list:
         n_pairs = synthetic_pairs if cfg.dataset == "synthetic" else None
+        # AP-10K trains on the intra-species trn split whatever --ap10k-split says (released); the chosen
+        # split (intra / cross-species / cross-family) is the validation and test one.
+        ap10k = "intra" if split == TRAIN_SPLIT else cfg.ap10k_split
         return load_records(
-            cfg.dataset, cfg.data_root, split, ap10k_split=cfg.ap10k_split, seed=cfg.seed, n_pairs=n_pairs
+            cfg.dataset, cfg.data_root, split, ap10k_split=ap10k, seed=cfg.seed, n_pairs=n_pairs
         )
 
     train_records = records(TRAIN_SPLIT, cfg.synthetic_pairs)
@@ -296,6 +310,7 @@ def train(
         augment=cfg.augment,
         seed=cfg.seed,
         threshold_kind=THRESHOLDS[cfg.dataset],
+        transforms=train_transforms(cfg.dataset, cfg.backbone),  # the released pipeline of this dataset
     )
     ddp_model: torch.nn.Module = model
     if dist_utils.is_distributed():
@@ -368,9 +383,7 @@ def train(
                 valid = batch["valid"].to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                     preds = ddp_model(src, trg, src_kps)
-                # Eq. 14: equal-weight sum of the per-head losses (eq. 13), computed in float32.
-                losses = [keypoint_loss(p.float(), trg_kps, valid) for p in preds]
-                loss = torch.stack(losses).sum()
+                loss, losses = multiscale_loss(preds, trg_kps, valid)
                 # One all-reduce carries the loss and the stop request, before backward: every rank then
                 # sees the same NaN and the same Ctrl-C, so all stop at the same step instead of some
                 # waiting forever in DDP's gradient all-reduce.

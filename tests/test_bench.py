@@ -82,6 +82,7 @@ def test_train_memory_dense_costs_more_than_sparse_window() -> None:
     for row in rows.values():
         _check_positive(row, ("peak_mem_mib", "delta_mib", "baseline_mib"))
         assert row["batch"] == 4
+    assert list(rows) == ["dense", "dense_window", "sparse_window"]  # paper Table 11's rows, in its order
     assert rows["dense"]["delta_mib"] > rows["sparse_window"]["delta_mib"]
     assert rows["dense"]["peak_mem_mib"] > rows["sparse_window"]["peak_mem_mib"]
     assert res["results"] == []
@@ -126,3 +127,21 @@ def test_option_parsing() -> None:
         parse_batches(["x"])
     with pytest.raises(SimpleMatchError, match="unknown runtime"):
         run_bench(runtimes=["bogus"])
+
+
+def test_table11_modes_predict_the_same_keypoints() -> None:
+    # Same correlation rows, only the memory layout differs: dense + window must equal sparse + window, and
+    # the dense full-map baseline must equal sparse matching with the whole map (window 0).
+    import torch
+
+    from simplematch.bench import table11_predict
+
+    g = torch.Generator().manual_seed(0)
+    s_map, t_map = torch.randn(2, 16, 12, 12, generator=g), torch.randn(2, 16, 12, 12, generator=g)
+    kps = torch.rand(2, 7, 2, generator=g) * 47
+    args = (s_map, t_map, kps, 48)
+    win = table11_predict("dense_window", *args, 5, 0.02, "corner")
+    torch.testing.assert_close(win, table11_predict("sparse_window", *args, 5, 0.02, "corner"))
+    full = table11_predict("dense", *args, 0, 0.02, "corner")
+    torch.testing.assert_close(full, table11_predict("sparse_window", *args, 0, 0.02, "corner"))
+    assert (win - full).abs().max() > 1e-3  # the window does change the soft-argmax

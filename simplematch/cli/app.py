@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from simplematch.config import AP10K_SPLITS, DATASETS
+from simplematch.config import AP10K_SPLITS, DATASETS, THRESHOLD_KINDS
 from simplematch.errors import SimpleMatchError
 
 app = typer.Typer(
@@ -40,6 +40,9 @@ Ap10kSplit = _choices("Ap10kSplit", AP10K_SPLITS)
 class Frame(str, Enum):
     resized = "resized"
     original = "original"
+
+
+Threshold = _choices("Threshold", THRESHOLD_KINDS)
 
 
 def _console():  # noqa: ANN202 - rich is imported lazily
@@ -81,6 +84,12 @@ def train(
     seed: Annotated[int, typer.Option()] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = None,
     ap10k_split: Annotated[Ap10kSplit, typer.Option()] = None,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            "--amp", help="Mixed precision (CUDA only). Off by default: the released recipe trains in fp32."
+        ),
+    ] = False,
     resume: Annotated[
         Path,
         typer.Option(help="Continue the run in this folder with its saved config (--max-steps = new total)."),
@@ -110,13 +119,13 @@ def train(
         "--out": out, "--preset": preset, "--dataset": dataset, "--data-root": data_root,
         "--backbone": backbone, "--weights": weights, "--img-size": img_size, "--window": window,
         "--batch-size": batch_size, "--epochs": epochs, "--lr": lr, "--seed": seed,
-        "--ap10k-split": ap10k_split, "--config": config, "--force": force or None,
+        "--ap10k-split": ap10k_split, "--config": config, "--force": force or None, "--amp": amp or None,
     }  # fmt: skip
     overrides = dict(
         dataset=dataset.value if dataset else None, data_root=str(data_root) if data_root else None,
         backbone=backbone, weights=str(weights) if weights else None, img_size=img_size,
         batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
-        ap10k_split=ap10k_split.value if ap10k_split else None,
+        ap10k_split=ap10k_split.value if ap10k_split else None, amp=True if amp else None,
     )  # fmt: skip
     cfg, out = plan_run(
         out=out, resume=resume, preset=preset, config_path=config, overrides=overrides, window=window,
@@ -170,6 +179,22 @@ def eval_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic split.")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
+    threshold: Annotated[
+        Threshold,
+        typer.Option(
+            help="PCK threshold kind (default: the benchmark's; PF-WILLOW kps). released: the released code's"
+            " PF-WILLOW threshold (keypoint extent after -1 padding, resized frame). Recorded in the JSON."
+        ),
+    ] = None,
+    released_compat: Annotated[
+        bool,
+        typer.Option(
+            "--released-compat",
+            help="Score as the authors' released code, to check a converted checkpoint against published"
+            " numbers: PF-WILLOW released threshold and direction, PF-PASCAL per-image NaN filtering, d <="
+            " threshold (docs/recipe.md).",
+        ),
+    ] = False,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
     from simplematch import validate
@@ -181,14 +206,16 @@ def eval_cmd(
     # Before the (slow) evaluation, not after it.
     validate.output_file(json_out, "--json", suffixes=(".json",), inputs=[model, data_root], force=force)
     records = load_records(
-        dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed
-    )  # noqa: E501
+        dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed,
+        released=released_compat,
+    )  # fmt: skip
     if limit:
         records = records[:limit]
     try:
         res = evaluate_any(
             model, records, dataset=dataset.value, split=split, alphas=alphas, frame=frame.value,
             batch_size=batch_size, device=device, window=window,
+            threshold=threshold.value if threshold else None, released_compat=released_compat,
         )  # fmt: skip
     finally:
         _cleanup_distributed()
@@ -229,12 +256,22 @@ def stats(
 
 
 @app.command()
-def presets() -> None:
-    """List the configuration presets (paper hyperparameters)."""
-    from simplematch.config import PRESETS
+def presets(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every preset fully resolved (all config keys) as JSON.")
+    ] = False,
+) -> None:
+    """List the configuration presets (the authors' released configs; see README "Paper presets")."""
+    from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, resolved_presets
 
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(resolved_presets(), indent=2, sort_keys=True))
+        return
     for name, values in PRESETS.items():
-        typer.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        note = f"  [{PAPER_TEXT_DIFFERS[name]}]" if name in PAPER_TEXT_DIFFERS else ""
+        typer.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) + note)
 
 
 # ------------------------------------------------------------------------------------------------------

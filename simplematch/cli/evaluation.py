@@ -21,6 +21,8 @@ def evaluate_any(
     batch_size: int,
     device: str,
     window: int | None = None,
+    threshold: str | None = None,
+    released_compat: bool = False,
 ) -> dict[str, Any]:
     model = Path(model)
     if not model.exists():
@@ -32,19 +34,34 @@ def evaluate_any(
             f"no {dataset} pairs found for split '{split}'", "check --data-root and --split"
         )
     if model.is_dir():
-        return _evaluate_torch(model, records, dataset, split, alphas, frame, batch_size, device, window)
+        return _evaluate_torch(
+            model,
+            records,
+            dataset,
+            split,
+            alphas,
+            frame,
+            batch_size,
+            device,
+            window,
+            threshold,
+            released_compat,
+        )
     if model.suffix in (".onnx", ".engine"):
         from simplematch.runtime.evaluate import evaluate_runtime
 
         rt_device = "cpu" if device == "auto" else device
         return evaluate_runtime(
             model, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
-            batch_size=batch_size, device=rt_device, window=window,
+            batch_size=batch_size, device=rt_device, window=window, threshold=threshold,
+            released_compat=released_compat,
         )  # fmt: skip
     raise SimpleMatchError(f"cannot evaluate {model}", "pass a checkpoint folder, a .onnx or a .engine file")
 
 
-def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window):  # noqa: ANN001, ANN202
+def _evaluate_torch(
+    model_dir, records, dataset, split, alphas, frame, batch_size, device, window, threshold, released_compat
+):  # noqa: ANN001, ANN202, E501
     from simplematch.extras import require
 
     require("train", "evaluating a checkpoint folder (PyTorch)")
@@ -62,7 +79,7 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
         return evaluate_model(
             net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
             batch_size=batch_size, device=dev, window=window, model_info=checkpoint_info(model_dir),
-            progress=advance,
+            progress=advance, threshold=threshold, released_compat=released_compat,
         )  # fmt: skip
 
 

@@ -1,11 +1,22 @@
 """PyTorch dataset over :class:`PairRecord` lists: resize to the model frame, optional training augmentation.
 
-Images go through :func:`simplematch.image.resize_square` (the function the runtime uses), so training,
-PyTorch evaluation and the exported model see identical pixels. Augmentation is albumentations (keypoint
-aware), as the released code: a bbox-safe random crop (p 0.5), rotation +-30 deg (+-180 for bottles) with
-p 0.5 applied to the source, the target or both, per-image photometric changes, and a source/target swap
-(p 0.5) for PF-PASCAL. Keypoints pushed out of the image are marked invalid, never dropped, so index i of the
-source still corresponds to index i of the target. Every random choice is drawn from (seed, epoch, index).
+Images go through :func:`simplematch.image.resize_square` / :func:`simplematch.image.resize_bilinear` (the
+functions the runtime uses, OpenCV bilinear as released), so training, PyTorch evaluation and the exported
+model see identical pixels.
+
+Training augmentation follows the released pipelines, per dataset (:func:`train_transforms`):
+
+* SPair-71k: crop -> rotation -> photometric.
+* PF-PASCAL: crop -> photometric -> source/target exchange (p 0.5); rotation too for iBOT, as released.
+* AP-10K: plain resize -> photometric (no crop, no rotation).
+
+``crop``: one decision per pair (p 0.5): both images are squash-resized to S x S, or each is cropped around
+its object box (albumentations ``BBoxSafeRandomCrop``) and resized to S x S; keypoints the crop cut off are
+clipped to [0, S-1] and kept as supervision (released ``RandomCrop``). ``rotate`` (p 0.5): one angle per
+pair, uniform in +-30 deg (+-180 for bottles), applied to the source, the target or both (1/3 each) about
+the centre on an enlarged canvas (albumentations ``Affine(fit_output=True)``), so no keypoint is lost; then
+every image is resized to S x S (released ``RandomRotation``). ``photometric``: the released ``NormalAug``,
+per image. Every random choice is drawn from (seed, epoch, index).
 """
 
 from __future__ import annotations
@@ -17,31 +28,51 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from simplematch.config import THRESHOLDS
+from simplematch.config import THRESHOLDS, backbone_family
 from simplematch.data.records import PairRecord, pck_threshold
 from simplematch.errors import SimpleMatchError
-from simplematch.image import resize_square, to_model_frame
+from simplematch.image import resize_bilinear, resize_square, to_model_frame
 
 ROT_LIMIT = 30.0
 ROT_LIMIT_WIDE = 180.0  # bottles are rotation-symmetric enough that any angle is plausible (released code)
 WIDE_ROTATION_CATEGORIES = ("bottle",)
-SWAP_DATASETS = ("pfpascal",)
+CROP_P = ROTATE_P = SWAP_P = 0.5
+
+# The released train pipelines (configs/task_*.py), step names in order.
+_SPAIR = ("crop", "rotate", "photometric")
+TRAIN_TRANSFORMS: dict[str, tuple[str, ...]] = {
+    "spair": _SPAIR,
+    "pfpascal": ("crop", "photometric", "swap"),
+    "pfpascal/ibot": ("crop", "rotate", "photometric", "swap"),
+    "ap10k": ("photometric",),
+    "synthetic": _SPAIR,  # not a released dataset: the SPair pipeline (demo_cpu)
+    "pfwillow": (),  # test-only benchmark
+}
+
+
+def train_transforms(dataset: str, backbone: str | None = None) -> tuple[str, ...]:
+    """The released training augmentation of ``dataset`` (PF-PASCAL rotates only for iBOT ViT-B/16)."""
+    if dataset == "pfpascal" and backbone is not None and _is_ibot(backbone):
+        return TRAIN_TRANSFORMS["pfpascal/ibot"]
+    if dataset not in TRAIN_TRANSFORMS:
+        raise SimpleMatchError(f"no training augmentation for dataset '{dataset}'", "use a known dataset")
+    return TRAIN_TRANSFORMS[dataset]
+
+
+def _is_ibot(backbone: str) -> bool:
+    # iBOT ViT-B/16 is built as timm's vit_base_patch16_224 (see config.py's ibot presets)
+    return backbone_family(backbone) == "vit" and "patch16" in backbone and "dinov2" not in backbone
 
 
 def _build_pipelines() -> dict[str, Any]:
     import albumentations as A
-    import cv2
 
-    kp = dict(format="xy", remove_invisible=False)  # keep every keypoint; validity is decided afterwards
-
-    def geo(transform: Any) -> Any:
-        return A.Compose(
-            [transform],
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["bbox_labels"]),
-            keypoint_params=A.KeypointParams(**kp),
-        )
-
-    rot = dict(interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)
+    kp = A.KeypointParams(format="xy", remove_invisible=False)  # keep every keypoint
+    crop = A.Compose(
+        [A.BBoxSafeRandomCrop(erosion_rate=0.0, p=1.0)],
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["bbox_labels"]),
+        keypoint_params=kp,
+    )
     photometric = A.Compose(
         [
             A.ToGray(p=0.1),
@@ -53,12 +84,34 @@ def _build_pipelines() -> dict[str, Any]:
             A.ColorJitter(p=0.2),
         ]
     )
-    return {
-        "crop": geo(A.BBoxSafeRandomCrop(erosion_rate=0.0, p=0.5)),
-        "rotate": geo(A.Rotate(limit=ROT_LIMIT, **rot)),
-        "rotate_wide": geo(A.Rotate(limit=ROT_LIMIT_WIDE, **rot)),
-        "photometric": photometric,
-    }
+    return {"crop": crop, "photometric": photometric, "keypoints": kp}
+
+
+def _rotate(img: np.ndarray, kps: np.ndarray, angle: float, kp_params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate by ``angle`` degrees about the centre on a canvas enlarged to hold the whole image."""
+    import albumentations as A
+    import cv2
+
+    rot = A.Compose(
+        [
+            A.Affine(
+                rotate=(angle, angle),
+                fit_output=True,
+                interpolation=cv2.INTER_LINEAR,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                p=1.0,
+            )  # fmt: skip
+        ],
+        keypoint_params=kp_params,
+    )
+    out = rot(image=img, keypoints=kps.astype(np.float32).reshape(-1, 2))
+    return out["image"], np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)[:, :2]
+
+
+def _squash(img: np.ndarray, kps: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to s x s with the shared (released) interpolation; keypoints scaled per axis."""
+    return resize_bilinear(img, s, s), to_model_frame(kps, img.shape[:2], s)
 
 
 def _safe_bbox(bbox: np.ndarray | None, kps: np.ndarray, w: int, h: int) -> list[float]:
@@ -84,10 +137,14 @@ class PairDataset(Dataset):
         seed: int = 0,
         *,
         threshold_kind: str | None = None,
+        transforms: tuple[str, ...] | None = None,
     ) -> None:
+        """``transforms``: the training augmentation steps (default: :func:`train_transforms` of each
+        record's dataset); only used with ``augment``."""
         self.records = list(records)
         self.img_size = int(img_size)
         self.augment = bool(augment)
+        self.transforms = transforms
         self.seed = int(seed)
         self.epoch = 0
         self.threshold_kind = threshold_kind
@@ -109,37 +166,60 @@ class PairDataset(Dataset):
         return kind
 
     # --- augmentation ------------------------------------------------------------------------------------
-    def _augment_one(
-        self,
-        img: np.ndarray,
-        kps: np.ndarray,
-        bbox: np.ndarray | None,
-        rotate: str | None,
-        rng: np.random.Generator,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        pipes = self._pipes or {}
+    def _crop(self, img: np.ndarray, kps: np.ndarray, bbox: np.ndarray | None, rng: np.random.Generator):  # noqa: ANN202
+        """Random bbox-safe crop (library), resized to S x S; cut-off keypoints clipped to [0, S-1], kept."""
+        pipe = (self._pipes or {})["crop"]
+        pipe.set_random_seed(int(rng.integers(2**31)))
         h, w = img.shape[:2]
-        boxes = [_safe_bbox(bbox, kps, w, h)]
-        for name in ("crop", rotate):
-            if name is None:
-                continue
-            pipe = pipes[name]
-            pipe.set_random_seed(int(rng.integers(2**31)))
-            out = pipe(
-                image=img, bboxes=boxes, bbox_labels=[0], keypoints=kps.astype(np.float32).reshape(-1, 2)
-            )
-            img, kps = out["image"], np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)[:, :2]
-            boxes = [list(b) for b in out["bboxes"]] or [[0.0, 0.0, float(img.shape[1]), float(img.shape[0])]]
-            boxes = [_safe_bbox(np.asarray(boxes[0]), kps, img.shape[1], img.shape[0])]
-        pipes["photometric"].set_random_seed(int(rng.integers(2**31)))
-        img = pipes["photometric"](image=img)["image"]
-        return np.ascontiguousarray(img), kps
+        out = pipe(
+            image=img, bboxes=[_safe_bbox(bbox, kps, w, h)], bbox_labels=[0],
+            keypoints=kps.astype(np.float32).reshape(-1, 2),
+        )  # fmt: skip
+        crop, pts = out["image"], np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)[:, :2]
+        crop, pts = _squash(crop, pts, self.img_size)
+        return crop, np.clip(pts, 0.0, self.img_size - 1.0)
+
+    def _rotate(self, img: np.ndarray, kps: np.ndarray, angle: float):  # noqa: ANN202
+        return _rotate(img, kps, angle, (self._pipes or {})["keypoints"])
+
+    def _photometric(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pipe = (self._pipes or {})["photometric"]
+        pipe.set_random_seed(int(rng.integers(2**31)))
+        return np.ascontiguousarray(pipe(image=img)["image"])
+
+    def _augment(self, rec: PairRecord, src, src_kps, trg, trg_kps, rng: np.random.Generator):  # noqa: ANN001, ANN202
+        """The released pipeline of this record's dataset, step by step (see the module docstring)."""
+        if self._pipes is None:
+            self._pipes = _build_pipelines()
+        steps = self.transforms if self.transforms is not None else train_transforms(rec.dataset)
+        s = self.img_size
+        if "crop" in steps:
+            if rng.random() < CROP_P:  # one decision per pair, each image its own window
+                src, src_kps = self._crop(src, src_kps, rec.src_bbox, rng)
+                trg, trg_kps = self._crop(trg, trg_kps, rec.trg_bbox, rng)
+            else:
+                (src, src_kps), (trg, trg_kps) = _squash(src, src_kps, s), _squash(trg, trg_kps, s)
+        if "rotate" in steps:
+            if src.shape[:2] != (s, s):  # released RandomRotation works on S x S images
+                (src, src_kps), (trg, trg_kps) = _squash(src, src_kps, s), _squash(trg, trg_kps, s)
+            if rng.random() < ROTATE_P:
+                limit = ROT_LIMIT_WIDE if rec.category in WIDE_ROTATION_CATEGORIES else ROT_LIMIT
+                angle = float(rng.uniform(-limit, limit))  # the same angle for both images
+                which = int(rng.integers(3))  # 0 source, 1 target, 2 both
+                if which in (0, 2):
+                    src, src_kps = self._rotate(src, src_kps, angle)
+                if which in (1, 2):
+                    trg, trg_kps = self._rotate(trg, trg_kps, angle)
+        if "photometric" in steps:
+            src, trg = self._photometric(src, rng), self._photometric(trg, rng)
+        return src, src_kps, trg, trg_kps
 
     # --- items -------------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch, int(index)])
-        if self.augment and rec.dataset in SWAP_DATASETS and rng.random() < 0.5:
+        steps = self.transforms if self.transforms is not None else train_transforms(rec.dataset)
+        if self.augment and "swap" in steps and rng.random() < SWAP_P:
             rec = dataclasses.replace(
                 rec,
                 src_image=rec.trg_image,
@@ -156,19 +236,10 @@ class PairDataset(Dataset):
         src_kps, trg_kps = rec.src_kps.copy(), rec.trg_kps.copy()
         valid = np.ones(len(src_kps), dtype=bool)
         if self.augment:
-            if self._pipes is None:
-                self._pipes = _build_pipelines()
-            rot_name = "rotate_wide" if rec.category in WIDE_ROTATION_CATEGORIES else "rotate"
-            which = int(rng.integers(3)) if rng.random() < 0.5 else -1  # 0 src, 1 trg, 2 both, -1 none
-            src, src_kps = self._augment_one(
-                src, src_kps, rec.src_bbox, rot_name if which in (0, 2) else None, rng
-            )
-            trg, trg_kps = self._augment_one(
-                trg, trg_kps, rec.trg_bbox, rot_name if which in (1, 2) else None, rng
-            )
+            src, src_kps, trg, trg_kps = self._augment(rec, src, src_kps, trg, trg_kps, rng)
             for img, pts in ((src, src_kps), (trg, trg_kps)):
                 h, w = img.shape[:2]
-                valid &= np.isfinite(pts).all(axis=1)
+                valid &= np.isfinite(pts).all(axis=1)  # nothing is cut off any more; a safety net only
                 valid &= (pts[:, 0] >= 0) & (pts[:, 0] <= w) & (pts[:, 1] >= 0) & (pts[:, 1] <= h)
         s = self.img_size
         src_m = to_model_frame(src_kps, src.shape[:2], s)
@@ -186,7 +257,10 @@ class PairDataset(Dataset):
             "trg_kps": torch.from_numpy(trg_m.astype(np.float32)),
             "valid": torch.from_numpy(valid),
             "threshold": float(pck_threshold(arrays, kind, "resized", s)),
-            "threshold_original": float(pck_threshold(arrays, kind, "original")),
+            # the released threshold exists in the resized frame only (records.check_threshold_frame)
+            "threshold_original": (
+                float("nan") if kind == "released" else float(pck_threshold(arrays, kind, "original"))
+            ),
             "trg_size": torch.tensor(arrays["trg_size"], dtype=torch.float32),
             "trg_kps_original": torch.from_numpy(rec.trg_kps.astype(np.float32)),
             "category": rec.category,

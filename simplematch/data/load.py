@@ -21,10 +21,13 @@ def load_records(
     ap10k_split: str = "intra",
     seed: int = 0,
     n_pairs: int | None = None,
+    released: bool = False,
 ) -> list[PairRecord]:
     """Records of ``split`` (trn/train, val, test). ``n_pairs`` keeps the first n (synthetic: generates n).
 
     PF-PASCAL uses the CSV keypoints when the CSV has them (val/test) and the .mat keypoints otherwise.
+    ``released`` (``smatch eval --released-compat``): the released code's reading quirks, PF-PASCAL
+    per-image NaN filtering and PF-WILLOW's swapped direction (docs/recipe.md).
     """
     if dataset not in DATASETS:
         raise SimpleMatchError(f"unknown dataset '{dataset}'", f"use one of {', '.join(DATASETS)}")
@@ -57,11 +60,11 @@ def load_records(
     elif dataset == "pfpascal":
         from simplematch.data.pfpascal import read_pfpascal
 
-        records = read_pfpascal(root, split)
+        records = read_pfpascal(root, split, released=released)
     elif dataset == "pfwillow":
         from simplematch.data.pfwillow import read_pfwillow
 
-        records = read_pfwillow(root, split)
+        records = read_pfwillow(root, split, released=released)
     else:
         from simplematch.data.ap10k import read_ap10k
 

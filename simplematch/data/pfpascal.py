@@ -1,6 +1,12 @@
-"""PF-PASCAL reader (the usual layout of the CATs / NC-Net releases).
+"""PF-PASCAL reader: the CATs / NC-Net layout and the released-code / HPF layout.
 
-``root`` holds ``{trn,val,test}_pairs.csv`` and ``PF-dataset-PASCAL/{JPEGImages,Annotations}``. CSV columns:
+* CATs / NC-Net: ``root`` holds ``{trn,val,test}_pairs.csv`` (NC-Net names the training list
+  ``train_pairs.csv``; both names are read) and ``PF-dataset-PASCAL/{JPEGImages,Annotations}``; the CSV image
+  paths are relative to ``root``.
+* Released code / HPF: ``root/PF-PASCAL/`` (or ``root`` itself) holds ``{trn,val,test}_pairs.csv``,
+  ``JPEGImages/`` and ``Annotations/``; only the basenames of the CSV image paths are used.
+
+CSV columns:
 ``source_image, target_image, class`` (1..20) and, in the val/test lists, ``XA, YA, XB, YB`` with the keypoint
 coordinates of each image separated by ``;``. Per-image annotations live in
 ``PF-dataset-PASCAL/Annotations/<class>/<name>.mat`` (``kps``: N x 2 with NaN rows for absent keypoints,
@@ -75,8 +81,25 @@ def read_pascal_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return kps, box
 
 
-def parse_pfpascal_csv(text: str, path: Path, root: Path, kps_source: str = "auto") -> list[PairRecord]:
-    """Decoded CSV text -> records (the .mat files are read only when needed or present)."""
+def parse_pfpascal_csv(
+    text: str,
+    path: Path,
+    root: Path,
+    kps_source: str = "auto",
+    *,
+    image_dir: Path | None = None,
+    ann_dir: Path | None = None,
+    released: bool = False,
+) -> list[PairRecord]:
+    """Decoded CSV text -> records (the .mat files are read only when needed or present).
+
+    ``image_dir``: None = CSV image paths relative to ``root`` (CATs / NC-Net); a folder = basenames inside
+    it (released code / HPF). ``ann_dir``: the Annotations folder (default
+    ``root/PF-dataset-PASCAL/Annotations``). ``released``: the released code's pairing (see
+    :func:`released_pairing`), keypoints from the .mat files.
+    """
+    if released:
+        kps_source = "mat"
     if kps_source not in KPS_SOURCES:
         raise SimpleMatchError(
             f"unknown PF-PASCAL keypoint source '{kps_source}'", f"use {', '.join(KPS_SOURCES)}"
@@ -96,7 +119,11 @@ def parse_pfpascal_csv(text: str, path: Path, root: Path, kps_source: str = "aut
     if use_csv and not has_csv_kps:
         raise SimpleMatchError(f"{path}: no XA/YA/XB/YB keypoint columns", "use kps_source='mat'")
     col = {name: header.index(name) for name in header}
-    pascal = root / "PF-dataset-PASCAL"
+    ann_dir = ann_dir if ann_dir is not None else root / "PF-dataset-PASCAL" / "Annotations"
+
+    def image(name: str) -> Path:
+        return root / name if image_dir is None else image_dir / Path(name).name
+
     records = []
     for line, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
@@ -114,7 +141,7 @@ def parse_pfpascal_csv(text: str, path: Path, root: Path, kps_source: str = "aut
         if not 1 <= cls_id <= len(CLASSES):
             raise SimpleMatchError(f"{where}: class {cls_id} outside 1..20", FIX)
         cls = CLASSES[cls_id - 1]
-        mats = [pascal / "Annotations" / cls / (Path(n).stem + ".mat") for n in (src_name, trg_name)]
+        mats = [ann_dir / cls / (Path(n).stem + ".mat") for n in (src_name, trg_name)]
         boxes: list[np.ndarray | None] = [None, None]
         if use_csv:
             xa, ya = _floats(row[col["XA"]], where), _floats(row[col["YA"]], where)
@@ -129,11 +156,11 @@ def parse_pfpascal_csv(text: str, path: Path, root: Path, kps_source: str = "aut
             (src, boxes[0]), (trg, boxes[1]) = read_pascal_mat(mats[0]), read_pascal_mat(mats[1])
             if len(src) != len(trg):
                 raise SimpleMatchError(f"{mats[0]} and {mats[1]} hold different numbers of keypoints", FIX)
-        src, trg = mutual_valid(src, trg)
+        src, trg = released_pairing(src, trg) if released else mutual_valid(src, trg)
         records.append(
             PairRecord(
-                src_image=root / src_name,
-                trg_image=root / trg_name,
+                src_image=image(src_name),
+                trg_image=image(trg_name),
                 src_kps=src,
                 trg_kps=trg,
                 category=cls,
@@ -141,13 +168,47 @@ def parse_pfpascal_csv(text: str, path: Path, root: Path, kps_source: str = "aut
                 src_bbox=boxes[0],
                 trg_bbox=boxes[1],
                 dataset="pfpascal",
-                meta={"kps_source": "csv" if use_csv else "mat"},
+                meta={
+                    "kps_source": "csv" if use_csv else "mat",
+                    "pairing": "released" if released else "mutual",
+                },
             )
         )
     return records
 
 
-def read_pfpascal(root: str | Path, split: str, *, kps_source: str = "auto") -> list[PairRecord]:
+def released_pairing(src: np.ndarray, trg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The released code's PF-PASCAL pairing (``--released-compat`` only): NaN rows are dropped from each
+    image on its own, then the first ``n_src`` target points are scored, the target padded with (-1, -1)
+    when it has fewer. Whenever the NaN rows differ this pairs keypoint i with another one, which is why
+    the default (:func:`mutual_valid`) keeps the rows valid in both images instead."""
+    s = src[np.isfinite(src).all(axis=1)]
+    t = trg[np.isfinite(trg).all(axis=1)][: len(s)]
+    pad = np.full((len(s) - len(t), 2), -1.0)
+    return s, np.concatenate([t, pad])
+
+
+def pfpascal_layout(root: str | Path, split: str) -> tuple[Path, Path, Path | None, Path]:
+    """(csv, root for relative paths, image_dir or None, ann_dir) of whichever known layout ``root`` holds."""
     root = Path(root)
-    path = root / f"{normalise_split(split)}_pairs.csv"
-    return parse_pfpascal_csv(read_text_file(path, FIX), path, root, kps_source)
+    split = normalise_split(split)
+    names = [f"{split}_pairs.csv"] + (["train_pairs.csv"] if split == "trn" else [])  # NC-Net's name
+    for base in (root / "PF-PASCAL", root):  # released code / HPF: basenames in JPEGImages/
+        if (base / "JPEGImages").is_dir() and (base / "Annotations").is_dir():
+            for name in names:
+                if (base / name).is_file():
+                    return base / name, base, base / "JPEGImages", base / "Annotations"
+    for name in names:  # CATs / NC-Net: paths relative to root, PF-dataset-PASCAL/
+        if (root / name).is_file():
+            return root / name, root, None, root / "PF-dataset-PASCAL" / "Annotations"
+    return root / names[0], root, None, root / "PF-dataset-PASCAL" / "Annotations"  # reported as missing
+
+
+def read_pfpascal(
+    root: str | Path, split: str, *, kps_source: str = "auto", released: bool = False
+) -> list[PairRecord]:
+    path, base, image_dir, ann_dir = pfpascal_layout(root, split)
+    return parse_pfpascal_csv(
+        read_text_file(path, FIX), path, base, kps_source, image_dir=image_dir, ann_dir=ann_dir,
+        released=released,
+    )  # fmt: skip

@@ -1,22 +1,27 @@
 """PF-WILLOW reader (official PF-dataset layout).
 
 ``root`` is the folder holding ``PF-dataset/<class>/<image>.png`` + ``<image>.mat`` (``pts_coord``: 2 x 10,
-row 0 = x, row 1 = y, 1-BASED MATLAB pixels, converted here to 0-based). When ``test_pairs.csv`` exists in
-``root`` (or in ``root/PF-dataset``), its pairs are used (columns ``imageA, imageB`` then XA(10), YA(10),
-XB(10), YB(10) in the same 1-based convention as the .mat files); otherwise the standard test set is built:
-every ordered pair of distinct images within each class (10 x 90 = 900 pairs over the 10 classes).
+row 0 = x, row 1 = y). When ``test_pairs.csv`` exists in ``root`` (or in ``root/PF-dataset``), its pairs are
+used (columns ``imageA, imageB`` then XA(10), YA(10), XB(10), YB(10)); otherwise the standard test set is
+built: every ordered pair of distinct images within each class (10 x 90 = 900 pairs over the 10 classes).
+
+Like for like with the released code, HPF and CATs: coordinates are used as stored (no -1 shift, although
+they are MATLAB 1-based) and the categories are the 10 sub-class folders (``car(G)``, ``car(M)``, ...).
+An incomplete root (an image without its .mat or the reverse, a class with fewer than two images, a listed
+image that is missing) or a keypoint outside its image is refused instead of silently dropping pairs.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
 import numpy as np
 
 from simplematch.data.matfile import read_mat
-from simplematch.data.records import PairRecord, mutual_valid, read_text_file
+from simplematch.data.records import PairRecord, check_points_inside, image_size, mutual_valid, read_text_file
 from simplematch.errors import SimpleMatchError
 
 FIX = "re-download PF-WILLOW (PF-dataset.zip) and pass the folder holding PF-dataset/ as --data-root"
@@ -36,7 +41,7 @@ def read_willow_mat(path: Path) -> np.ndarray:
         raise SimpleMatchError(f"{path}: 'pts_coord' has shape {pts.shape}, expected 2 x N", FIX)
     if np.isinf(pts).any():
         raise SimpleMatchError(f"{path}: 'pts_coord' holds infinite values", FIX)
-    return pts.T - 1.0  # MATLAB 1-based -> 0-based pixel coordinates
+    return pts.T  # as stored, as the released code, HPF and CATs use them (no 1-based -> 0-based shift)
 
 
 def _image_for(mat_path: Path) -> Path:
@@ -48,12 +53,33 @@ def _image_for(mat_path: Path) -> Path:
 
 
 def _category(folder: str) -> str:
-    return folder.split("(")[0]  # "car(G)" -> "car"
+    return folder  # the sub-class folder ("car(G)"), as the released code and HPF report PF-WILLOW
 
 
-def read_pfwillow(root: str | Path, split: str = "test") -> list[PairRecord]:
-    """PF-WILLOW is a test-only benchmark: every split name returns the test pairs."""
-    root = Path(root)
+def _check_inside(kps: np.ndarray, image: Path, where: str, sizes: dict[Path, tuple[int, int]]) -> None:
+    """Refuse keypoints outside [0, w] x [0, h] of their image (1-based values may reach w and h)."""
+    if image not in sizes:
+        sizes[image] = image_size(image)
+    check_points_inside(kps, *sizes[image], f"{where} ({image})", FIX)
+
+
+def read_pfwillow(root: str | Path, split: str = "test", *, released: bool = False) -> list[PairRecord]:
+    """PF-WILLOW is a test-only benchmark: every split name returns the test pairs.
+
+    ``released``: the released code's direction (it reads imageB as the source and imageA as the target).
+    """
+    records = _read_pfwillow(Path(root))
+    if released:
+        records = [
+            dataclasses.replace(
+                r, src_image=r.trg_image, trg_image=r.src_image, src_kps=r.trg_kps, trg_kps=r.src_kps
+            )
+            for r in records
+        ]
+    return records
+
+
+def _read_pfwillow(root: Path) -> list[PairRecord]:
     base = root / "PF-dataset"
     for csv_path in (root / "test_pairs.csv", base / "test_pairs.csv"):
         if csv_path.is_file():
@@ -61,9 +87,26 @@ def read_pfwillow(root: str | Path, split: str = "test") -> list[PairRecord]:
     if not base.is_dir():
         raise SimpleMatchError(f"missing PF-WILLOW folder {base}", FIX)
     records = []
-    for cls_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+    sizes: dict[Path, tuple[int, int]] = {}
+    classes = sorted(p for p in base.iterdir() if p.is_dir())
+    for cls_dir in classes:
         mats = sorted(cls_dir.glob("*.mat"))
+        images = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        for img in images:
+            if not img.with_suffix(".mat").is_file():
+                raise SimpleMatchError(f"{img} has no annotation {img.with_suffix('.mat').name}", FIX)
+        for m in mats:
+            if not any(m.with_suffix(ext).is_file() for ext in IMAGE_EXTS):
+                raise SimpleMatchError(f"{m} has no image ({m.stem}.png)", FIX)
+        if len(mats) < 2:
+            raise SimpleMatchError(
+                f"class folder {cls_dir} holds {len(mats)} annotated image(s); a class needs at least 2 to "
+                "form pairs",
+                FIX,
+            )
         kps = {m: read_willow_mat(m) for m in mats}
+        for m, pts in kps.items():
+            _check_inside(pts, _image_for(m), str(m), sizes)
         for a in mats:
             for b in mats:
                 if a == b:
@@ -92,6 +135,7 @@ def _read_csv(path: Path, root: Path) -> list[PairRecord]:
     if not rows:
         raise SimpleMatchError(f"{path} is empty", FIX)
     records = []
+    sizes: dict[Path, tuple[int, int]] = {}  # each image's header is read once
     for line, row in enumerate(rows[1:], start=2):  # row 1 is the header
         if not row:
             continue
@@ -104,10 +148,12 @@ def _read_csv(path: Path, root: Path) -> list[PairRecord]:
         if np.isinf(vals).any():
             raise SimpleMatchError(f"{path} line {line}: infinite coordinate", FIX)
         n = len(vals) // 4
-        src = np.stack([vals[:n], vals[n : 2 * n]], axis=1) - 1.0
-        trg = np.stack([vals[2 * n : 3 * n], vals[3 * n :]], axis=1) - 1.0
-        src, trg = mutual_valid(src, trg)
+        src = np.stack([vals[:n], vals[n : 2 * n]], axis=1)  # as stored (no -1): see the module docstring
+        trg = np.stack([vals[2 * n : 3 * n], vals[3 * n :]], axis=1)
         img_a, img_b = Path(row[0]), Path(row[1])
+        _check_inside(src, root / img_a, f"{path} line {line}", sizes)
+        _check_inside(trg, root / img_b, f"{path} line {line}", sizes)
+        src, trg = mutual_valid(src, trg)
         records.append(
             PairRecord(
                 src_image=root / img_a,

@@ -16,6 +16,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from simplematch.config import THRESHOLD_KINDS
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image
 
@@ -23,7 +24,11 @@ from simplematch.image import load_image
 # pairs are generated lazily so thousands of records do not hold thousands of images in memory).
 ImageSource = Union[str, Path, np.ndarray, Callable[[], np.ndarray]]  # noqa: UP007 - runtime alias, py3.10
 
-THRESHOLD_KINDS = ("bbox", "img", "kps")
+# ``released``: the released code's PF-WILLOW threshold. Its pipeline resizes to S x S, pads the keypoints
+# with (-1, -1) up to 40 (PadKeyPoints) and only then takes max(max - min) over all 40 (WILLOWThreshold), so
+# the padding stretches the extent down to -1 on both axes (about 1.8x the clean keypoint extent). It exists
+# in the resized frame only.
+RELEASED_PAD = -1.0
 FRAMES = ("original", "resized")
 
 
@@ -120,6 +125,8 @@ def pck_threshold(
 ) -> float:
     """PCK normaliser ``max(w, h)`` of the target bbox / target image / valid target keypoints.
 
+    ``kind="released"`` is the ``kps`` extent computed as the released code does (see ``RELEASED_PAD``).
+
     ``record_or_arrays`` is a :class:`PairRecord` or a mapping with ``trg_kps`` (N, 2), ``trg_bbox``
     ([x1, y1, x2, y2] or None) and ``trg_size`` ((w, h)) in ORIGINAL pixels. ``valid`` masks padded keypoints:
     the ``kps`` threshold uses the valid keypoints only (the released code also counted the zero padding,
@@ -132,6 +139,7 @@ def pck_threshold(
         )
     if frame not in FRAMES:
         raise SimpleMatchError(f"unknown frame '{frame}'", f"use one of {', '.join(FRAMES)}")
+    check_threshold_frame(kind, frame)
     if frame == "resized" and (img_size is None or img_size <= 0):
         raise SimpleMatchError(
             "resized-frame PCK threshold needs img_size", "pass img_size=<model input side>"
@@ -167,8 +175,50 @@ def pck_threshold(
         raise SimpleMatchError(
             "kps PCK threshold for a pair without valid keypoints", "drop pairs with no keypoints"
         )
+    kps = kps * np.array([sx, sy])
+    if kind == "released":
+        kps = np.concatenate([kps, [[RELEASED_PAD, RELEASED_PAD]]])  # the padding the released code counts
     ext = kps.max(axis=0) - kps.min(axis=0)
-    return float(max(ext[0] * sx, ext[1] * sy))
+    return float(max(ext[0], ext[1]))
+
+
+def released_threshold(dataset: str, kind: str | None, released_compat: bool) -> str | None:
+    """``--released-compat`` scores PF-WILLOW with the released threshold; it refuses any other choice."""
+    if not released_compat or dataset != "pfwillow":
+        return kind
+    if kind not in (None, "released"):
+        raise SimpleMatchError(
+            f"--released-compat scores PF-WILLOW with the released threshold, not --threshold {kind}",
+            "drop --threshold, or drop --released-compat",
+        )
+    return "released"
+
+
+def resolve_threshold(dataset: str, kind: str | None, frame: str, conventions: Mapping[str, str]) -> str:
+    """The PCK threshold kind for ``dataset`` (``None``: its convention), refused where it means nothing."""
+    kind = kind or conventions.get(dataset)
+    if kind is None:
+        raise SimpleMatchError(f"no PCK threshold convention for dataset '{dataset}'", "pass --threshold")
+    if kind not in THRESHOLD_KINDS:
+        raise SimpleMatchError(
+            f"unknown PCK threshold kind '{kind}'", f"use one of {', '.join(THRESHOLD_KINDS)}"
+        )
+    if kind == "released" and dataset != "pfwillow":
+        raise SimpleMatchError(
+            f"--threshold released is the released code's PF-WILLOW threshold, not one for {dataset}",
+            "drop --threshold (each benchmark's own convention is the default)",
+        )
+    check_threshold_frame(kind, frame)
+    return kind
+
+
+def check_threshold_frame(kind: str, frame: str) -> None:
+    """Refuse combinations whose number would mean nothing (the released threshold is a resized-frame one)."""
+    if kind == "released" and frame != "resized":
+        raise SimpleMatchError(
+            "the released PF-WILLOW threshold is defined in the resized model frame only",
+            "use --frame resized with --threshold released (or --threshold kps for original pixels)",
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -243,6 +293,16 @@ def image_size_field(value: Any, where: str, fix: str) -> tuple[int, int]:
     ):
         raise SimpleMatchError(f"{where}: image size must be [width, height, ...] positive integers", fix)
     return int(value[0]), int(value[1])
+
+
+def check_points_inside(kps: np.ndarray, w: float, h: float, where: str, fix: str) -> None:
+    """Refuse finite keypoints outside [0, w] x [0, h] of their image (a corrupt or mismatched annotation)."""
+    pts = np.asarray(kps, dtype=np.float64).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+    if bad.any():
+        x, y = pts[np.argmax(bad)]
+        raise SimpleMatchError(f"{where}: keypoint ({x:g}, {y:g}) lies outside its {w:g}x{h:g} image", fix)
 
 
 def mutual_valid(src: np.ndarray, trg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from simplematch.data.records import (
     PairRecord,
     bbox_array,
+    check_points_inside,
     image_size_field,
     mutual_valid,
     normalise_split,
@@ -44,9 +45,11 @@ def parse_spair_pair(data: object, path: Path, root: Path) -> PairRecord:
         raise SimpleMatchError(f"{where}: src_kps has {len(src)} points, trg_kps {len(trg)}", FIX)
     src, trg = mutual_valid(src, trg)
     sizes = {}
-    for side in ("src", "trg"):
+    for side, kps in (("src", src), ("trg", trg)):
         value = data.get(f"{side}_imsize")
         sizes[side] = None if value is None else image_size_field(value, where, FIX)
+        if sizes[side] is not None:  # cheap: the annotation states the size, no image is opened
+            check_points_inside(kps, *sizes[side], f"{where} ({side}_kps)", FIX)
     return PairRecord(
         src_image=root / "JPEGImages" / category / data["src_imname"],
         trg_image=root / "JPEGImages" / category / data["trg_imname"],

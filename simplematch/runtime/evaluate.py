@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from simplematch.config import THRESHOLDS
-from simplematch.data.records import FRAMES, PairRecord, pck_threshold
+from simplematch.data.records import FRAMES, PairRecord, pck_threshold, released_threshold, resolve_threshold
 from simplematch.errors import SimpleMatchError
 from simplematch.image import to_model_frame
 from simplematch.io import sha256_file
@@ -43,6 +43,7 @@ def pair_counts(
     batch_size: int = 8,
     window: int | None = None,
     progress: Callable[[int], Any] | None = None,
+    inclusive: bool = False,
 ) -> list[dict[str, Any]]:
     """Per pair ``{"index", "category", "valid", "correct": [per alpha]}`` (the torch evaluation's rows)."""
     size = matcher.meta.img_size
@@ -67,7 +68,7 @@ def pair_counts(
                 pred, gt = res.target_kps_model, to_model_frame(rec.trg_kps, trg.hw, size)
             if valid.any():
                 thr = pck_threshold(rec, threshold_kind, frame, img_size=size, valid=valid)
-                correct = pck_correct(pred, gt, valid, thr, alphas)
+                correct = pck_correct(pred, gt, valid, thr, alphas, inclusive=inclusive)
             else:
                 correct = np.zeros(len(alphas), dtype=np.int64)
             rows.append(
@@ -98,11 +99,13 @@ def evaluate_runtime(
     allow_fallback: bool = False,
     matcher: Matcher | None = None,
     progress: Callable[[int], Any] | None = None,
+    released_compat: bool = False,
 ) -> dict[str, Any]:
     """The evaluation JSON of :func:`simplematch.evaluate.summarize`, plus ``runtime`` and ``provider``.
 
-    ``dataset`` defaults to the one in the model's training config; ``threshold`` (bbox | img | kps) to that
-    dataset's convention (:data:`simplematch.config.THRESHOLDS`); ``window`` overrides the fine window.
+    ``dataset`` defaults to the one in the model's training config; ``threshold`` (bbox | img | kps |
+    released) to that dataset's convention (:data:`simplematch.config.THRESHOLDS`); ``window`` overrides the
+    fine window.
     """
     if frame not in FRAMES:
         raise SimpleMatchError(f"unknown frame '{frame}'", f"use one of {', '.join(FRAMES)}")
@@ -114,21 +117,22 @@ def evaluate_runtime(
     )
     meta = matcher.meta
     dataset = dataset or str(meta.config.get("dataset", ""))
-    kind = threshold or THRESHOLDS.get(dataset)
-    if kind is None:
-        raise SimpleMatchError(
-            f"no PCK threshold convention for dataset '{dataset}'", "pass threshold=bbox|img|kps"
-        )
+    kind = resolve_threshold(
+        dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
+    )
     alphas = list(alphas)
     rows = pair_counts(
-        matcher, records, alphas, frame, kind, batch_size=batch_size, window=window, progress=progress
-    )
+        matcher, records, alphas, frame, kind, batch_size=batch_size, window=window, progress=progress,
+        inclusive=released_compat,
+    )  # fmt: skip
     counts = np.array([r["correct"] for r in rows], dtype=np.int64).reshape(len(rows), len(alphas))
     valid = np.array([r["valid"] for r in rows], dtype=np.int64)
     agg = aggregate_pck(counts, valid, [r["category"] for r in rows], alphas)
     config = dict(meta.config)
     if window is not None:
         config["eval_window"] = window
+    if released_compat:
+        config["eval_released_compat"] = True
     return {
         "dataset": dataset,
         "split": split,
