@@ -286,14 +286,25 @@ def export(
     fmt: Annotated[
         ExportFormat, typer.Option("--format", help="onnx, or trt (TensorRT: NOT exercised by CI).")
     ] = ExportFormat.onnx,  # noqa: E501
-    out: Annotated[Path, typer.Option(help="Output file (default: next to the checkpoint).")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output file (default: CHECKPOINT/model[.match][.fp16].onnx or .engine).")
+    ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights/activations, float32 I/O.")] = False,
     batch: Annotated[str, typer.Option(help="Static batch size N, or 'dynamic'.")] = "dynamic",
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 18,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset, 18 up to what the installed onnx knows (17 and lower refused).")
+    ] = 18,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Parity check against PyTorch.")] = True,
     check_data: Annotated[
         Path, typer.Option(help="Folder of real images for the check (e.g. PF-WILLOW).")
     ] = None,
+    with_matching: Annotated[
+        bool,
+        typer.Option(
+            "--with-matching", help="One graph: images + source keypoints -> target keypoints + cues."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
     """Export to ONNX or a TensorRT engine, with metadata and a built-in parity check.
 
@@ -310,7 +321,7 @@ def export(
         )
     res = export_checkpoint(
         checkpoint, fmt=fmt.value, out=out, fp16=fp16, batch=None if batch == "dynamic" else int(batch),
-        opset=opset, check=check, check_data=check_data,
+        opset=opset, check=check, check_data=check_data, with_matching=with_matching, force=force,
     )  # fmt: skip
     _print_export(res)
 

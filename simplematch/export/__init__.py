@@ -13,24 +13,41 @@ from simplematch.errors import SimpleMatchError
 FORMATS = ("onnx", "trt")
 
 
-def default_output(ckpt_dir: Path, fmt: str, fp16: bool) -> Path:
-    """``runs/demo/checkpoint`` -> ``runs/demo/model.onnx``: *next to* the checkpoint folder, not inside it.
+SUFFIXES = {"onnx": (".onnx",), "trt": (".engine", ".plan")}
 
-    That is where ``smatch infer`` / ``Matcher`` look by default (``runs/demo/model.onnx``), and it keeps the
-    checkpoint folder exactly what ``smatch train`` wrote.
+
+def default_output(
+    ckpt_dir: Path, fmt: str, fp16: bool, *, with_matching: bool = False, int8: bool = False
+) -> Path:
+    """``runs/demo/checkpoint`` -> ``runs/demo/checkpoint/model.onnx``: *inside* the checkpoint folder.
+
+    The export belongs to the checkpoint it was made from (its sha256 is in the metadata); writing into the
+    checkpoint's parent mixed exports of different checkpoints of one run folder (issue 11).
     """
-    name = ("model.fp16" if fp16 else "model") + (".engine" if fmt == "trt" else ".onnx")
-    return Path(ckpt_dir).absolute().parent / name
+    name = "model" + (".match" if with_matching else "") + (".int8" if int8 else ".fp16" if fp16 else "")
+    return Path(ckpt_dir).absolute() / (name + (".engine" if fmt == "trt" else ".onnx"))
 
 
-def check_output_path(out: Path) -> Path:
-    """Fail before any work when ``out`` cannot be written (a folder, or a parent that cannot be created)."""
+def check_output_path(out: Path, fmt: str = "onnx", *, force: bool = False) -> Path:
+    """Fail before any work when ``out`` cannot be written: a folder, a suffix that does not fit ``fmt``, an
+    existing file without ``force``, or a parent that cannot be created."""
     from simplematch.io import ensure_writable_dir
 
     out = Path(out)
     if out.is_dir():
         raise SimpleMatchError(
             f"--out {out} is a folder", "pass a file path, e.g. --out runs/demo/model.onnx"
+        )
+    allowed = SUFFIXES.get(fmt, ())
+    if out.suffix.lower() not in allowed:
+        raise SimpleMatchError(
+            f"--out {out.name} does not fit --format {fmt} (expected {' or '.join(allowed)})",
+            f"name the file e.g. model{allowed[0]}",
+        )
+    if out.exists() and not force:
+        raise SimpleMatchError(
+            f"{out} already exists and export does not overwrite files",
+            "pass --force to replace it, or choose another --out",
         )
     ensure_writable_dir(out.parent)
     # os.access says yes to root even on read-only mounts; creating (and removing) a probe file is the truth.
@@ -55,6 +72,8 @@ def export_checkpoint(
     opset: int | None = None,
     check: bool = True,
     check_data: Path | None = None,
+    with_matching: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Export one checkpoint; returns ``{"path", "precision", "seconds", "size_mib", "parity", ...}``.
 
@@ -83,8 +102,14 @@ def export_checkpoint(
         import_tensorrt()  # fail fast, before any work, when TensorRT is absent
     if batch is not None and batch < 1:
         raise SimpleMatchError(f"--batch {batch} is invalid", "use a positive batch size or 'dynamic'")
-    opset = check_opset(opset or DEFAULT_OPSET)
-    out = check_output_path(Path(out) if out else default_output(ckpt_dir, fmt, fp16))
+    if with_matching and (fmt != "onnx" or fp16):
+        raise SimpleMatchError(
+            "--with-matching exports an fp32 ONNX graph only",
+            "drop --fp16 / --format trt; on a GPU run it with onnxruntime (CUDA or TensorRT EP)",
+        )
+    opset = check_opset(DEFAULT_OPSET if opset is None else opset)
+    default = default_output(ckpt_dir, fmt, fp16, with_matching=with_matching)
+    out = check_output_path(Path(out) if out else default, fmt, force=force)
 
     from simplematch.checkpoint import load_checkpoint
     from simplematch.export.onnx_export import checkpoint_sha, export_onnx
@@ -94,7 +119,9 @@ def export_checkpoint(
     model, cfg = load_checkpoint(ckpt_dir, device="cpu")
     kwargs = dict(checkpoint_sha256=checkpoint_sha(ckpt_dir), fp16=fp16, opset=opset, batch=batch)
     if fmt == "onnx":
-        res = export_onnx(model, cfg, out, check=check, check_images=images, **kwargs)
+        res = export_onnx(
+            model, cfg, out, check=check, check_images=images, with_matching=with_matching, **kwargs
+        )
         return {"format": "onnx", **res.__dict__}
     return _export_trt(model, cfg, out, check=check, images=images, **kwargs)
 

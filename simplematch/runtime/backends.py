@@ -19,6 +19,9 @@ from simplematch.errors import SimpleMatchError
 from simplematch.metadata import ModelMeta
 
 ONNX_SUFFIXES = (".onnx",)
+# Names of the one-graph model's I/O (simplematch.export.one_graph, which imports torch; repeated here).
+MATCH_INPUTS = ("src_image", "tgt_image", "src_kps", "kps_valid")
+MATCH_OUTPUTS = ("tgt_kps", "peak_cos", "peak_mass", "features")
 ENGINE_SUFFIXES = (".engine", ".plan")
 DEVICES = ("cpu", "cuda")
 GPU_INSTALL_FIX = (
@@ -149,10 +152,21 @@ class OnnxBackend:
         self.meta = ModelMeta.from_props(props, source=str(self.path))
         self._validate_io()
 
+    @property
+    def matches(self) -> bool:
+        """True for a one-graph model (``smatch export --with-matching``): :meth:`match_pairs` works."""
+        return self.meta.graph == "matching"
+
     def _validate_io(self) -> None:
         meta, src = self.meta, str(self.path)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
+        if self.matches and not (set(MATCH_INPUTS) <= set(inputs) and set(MATCH_OUTPUTS) <= set(outputs)):
+            raise SimpleMatchError(
+                f"{src} says it holds the one-graph model but has inputs {sorted(inputs)} and outputs "
+                f"{sorted(outputs)}",
+                "re-export it with `smatch export --with-matching`",
+            )
         if meta.input_name not in inputs or meta.output_name not in outputs:
             raise SimpleMatchError(
                 f"{src} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; its metadata names "
@@ -181,8 +195,60 @@ class OnnxBackend:
         # A graph exported with a fixed batch of 1 still serves batches: encode() then runs image by image.
         self.max_batch = _static_dim(shape[0])
 
+    def match_pairs(
+        self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One-graph model only: (B, 3, S, S) x 2, (B, N, 2) keypoints, (B, N) validity ->
+        (B, N, 2) target keypoints (NaN where invalid), (B, N) peak cosine, (B, N) peak mass."""
+        src = _check_images(src, self.meta.img_size)
+        tgt = _check_images(tgt, self.meta.img_size)
+        kps = np.ascontiguousarray(kps, dtype=np.float32)
+        valid = np.ascontiguousarray(valid, dtype=bool)
+        pred, peak, mass, _, _ = self._run_match(src, tgt, kps, valid)
+        return pred, peak, mass
+
+    def _run_match(
+        self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """The one graph over pairs in chunks; a static batch gets its exact size (last chunk padded).
+
+        Returns ``(tgt_kps, peak_cos, peak_mass, src_features, tgt_features)`` for all pairs.
+        """
+        step = self.max_batch or max(len(src), 1)
+        parts: list[list[np.ndarray]] = [[], [], [], [], []]
+        for start in range(0, len(src), step):
+            feed = [a[start : start + step] for a in (src, tgt, kps, valid)]
+            n = len(feed[0])
+            if self.max_batch and n < self.max_batch:
+                feed = [np.concatenate([a, np.repeat(a[-1:], self.max_batch - n, axis=0)]) for a in feed]
+            try:
+                outs = self.session.run(list(MATCH_OUTPUTS), dict(zip(MATCH_INPUTS, feed, strict=True)))
+            except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors derive from Exception only
+                raise SimpleMatchError(
+                    f"onnxruntime failed on {self.path} ({_describe(err)})", "re-export the model"
+                ) from err
+            pred, peak, mass, feats = outs
+            b = len(feed[0])  # features are the b source maps, then the b target maps
+            for store, value in zip(parts, (pred, peak, mass, feats[:b], feats[b:]), strict=True):
+                store.append(np.asarray(value)[:n])
+        return tuple(np.concatenate(p) for p in parts)
+
+    def _encode_with_match_graph(self, images: np.ndarray) -> np.ndarray:
+        """Features from a one-graph file: the images go in as sources and targets of half as many pairs
+        (one dummy keypoint each, marked invalid), so each is encoded once and no twin file is needed."""
+        half = (len(images) + 1) // 2
+        src, tgt = images[:half], images[half:]
+        if len(tgt) < half:  # odd count: the last image doubles as the missing target, dropped below
+            tgt = np.concatenate([tgt, images[-1:]])
+        kps = np.zeros((half, 1, 2), np.float32)
+        *_, fsrc, ftgt = self._run_match(src, tgt, kps, np.zeros((half, 1), bool))
+        out = np.concatenate([fsrc, ftgt])[: len(images)]
+        return _check_features(out, self.meta, len(images), str(self.path))
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = _check_images(images, self.meta.img_size)
+        if self.matches and len(images):
+            return self._encode_with_match_graph(images)
         step = self.max_batch or max(len(images), 1)
         parts = []
         for start in range(0, len(images), step):
