@@ -278,3 +278,68 @@ def match_graph_parity(
             "report this as a bug",
         )
     return res
+
+
+def match_graph_eval(
+    onnx_path: Path,
+    records: list[Any],
+    *,
+    alphas: tuple[float, ...] = (0.05, 0.1, 0.15),
+    threshold: str = "bbox",
+    batch_size: int = 4,
+    compare_numpy: bool = True,
+) -> dict[str, Any]:
+    """PCK of a one-graph model on annotated pairs, matching *inside the graph* (resized frame, as the
+    PyTorch evaluation's default), and the graph's keypoints against the numpy matching of its own features.
+
+    Pairs are batched with keypoints padded to the longest pair and ``kps_valid`` marking the padding (and
+    unannotated keypoints), which is what the validity input is for.
+    """
+    from simplematch.data.records import pck_threshold
+    from simplematch.image import to_model_frame
+    from simplematch.metrics import aggregate_pck, pck_correct
+    from simplematch.runtime.backends import OnnxBackend
+    from simplematch.runtime.matching import match_keypoints as np_match
+
+    backend = OnnxBackend(onnx_path)
+    meta = backend.meta
+    size = meta.img_size
+    counts, nvalid, cats, diffs = [], [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        srcs, tgts, hws = [], [], []
+        for rec in chunk:
+            s_img, t_img = rec.load("src"), rec.load("trg")
+            srcs.append(resize_square(s_img, size))
+            tgts.append(resize_square(t_img, size))
+            hws.append((s_img.shape[:2], t_img.shape[:2]))
+        n = max(len(r.src_kps) for r in chunk)
+        kps = np.zeros((len(chunk), n, 2), np.float32)
+        valid = np.zeros((len(chunk), n), bool)
+        for i, rec in enumerate(chunk):
+            ok = np.isfinite(rec.src_kps).all(axis=1) & np.isfinite(rec.trg_kps).all(axis=1)
+            m = len(rec.src_kps)
+            kps[i, :m] = to_model_frame(np.where(ok[:, None], rec.src_kps, 0.0), hws[i][0], size)
+            valid[i, :m] = ok
+        pred, _, _, fsrc, ftgt = backend._run_match(np.stack(srcs), np.stack(tgts), kps, valid)
+        if compare_numpy:
+            ref, _, _ = np_match(fsrc, ftgt, kps, size, meta.window, meta.beta, meta.coord)
+            diffs.append(np.linalg.norm(pred[valid].astype(np.float64) - ref[valid], axis=-1))
+        for i, rec in enumerate(chunk):
+            m = len(rec.src_kps)
+            ok = valid[i, :m]
+            gt = to_model_frame(rec.trg_kps, hws[i][1], size)
+            if ok.any():
+                thr = pck_threshold(rec, threshold, "resized", img_size=size, valid=ok)
+                counts.append(pck_correct(np.nan_to_num(pred[i, :m]), gt, ok, thr, alphas))
+            else:
+                counts.append(np.zeros(len(alphas), np.int64))
+            nvalid.append(int(ok.sum()))
+            cats.append(rec.category)
+    agg = aggregate_pck(np.array(counts), np.array(nvalid), cats, list(alphas))
+    out: dict[str, Any] = {"pck": agg["pck"], "pairs": agg["pairs"], "points": agg["points"]}
+    if diffs:
+        d = np.concatenate(diffs)
+        out["graph_vs_numpy_max_px"] = float(d.max())
+        out["graph_vs_numpy_within_1e-3px"] = float((d <= MATCH_TOL_PX).mean())
+    return out
