@@ -254,6 +254,36 @@ def _infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def fixed_batch(path: Path) -> int | None:
+    """The static batch of an exported ``.onnx`` (None when dynamic, or for engines: their worker checks).
+
+    Reads the graph's first input from the protobuf without the weights' external data (cheap, torch-free).
+    """
+    if path.suffix.lower() != ".onnx":
+        return None
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as err:  # noqa: BLE001 - protobuf decode errors have no common public type
+        raise SimpleMatchError(f"--model {path} is not a readable ONNX file ({err})", "re-export it") from err
+    dim = graph.input[0].type.tensor_type.shape.dim[0] if graph.input else None
+    return int(dim.dim_value) if dim is not None and dim.dim_value > 0 else None
+
+
+def _check_fixed_batch(path: Path, batches: Sequence[int]) -> None:
+    """A fixed-batch model timed at another batch would be padded (or looped): the number would describe
+    a batch that was not asked for, so that combination is refused before any measurement."""
+    fixed = fixed_batch(path)
+    others = [b for b in batches if b != fixed]
+    if fixed is not None and others:
+        raise SimpleMatchError(
+            f"--model {path.name} was exported with a fixed batch of {fixed}; --batch {others[0]} would time "
+            f"padded batches of {fixed}",
+            f"pass --batch {fixed}, or export with the default dynamic batch",
+        )
+
+
 def _gpu_used_mib() -> float | None:
     """GPU memory this process holds per nvidia-smi (onnxruntime / TensorRT do not use torch's allocator)."""
     try:
@@ -515,6 +545,7 @@ def run_bench(
             raise SimpleMatchError(
                 f"--model {m} is not .onnx/.engine", "pass a model written by `smatch export`"
             )
+        _check_fixed_batch(m, batches)
     if checkpoint is not None:
         from simplematch.checkpoint import WEIGHTS_NAME
 

@@ -203,3 +203,46 @@ def test_bad_export_options_are_refused_up_front(ckpt, tmp_path, capsys, monkeyp
     rc = main(["export", str(ckpt), "--out", str(tmp_path / "x.onnx"), *args])
     _one_line_error(capsys, rc, *needles)
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "m.engine").exists()
+
+
+@pytest.fixture(scope="module")
+def batch8(ckpt, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("b8")
+    out = {"b8": folder / "m.b8.onnx", "dyn": folder / "m.onnx"}
+    assert main(["export", str(ckpt), "--batch", "8", "--out", str(out["b8"])]) == 0
+    assert main(["export", str(ckpt), "--no-check", "--out", str(out["dyn"])]) == 0
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_batch8_model_encodes_any_count(batch8, n):
+    """A --batch 8 model: chunks of 8, last one padded; same features as the dynamic-batch model."""
+    b8 = OnnxBackend(batch8["b8"])
+    assert b8.max_batch == 8
+    x = _images(n, 7)
+    got, ref = b8.encode(x), OnnxBackend(batch8["dyn"]).encode(x)
+    assert got.shape == ref.shape == (n, 32, SIZE // 4, SIZE // 4) and np.abs(got - ref).max() <= 1e-5
+
+
+def test_batch8_model_in_infer_and_eval(batch8, tmp_path):
+    import json
+
+    from simplematch.data import load_records
+    from simplematch.runtime.evaluate import evaluate_runtime
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    res = tmp_path / "r.json"
+    pngs = [str(examples / "src.png"), str(examples / "tgt.png")]
+    rc = main(
+        ["infer", *pngs, "--kps", str(examples / "kps.json"), "--model", str(batch8["b8"]), "--out", str(res)]
+    )
+    assert rc == 0 and len(json.loads(res.read_text())["keypoints"]) > 0
+    records = load_records("synthetic", None, "test", n_pairs=5)
+    got = evaluate_runtime(batch8["b8"], records, dataset="synthetic", batch_size=3)
+    ref = evaluate_runtime(batch8["dyn"], records, dataset="synthetic", batch_size=3)
+    assert got["pck"] == ref["pck"] and got["points"] == ref["points"] > 0
+
+
+def test_bench_refuses_another_batch_for_a_fixed_batch_model(batch8, capsys):
+    rc = main(["bench", "--model", str(batch8["b8"]), "--runtime", "none", "--batch", "1", "--iters", "1"])
+    _one_line_error(capsys, rc, "fixed batch of 8", "--batch 8")

@@ -192,7 +192,8 @@ class OnnxBackend:
                 f"{src} metadata stride {meta.stride} does not divide img_size {meta.img_size}",
                 "re-export the model",
             )
-        # A graph exported with a fixed batch of 1 still serves batches: encode() then runs image by image.
+        # A graph exported with a fixed batch B serves any number of images: encode() runs chunks of B and
+        # pads the last one (repeating its last image), so `--batch 8` models work in infer / eval too.
         self.max_batch = _static_dim(shape[0])
 
     def match_pairs(
@@ -253,14 +254,18 @@ class OnnxBackend:
         parts = []
         for start in range(0, len(images), step):
             chunk = images[start : start + step]
+            if self.max_batch and len(chunk) < self.max_batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.max_batch - len(chunk), axis=0)])
+            n = min(step, len(images) - start)
             try:
                 (out,) = self.session.run([self.meta.output_name], {self.meta.input_name: chunk})
+                out = np.asarray(out)[:n]
             except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors derive from Exception only
                 raise SimpleMatchError(
                     f"onnxruntime failed on {self.path} ({_describe(err)})",
                     "check that the model was written by `smatch export` for this input size",
                 ) from err
-            parts.append(_check_features(np.asarray(out), self.meta, len(chunk), str(self.path)))
+            parts.append(_check_features(out, self.meta, n, str(self.path)))
         if not parts:
             side = round(self.meta.img_size / self.meta.stride)
             return np.zeros((0, 0, side, side), np.float32)
@@ -380,6 +385,7 @@ class TensorRTBackend:
             self.max_batch = int(eng.get_tensor_profile_shape(meta.input_name, 0)[2][0])
         else:
             self.max_batch = int(shape[0])
+        self._static_batch = shape[0] != -1
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
@@ -389,6 +395,12 @@ class TensorRTBackend:
             ptr = int(self._cuda(self._cudart.cudaMalloc(nbytes)))
             self._buffers[name] = (ptr, nbytes)
         return ptr
+
+    def _pad(self, chunk: np.ndarray) -> np.ndarray:
+        """A static-batch engine takes exactly its batch: pad the last chunk with its last image."""
+        if not self._static_batch or len(chunk) == self.max_batch:
+            return chunk
+        return np.concatenate([chunk, np.repeat(chunk[-1:], self.max_batch - len(chunk), axis=0)])
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         cudart, meta, ctx = self._cudart, self.meta, self.context
@@ -415,7 +427,10 @@ class TensorRTBackend:
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = _check_images(images, self.meta.img_size)
         chunks = [images[i : i + self.max_batch] for i in range(0, len(images), self.max_batch)]
-        parts = [_check_features(self._run(c), self.meta, len(c), str(self.path)) for c in chunks]
+        parts = [
+            _check_features(self._run(self._pad(c))[: len(c)], self.meta, len(c), str(self.path))
+            for c in chunks
+        ]
         if not parts:
             side = round(self.meta.img_size / self.meta.stride)
             return np.zeros((0, 0, side, side), np.float32)
