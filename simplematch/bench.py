@@ -34,7 +34,7 @@ from typing import Any
 
 from simplematch.errors import SimpleMatchError
 
-RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt", "trt-fp16")
+RUNTIMES = ("torch", "onnx", "onnx-fp16", "onnx-int8", "trt", "trt-fp16")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt")
 TRAIN_MODES = ("dense", "sparse", "sparse_window")
 RESULT_KEYS = (
@@ -252,6 +252,22 @@ def _infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "fine_map": list(feats.shape[-2:]),
         "provider": provider,
     }
+
+
+def _int8_bench_options(tmp: Path) -> dict[str, Any]:
+    """``onnx-int8`` for throughput: calibrated on 16 synthetic images written under ``tmp`` (speed does not
+    depend on what the ranges were calibrated on) and with the accuracy gate off -- a random-init model's
+    flat similarity maps make agreement meaningless; ``smatch export --int8`` is where accuracy is gated."""
+    import numpy as np
+    from PIL import Image
+
+    from simplematch.export.parity import synthetic_images
+
+    calib = tmp / "calib"
+    calib.mkdir(exist_ok=True)
+    for i, im in enumerate(synthetic_images(16, seed=1)):
+        Image.fromarray(np.asarray(im, dtype=np.uint8)).save(calib / f"{i:02d}.png")
+    return {"int8": True, "calib_data": calib, "int8_min_agreement": 0.0}
 
 
 def fixed_batch(path: Path) -> int | None:
@@ -594,10 +610,15 @@ def run_bench(
                 continue
             from simplematch.export import export_checkpoint
 
-            out = tmp / f"model{'.fp16' if fp16 else ''}.{'onnx' if fmt == 'onnx' else 'engine'}"
+            int8 = rt == "onnx-int8"
+            suffix = ".int8" if int8 else ".fp16" if fp16 else ""
+            out = tmp / f"model{suffix}.{'onnx' if fmt == 'onnx' else 'engine'}"
             say(f"exporting {rt} (parity check on)")
             try:
-                export_checkpoint(ckpt_dir, fmt=fmt, out=out, fp16=fp16, batch=None, check=True)
+                if int8:
+                    export_checkpoint(ckpt_dir, out=out, **_int8_bench_options(tmp))
+                else:
+                    export_checkpoint(ckpt_dir, fmt=fmt, out=out, fp16=fp16, batch=None, check=True)
             except SimpleMatchError as err:
                 skipped.append({"runtime": rt, "reason": f"export failed: {err}"})
                 continue

@@ -305,6 +305,14 @@ def export(
         ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Static INT8 (QDQ, per-channel), gated vs fp32.")
+    ] = False,
+    calib_data: Annotated[Path, typer.Option(help="--int8: folder of real calibration images.")] = None,
+    calib_method: Annotated[str, typer.Option(help="--int8: minmax | percentile | entropy.")] = "minmax",
+    int8_min_agreement: Annotated[
+        float, typer.Option(help="--int8: least keypoint agreement with fp32 (within one cell), 0..1.")
+    ] = None,
 ) -> None:
     """Export to ONNX or a TensorRT engine, with metadata and a built-in parity check.
 
@@ -322,6 +330,7 @@ def export(
     res = export_checkpoint(
         checkpoint, fmt=fmt.value, out=out, fp16=fp16, batch=None if batch == "dynamic" else int(batch),
         opset=opset, check=check, check_data=check_data, with_matching=with_matching, force=force,
+        int8=int8, calib_data=calib_data, calib_method=calib_method, int8_min_agreement=int8_min_agreement,
     )  # fmt: skip
     _print_export(res)
 
@@ -430,7 +439,9 @@ def demo(
 def bench(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint (default: random init).")] = None,
     model: Annotated[list[Path], typer.Option("--model", help="An .onnx / .engine (repeatable).")] = None,
-    runtime: Annotated[list[str], typer.Option(help="torch,onnx,onnx-fp16,trt,trt-fp16,none")] = None,
+    runtime: Annotated[
+        list[str], typer.Option(help="torch,onnx,onnx-fp16,onnx-int8,trt,trt-fp16,none")
+    ] = None,
     batch: Annotated[list[str], typer.Option(help="Batch sizes (1,8 or repeat; default 1,8).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed iterations per cell.")] = 2,
     iters: Annotated[int, typer.Option(help="Timed iterations per cell.")] = 10,
