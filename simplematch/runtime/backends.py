@@ -8,6 +8,7 @@ output map side == ``img_size / stride``. Every failure a user can fix is a :cla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -23,7 +24,10 @@ ONNX_SUFFIXES = (".onnx",)
 MATCH_INPUTS = ("src_image", "tgt_image", "src_kps", "kps_valid")
 MATCH_OUTPUTS = ("tgt_kps", "peak_cos", "peak_mass", "features")
 ENGINE_SUFFIXES = (".engine", ".plan")
-DEVICES = ("cpu", "cuda")
+# "tensorrt" / "tensorrt-fp16": an .onnx model through onnxruntime's TensorRT execution provider (engine
+# built and cached by onnxruntime next to the model); for a native .engine they mean "cuda".
+DEVICES = ("cpu", "cuda", "tensorrt", "tensorrt-fp16")
+TRT_DEVICES = ("tensorrt", "tensorrt-fp16")
 GPU_INSTALL_FIX = (
     "install simplematch[gpu] (pip install onnxruntime-gpu) on a machine with an NVIDIA GPU, "
     "or pass --device cpu"
@@ -120,11 +124,17 @@ class OnnxBackend:
             raise SimpleMatchError(
                 f"model not found: {self.path}", "pass --model PATH/model.onnx or run `make demo`"
             )
-        requested = ["CPUExecutionProvider"]
+        requested: list[Any] = ["CPUExecutionProvider"]
         if self.device == "cuda":
             requested = ["CUDAExecutionProvider", "CPUExecutionProvider"]
             if trt_ep:
                 requested.insert(0, "TensorrtExecutionProvider")
+        if self.device in TRT_DEVICES:
+            requested = [
+                trt_ep_provider(self.path, fp16=self.device == "tensorrt-fp16"),
+                "CUDAExecutionProvider",
+            ]
+            requested.append("CPUExecutionProvider")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the provider check below explains a fallback in one line
         if threads:
@@ -141,6 +151,15 @@ class OnnxBackend:
             ) from err
         used = self.session.get_providers()
         self.provider = used[0]
+        if self.device in TRT_DEVICES and self.provider != "TensorrtExecutionProvider":
+            with contextlib.suppress(OSError):  # leave nothing behind: drop the cache folder if still empty
+                trt_cache_dir(self.path).rmdir()
+            raise SimpleMatchError(
+                f"TensorRT requested but onnxruntime runs {self.path.name} on {self.provider}",
+                "install onnxruntime-gpu and TensorRT on a machine with an NVIDIA GPU, or pass --device cuda",
+            )
+        if self.device in TRT_DEVICES:
+            write_engine_env(trt_cache_dir(self.path))
         if self.device == "cuda" and self.provider == "CPUExecutionProvider":
             if not allow_fallback:
                 raise SimpleMatchError(
@@ -272,6 +291,101 @@ class OnnxBackend:
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+def trt_cache_dir(model: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.trt-cache/``: onnxruntime's TensorRT engine + timing cache folder."""
+    return model.with_name(model.name + ".trt-cache")
+
+
+ENGINE_ENV_FILE = "simplematch-engine.json"
+ENGINE_ENV_KEY = "simplematch.engine_env"
+
+
+def current_engine_env() -> dict[str, str]:
+    """TensorRT version, GPU name and compute capability of this machine ("unknown" where not found).
+
+    nvidia-smi is asked instead of a CUDA library so this stays import-free; an engine only runs on the
+    TensorRT version and GPU architecture that built it.
+    """
+    import importlib.metadata
+    import subprocess
+
+    version = "unknown"
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu12-libs", "tensorrt-cu13-libs"):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    gpu, cc = "unknown", "unknown"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()  # fmt: skip
+        gpu, cc = (v.strip() for v in out.split(",", 1))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    return {"tensorrt": version, "gpu": gpu, "compute_capability": cc}
+
+
+def engine_env_mismatch(recorded: dict[str, Any], current: dict[str, str]) -> str | None:
+    """Why an engine built under ``recorded`` cannot run under ``current`` (None if it can).
+
+    Unknown values on either side are not a mismatch (no evidence); the GPU *name* is reported but only the
+    compute capability and TensorRT version decide, as those are what engines are tied to.
+    """
+    for key, what in (("tensorrt", "TensorRT"), ("compute_capability", "compute capability")):
+        a, b = str(recorded.get(key, "unknown")), str(current.get(key, "unknown"))
+        if "unknown" not in (a, b) and a != b:
+            return (
+                f"built with {what} {a} on {recorded.get('gpu', '?')}, this machine has {what} {b} on "
+                f"{current.get('gpu', '?')}"
+            )
+    return None
+
+
+def check_engine_env(recorded: dict[str, Any] | None, where: str, fix: str) -> None:
+    """Refuse an engine whose recorded TensorRT version / compute capability differ from this machine's."""
+    if not recorded:
+        return
+    why = engine_env_mismatch(recorded, current_engine_env())
+    if why:
+        raise SimpleMatchError(f"TensorRT engine {where} does not fit this machine: {why}", fix)
+
+
+def write_engine_env(cache: Path) -> None:
+    """Record what built the engines in ``cache`` (once; an existing record was checked before)."""
+    side = cache / ENGINE_ENV_FILE
+    if cache.is_dir() and not side.exists():
+        from simplematch.io import atomic_write_text
+
+        atomic_write_text(side, json.dumps(current_engine_env(), indent=2) + "\n")
+
+
+def trt_ep_provider(model: Path, *, fp16: bool) -> tuple[str, dict[str, Any]]:
+    """onnxruntime's TensorRT EP with an engine cache next to the model, checked against this machine first.
+
+    Not exercised by CI (no GPU, no TensorRT there).
+    """
+    cache = trt_cache_dir(model)
+    side = cache / ENGINE_ENV_FILE
+    if side.is_file():
+        try:
+            recorded = json.loads(side.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            recorded = {"tensorrt": "unreadable record"}
+        check_engine_env(recorded, str(cache), f"delete {cache} to let onnxruntime rebuild the engine here")
+    cache.mkdir(exist_ok=True)
+    options = {
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
+    return "TensorrtExecutionProvider", options
+
+
 def engine_sidecar(engine_path: str | Path) -> Path:
     """``model.engine`` -> ``model.engine.json`` (the :meth:`ModelMeta.to_json` props dict)."""
     path = Path(engine_path)
@@ -309,7 +423,7 @@ class TensorRTBackend:
 
     def __init__(self, engine_path: str | Path, device: str = "cuda") -> None:
         self.path = Path(engine_path)
-        if _check_device(device) != "cuda":
+        if _check_device(device) not in ("cuda", *TRT_DEVICES):
             raise SimpleMatchError(
                 f"{self.path} is a TensorRT engine, which runs on an NVIDIA GPU only",
                 "pass --device cuda, or use the .onnx model for CPU",
@@ -349,6 +463,12 @@ class TensorRTBackend:
             raise SimpleMatchError(f"{side} is not valid JSON", "re-export with `smatch export`") from err
         if not isinstance(props, dict):
             raise SimpleMatchError(f"{side} must hold a JSON object", "re-export with `smatch export`")
+        env = props.pop(ENGINE_ENV_KEY, None)
+        check_engine_env(
+            json.loads(env) if isinstance(env, str) else env,
+            str(self.path),
+            "rebuild it with `smatch export`",
+        )
         return ModelMeta.from_props({str(k): str(v) for k, v in props.items()}, source=str(side))
 
     def _cuda(self, result: Any) -> Any:
