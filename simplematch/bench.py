@@ -34,7 +34,7 @@ from typing import Any
 
 from simplematch.errors import SimpleMatchError
 
-RUNTIMES = ("torch", "onnx", "onnx-fp16", "onnx-int8", "trt", "trt-fp16")
+RUNTIMES = ("torch", "torch-amp", "onnx", "onnx-fp16", "onnx-int8", "trt", "trt-fp16")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt")
 TRAIN_MODES = ("dense", "sparse", "sparse_window")
 RESULT_KEYS = (
@@ -182,15 +182,19 @@ def _infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
             sync = torch.cuda.synchronize
             torch.cuda.reset_peak_memory_stats()
 
+        # torch-amp: float16 autocast on CUDA (what `--amp` training uses), weights stay float32.
+        amp = bool(spec.get("amp"))
+
         def encode(x: Any) -> Any:
-            with torch.inference_mode():
-                return model.encode(torch.from_numpy(x).to(device))
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.float16, enabled=amp):
+                return model.encode(torch.from_numpy(x).to(device)).float()
 
         def match(src: Any, trg: Any, kps: Any) -> Any:
             with torch.inference_mode():
                 return torch_match(src, trg, torch.from_numpy(kps).to(device), size, window, beta, coord)
 
-        provider = f"torch {torch.__version__} eager fp32 ({torch.get_num_threads()} threads)"
+        kind = "autocast fp16" if amp else "fp32"
+        provider = f"torch {torch.__version__} eager {kind} ({torch.get_num_threads()} threads)"
     else:
         from simplematch.runtime.backends import OnnxBackend, load_backend
         from simplematch.runtime.matching import match_keypoints as np_match
@@ -596,7 +600,12 @@ def run_bench(
         plan: list[tuple[str, Path, bool]] = []
         trt_missing = _tensorrt_missing() if any(r.startswith("trt") for r in runtimes) else None
         for rt in runtimes:
-            if rt == "torch":
+            if rt == "torch-amp" and device != "cuda":
+                skipped.append(
+                    {"runtime": rt, "reason": "autocast is measured on CUDA only (pass --device cuda)"}
+                )
+                continue
+            if rt in ("torch", "torch-amp"):
                 assert ckpt_dir is not None
                 plan.append((rt, ckpt_dir, False))
                 continue
@@ -635,12 +644,13 @@ def run_bench(
             plan.append((label, m, True))
 
         for label, path, user_file in plan:
-            kind = "torch" if label == "torch" else "runtime"
+            kind = "torch" if label in ("torch", "torch-amp") else "runtime"
             for b in batches:
                 runs = []
                 for r in range(repeats):
                     spec = dict(kind="infer", runtime=kind, path=str(path), batch=b, warmup=warmup,
-                                iters=iters, device=device, num_kps=num_kps, threads=threads)  # fmt: skip
+                                iters=iters, device=device, num_kps=num_kps, threads=threads,
+                                amp=label == "torch-amp")  # fmt: skip
                     res = _run_worker(spec, tmp, f"{label} batch {b}")
                     if "error" in res:
                         if user_file:

@@ -246,3 +246,21 @@ def test_batch8_model_in_infer_and_eval(batch8, tmp_path):
 def test_bench_refuses_another_batch_for_a_fixed_batch_model(batch8, capsys):
     rc = main(["bench", "--model", str(batch8["b8"]), "--runtime", "none", "--batch", "1", "--iters", "1"])
     _one_line_error(capsys, rc, "fixed batch of 8", "--batch 8")
+
+
+@pytest.mark.gpu
+def test_one_graph_torch_cuda_equals_onnx_cpu(graphs, ckpt):
+    """The traced module on CUDA (what a GPU deployment computes) vs the exported graph on onnxruntime CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from simplematch.export.one_graph import MatchGraph
+
+    model, cfg = load_checkpoint(ckpt)
+    module = MatchGraph(model.eval(), SIZE, cfg.fine_window, cfg.beta, cfg.coord).cuda()
+    src, tgt = _images(2, 8), _images(2, 9)
+    kps = np.repeat(grid_keypoints(SIZE, 12)[None], 2, axis=0)
+    valid = np.ones((2, 12), bool)
+    with torch.no_grad():
+        got = module(*(torch.from_numpy(a).cuda() for a in (src, tgt, kps, valid)))[0].cpu().numpy()
+    ref, *_ = OnnxBackend(graphs["match"])._run_match(src, tgt, kps, valid)
+    assert np.abs(got - ref).max() <= 0.05  # TF32 / cuDNN differences; a wrong graph is pixels off

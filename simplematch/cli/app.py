@@ -440,7 +440,7 @@ def bench(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint (default: random init).")] = None,
     model: Annotated[list[Path], typer.Option("--model", help="An .onnx / .engine (repeatable).")] = None,
     runtime: Annotated[
-        list[str], typer.Option(help="torch,onnx,onnx-fp16,onnx-int8,trt,trt-fp16,none")
+        list[str], typer.Option(help="torch,torch-amp,onnx,onnx-fp16,onnx-int8,trt,trt-fp16,none")
     ] = None,
     batch: Annotated[list[str], typer.Option(help="Batch sizes (1,8 or repeat; default 1,8).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed iterations per cell.")] = 2,
