@@ -39,6 +39,7 @@ class ModelMeta:
     # "features": image -> features (matching in the runtime); "matching": the one-graph model of
     # ``smatch export --with-matching`` (images + keypoints -> keypoints + cues, features as a side output).
     graph: str = "features"
+    trained_img_size: int = 0  # input size the checkpoint was trained at (0: same as img_size)
 
     def to_props(self) -> dict[str, str]:
         out = {}
@@ -56,7 +57,7 @@ class ModelMeta:
         for f in fields(cls):
             raw = props.get(PREFIX + f.name)
             if raw is None:
-                if f.name in ("config", "parity", "input_name", "output_name", "graph"):
+                if f.name in ("config", "parity", "input_name", "output_name", "graph", "trained_img_size"):
                     continue
                 raise SimpleMatchError(
                     f"{source} metadata lacks '{PREFIX + f.name}'",

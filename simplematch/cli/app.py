@@ -313,6 +313,9 @@ def export(
     int8_min_agreement: Annotated[
         float, typer.Option(help="--int8: least keypoint agreement with fp32 (within one cell), 0..1.")
     ] = None,
+    img_size: Annotated[
+        int, typer.Option(help="Export at this input size (ViT position table resampled once).")
+    ] = None,
 ) -> None:
     """Export to ONNX or a TensorRT engine, with metadata and a built-in parity check.
 
@@ -331,6 +334,7 @@ def export(
         checkpoint, fmt=fmt.value, out=out, fp16=fp16, batch=None if batch == "dynamic" else int(batch),
         opset=opset, check=check, check_data=check_data, with_matching=with_matching, force=force,
         int8=int8, calib_data=calib_data, calib_method=calib_method, int8_min_agreement=int8_min_agreement,
+        img_size=img_size,
     )  # fmt: skip
     _print_export(res)
 

@@ -78,6 +78,7 @@ def export_checkpoint(
     calib_data: Path | None = None,
     calib_method: str = "minmax",
     int8_min_agreement: float | None = None,
+    img_size: int | None = None,
 ) -> dict[str, Any]:
     """Export one checkpoint; returns ``{"path", "precision", "seconds", "size_mib", "parity", ...}``.
 
@@ -104,6 +105,8 @@ def export_checkpoint(
         from simplematch.export.trt_export import import_tensorrt
 
         import_tensorrt()  # fail fast, before any work, when TensorRT is absent
+    if img_size is not None and img_size < 16:
+        raise SimpleMatchError(f"--img-size {img_size} is too small", "pass e.g. 224 (ViT-S/14) or 256")
     if batch is not None and batch < 1:
         raise SimpleMatchError(f"--batch {batch} is invalid", "use a positive batch size or 'dynamic'")
     if with_matching and (fmt != "onnx" or fp16):
@@ -123,7 +126,13 @@ def export_checkpoint(
 
     images = images_from_dir(check_data) if (check and check_data) else None
     model, cfg = load_checkpoint(ckpt_dir, device="cpu")
+    trained = cfg.img_size
+    if img_size is not None:
+        from simplematch.export.resize import rebuild_at_size
+
+        model, cfg = rebuild_at_size(ckpt_dir, model, cfg, img_size)
     kwargs = dict(checkpoint_sha256=checkpoint_sha(ckpt_dir), fp16=fp16, opset=opset, batch=batch)
+    kwargs["trained_img_size"] = trained
     if int8:
         assert calib_data is not None
         return _export_int8(

@@ -260,6 +260,7 @@ def export_onnx(
     check: bool = True,
     check_images: list[np.ndarray] | None = None,
     with_matching: bool = False,
+    trained_img_size: int = 0,
 ) -> ExportResult:
     """Export (+ optional parity check) to ``out`` atomically. Raises SimpleMatchError on a failed check.
 
@@ -282,6 +283,7 @@ def export_onnx(
     meta = build_meta(
         cfg, stride=cfg.img_size / side, checkpoint_sha256=checkpoint_sha256, precision=precision, opset=opset
     )  # noqa: E501
+    meta.trained_img_size = trained_img_size or cfg.img_size
     if with_matching:
         from simplematch.export import one_graph
 
