@@ -5,6 +5,7 @@
 1. ``smatch export --with-matching``: PCK of the one graph (matching inside ONNX) vs the PyTorch evaluation
    on all PF-WILLOW test pairs of the subset, and the graph's keypoints vs the numpy matching (max px).
 2. ``smatch export --int8`` with each calibration method: the int8-vs-fp32 parity numbers.
+3. ``smatch export --img-size N`` for each of ``--sizes``: PF-WILLOW PCK through the runtime (all pairs).
 Prints one JSON object. Export runs read the checkpoint only; everything is written under --out.
 """
 
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--methods", default="minmax,percentile")
     ap.add_argument("--skip-graph", action="store_true")
+    ap.add_argument("--sizes", default="", help="e.g. 96,128,160,192 (empty: skip)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {}
@@ -47,7 +49,18 @@ def main() -> None:
             "graph_vs_numpy_within_1e-3px": got["graph_vs_numpy_within_1e-3px"],
             "seconds": time.time() - t0,
         }  # fmt: skip
-    for method in args.methods.split(","):
+    from simplematch.runtime.evaluate import evaluate_runtime
+
+    for size in [int(v) for v in args.sizes.split(",") if v]:
+        out = args.out / f"model.s{size}.onnx"
+        res = export_checkpoint(args.ckpt, out=out, img_size=size, force=True)
+        ev = evaluate_runtime(out, records, dataset="pfwillow")
+        report[f"size_{size}"] = {
+            "pck": ev["pck"],
+            "pairs": ev["pairs"],
+            "max_abs": res["parity"]["max_abs_feature_diff"],
+        }
+    for method in [m for m in args.methods.split(",") if m]:
         out = args.out / f"model.int8.{method}.onnx"
         res = export_checkpoint(args.ckpt, out=out, int8=True, calib_data=args.data_root,
                                 check_data=args.data_root, calib_method=method, int8_min_agreement=0.0,
