@@ -365,7 +365,9 @@ def infer(
     ] = None,
     out: Annotated[Path, typer.Option(help="Write the result JSON here.")] = None,
     viz: Annotated[Path, typer.Option(help="Write a side-by-side match picture (PNG) here.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda (cuda needs onnxruntime-gpu or TensorRT).")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="cpu | cuda | tensorrt | tensorrt-fp16 (GPU: onnxruntime-gpu; TensorRT EP).")
+    ] = "cpu",
     allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
 ) -> None:
     """Match keypoints from SRC into TGT with the torch-free runtime (numpy + onnxruntime / TensorRT)."""
