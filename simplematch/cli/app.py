@@ -287,7 +287,7 @@ def export(
         ExportFormat, typer.Option("--format", help="onnx, or trt (TensorRT: NOT exercised by CI).")
     ] = ExportFormat.onnx,  # noqa: E501
     out: Annotated[
-        Path, typer.Option(help="Output file (default: CHECKPOINT/model[.match][.fp16].onnx or .engine).")
+        Path, typer.Option(help="Output (default: CHECKPOINT/model[.match|.int8|.fp16].onnx or .engine).")
     ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights/activations, float32 I/O.")] = False,
     batch: Annotated[str, typer.Option(help="Static batch size N, or 'dynamic'.")] = "dynamic",
