@@ -264,3 +264,15 @@ def test_one_graph_torch_cuda_equals_onnx_cpu(graphs, ckpt):
         got = module(*(torch.from_numpy(a).cuda() for a in (src, tgt, kps, valid)))[0].cpu().numpy()
     ref, *_ = OnnxBackend(graphs["match"])._run_match(src, tgt, kps, valid)
     assert np.abs(got - ref).max() <= 0.05  # TF32 / cuDNN differences; a wrong graph is pixels off
+
+
+def test_static_batch_one_graph_pads_the_last_chunk(ckpt, graphs, tmp_path):
+    out = tmp_path / "m.match.b2.onnx"
+    assert main(["export", str(ckpt), "--with-matching", "--batch", "2", "--out", str(out)]) == 0
+    kps = np.repeat(grid_keypoints(SIZE, 5)[None], 3, axis=0)
+    valid = np.ones((3, 5), bool)
+    args = (_images(3, 11), _images(3, 12), kps, valid)
+    got = OnnxBackend(out).match_pairs(*args)
+    ref = OnnxBackend(graphs["match"]).match_pairs(*args)
+    assert OnnxBackend(out).max_batch == 2 and got[0].shape == (3, 5, 2)
+    assert all(np.abs(g - r).max() <= 1e-4 for g, r in zip(got, ref, strict=True))
