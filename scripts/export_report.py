@@ -83,7 +83,7 @@ def main() -> int:
         for fp16 in (False, True):
             tag = "fp16" if fp16 else "fp32"
             out = work / name.replace("@", "_") / f"model.{tag}.onnx"
-            res = export_checkpoint(ckpt, out=out, fp16=fp16, check_data=args.data_root)
+            res = export_checkpoint(ckpt, out=out, fp16=fp16, check_data=args.data_root, force=True)
             p = res["parity"]
             row[tag] = {
                 "seconds": round(res["seconds"], 1),

@@ -35,7 +35,7 @@ from typing import Any
 from simplematch import validate
 from simplematch.errors import SimpleMatchError
 
-RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt", "trt-fp16")
+RUNTIMES = ("torch", "torch-amp", "onnx", "onnx-fp16", "onnx-int8", "trt", "trt-fp16")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt")
 DEFAULT_PRESET = "demo_cpu"  # the random-init model measured when no --checkpoint / --model is given
 # Paper Table 11, in its order: baseline (dense correlation, full-map soft-argmax), + window (dense
@@ -188,15 +188,19 @@ def _infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
             sync = torch.cuda.synchronize
             torch.cuda.reset_peak_memory_stats()
 
+        # torch-amp: float16 autocast on CUDA (what `--amp` training uses), weights stay float32.
+        amp = bool(spec.get("amp"))
+
         def encode(x: Any) -> Any:
-            with torch.inference_mode():
-                return model.encode(torch.from_numpy(x).to(device))
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.float16, enabled=amp):
+                return model.encode(torch.from_numpy(x).to(device)).float()
 
         def match(src: Any, trg: Any, kps: Any) -> Any:
             with torch.inference_mode():
                 return torch_match(src, trg, torch.from_numpy(kps).to(device), size, window, beta, coord)
 
-        provider = f"torch {torch.__version__} eager fp32 ({torch.get_num_threads()} threads)"
+        kind = "autocast fp16" if amp else "fp32"
+        provider = f"torch {torch.__version__} eager {kind} ({torch.get_num_threads()} threads)"
     else:
         from simplematch.runtime.backends import OnnxBackend, load_backend
         from simplematch.runtime.matching import match_keypoints as np_match
@@ -258,6 +262,52 @@ def _infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "fine_map": list(feats.shape[-2:]),
         "provider": provider,
     }
+
+
+def _int8_bench_options(tmp: Path) -> dict[str, Any]:
+    """``onnx-int8`` for throughput: calibrated on 16 synthetic images written under ``tmp`` (speed does not
+    depend on what the ranges were calibrated on) and with the accuracy gate off -- a random-init model's
+    flat similarity maps make agreement meaningless; ``smatch export --int8`` is where accuracy is gated."""
+    import numpy as np
+    from PIL import Image
+
+    from simplematch.export.parity import synthetic_images
+
+    calib = tmp / "calib"
+    calib.mkdir(exist_ok=True)
+    for i, im in enumerate(synthetic_images(16, seed=1)):
+        Image.fromarray(np.asarray(im, dtype=np.uint8)).save(calib / f"{i:02d}.png")
+    return {"int8": True, "calib_data": calib, "int8_min_agreement": 0.0}
+
+
+def fixed_batch(path: Path) -> int | None:
+    """The static batch of an exported ``.onnx`` (None when dynamic, or for engines: their worker checks).
+
+    Reads the graph's first input from the protobuf without the weights' external data (cheap, torch-free).
+    """
+    if path.suffix.lower() != ".onnx":
+        return None
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as err:  # noqa: BLE001 - protobuf decode errors have no common public type
+        raise SimpleMatchError(f"--model {path} is not a readable ONNX file ({err})", "re-export it") from err
+    dim = graph.input[0].type.tensor_type.shape.dim[0] if graph.input else None
+    return int(dim.dim_value) if dim is not None and dim.dim_value > 0 else None
+
+
+def _check_fixed_batch(path: Path, batches: Sequence[int]) -> None:
+    """A fixed-batch model timed at another batch would be padded (or looped): the number would describe
+    a batch that was not asked for, so that combination is refused before any measurement."""
+    fixed = fixed_batch(path)
+    others = [b for b in batches if b != fixed]
+    if fixed is not None and others:
+        raise SimpleMatchError(
+            f"--model {path.name} was exported with a fixed batch of {fixed}; --batch {others[0]} would time "
+            f"padded batches of {fixed}",
+            f"pass --batch {fixed}, or export with the default dynamic batch",
+        )
 
 
 def _gpu_used_mib() -> float | None:
@@ -558,6 +608,7 @@ def run_bench(
             raise SimpleMatchError(
                 f"--model {m} is not .onnx/.engine", "pass a model written by `smatch export`"
             )
+        _check_fixed_batch(m, batches)
     if checkpoint is not None:
         from simplematch.checkpoint import WEIGHTS_NAME
 
@@ -594,7 +645,12 @@ def run_bench(
         plan: list[tuple[str, Path, bool]] = []
         trt_missing = _tensorrt_missing() if any(r.startswith("trt") for r in runtimes) else None
         for rt in runtimes:
-            if rt == "torch":
+            if rt == "torch-amp" and device != "cuda":
+                skipped.append(
+                    {"runtime": rt, "reason": "autocast is measured on CUDA only (pass --device cuda)"}
+                )
+                continue
+            if rt in ("torch", "torch-amp"):
                 assert ckpt_dir is not None
                 plan.append((rt, ckpt_dir, False))
                 continue
@@ -608,10 +664,15 @@ def run_bench(
                 continue
             from simplematch.export import export_checkpoint
 
-            out = tmp / f"model{'.fp16' if fp16 else ''}.{'onnx' if fmt == 'onnx' else 'engine'}"
+            int8 = rt == "onnx-int8"
+            suffix = ".int8" if int8 else ".fp16" if fp16 else ""
+            out = tmp / f"model{suffix}.{'onnx' if fmt == 'onnx' else 'engine'}"
             say(f"exporting {rt} (parity check on)")
             try:
-                export_checkpoint(ckpt_dir, fmt=fmt, out=out, fp16=fp16, batch=None, check=True)
+                if int8:
+                    export_checkpoint(ckpt_dir, out=out, **_int8_bench_options(tmp))
+                else:
+                    export_checkpoint(ckpt_dir, fmt=fmt, out=out, fp16=fp16, batch=None, check=True)
             except SimpleMatchError as err:
                 skipped.append({"runtime": rt, "reason": f"export failed: {err}"})
                 continue
@@ -628,12 +689,13 @@ def run_bench(
             plan.append((label, m, True))
 
         for label, path, user_file in plan:
-            kind = "torch" if label == "torch" else "runtime"
+            kind = "torch" if label in ("torch", "torch-amp") else "runtime"
             for b in batches:
                 runs = []
                 for r in range(repeats):
                     spec = dict(kind="infer", runtime=kind, path=str(path), batch=b, warmup=warmup,
-                                iters=iters, device=device, num_kps=num_kps, threads=threads)  # fmt: skip
+                                iters=iters, device=device, num_kps=num_kps, threads=threads,
+                                amp=label == "torch-amp")  # fmt: skip
                     res = _run_worker(spec, tmp, f"{label} batch {b}")
                     if "error" in res:
                         if user_file:

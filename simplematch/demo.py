@@ -121,7 +121,8 @@ def run_demo(
         target = out / ("model.fp16.onnx" if fp16 else "model.onnx")
         step(f"export ONNX {'fp16' if fp16 else 'fp32'} with the parity check",
              f"smatch export {ckpt} --out {target}{' --fp16' if fp16 else ''}{check_arg}")  # fmt: skip
-        r = export_checkpoint(ckpt, out=target, fp16=fp16, check_data=willow)
+        # The demo owns its --out folder: a rerun replaces its own exports (smatch export needs --force).
+        r = export_checkpoint(ckpt, out=target, fp16=fp16, check_data=willow, force=True)
         nums[f"export_{'fp16' if fp16 else 'fp32'}"] = {
             "seconds": round(r["seconds"], 1),
             "size_mib": round(r["size_mib"], 2),

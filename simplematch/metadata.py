@@ -36,6 +36,10 @@ class ModelMeta:
     parity: dict[str, Any] = field(default_factory=dict)  # export parity-check numbers
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
+    # "features": image -> features (matching in the runtime); "matching": the one-graph model of
+    # ``smatch export --with-matching`` (images + keypoints -> keypoints + cues, features as a side output).
+    graph: str = "features"
+    trained_img_size: int = 0  # input size the checkpoint was trained at (0: same as img_size)
 
     def to_props(self) -> dict[str, str]:
         out = {}
@@ -53,7 +57,7 @@ class ModelMeta:
         for f in fields(cls):
             raw = props.get(PREFIX + f.name)
             if raw is None:
-                if f.name in ("config", "parity", "input_name", "output_name"):
+                if f.name in ("config", "parity", "input_name", "output_name", "graph", "trained_img_size"):
                     continue
                 raise SimpleMatchError(
                     f"{source} metadata lacks '{PREFIX + f.name}'",
@@ -72,7 +76,8 @@ class ModelMeta:
         if (
             meta.coord not in ("corner", "center")
             or meta.img_size < 4
-            or meta.precision not in ("fp32", "fp16")
+            or meta.precision not in ("fp32", "fp16", "int8")
+            or meta.graph not in ("features", "matching")
         ):
             raise SimpleMatchError(f"{source} metadata has invalid values", "re-export the model")
         return meta

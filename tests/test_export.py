@@ -90,7 +90,7 @@ def exports(ckpts, tmp_path_factory) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name, ckpt in ckpts.items():
         assert main(["export", str(ckpt)]) == 0
-        path = ckpt.parent / "model.onnx"
+        path = ckpt / "model.onnx"
         out[name] = {"path": path, "ckpt": ckpt, "meta": _meta(path)}
     fp16 = tmp_path_factory.mktemp("fp16") / "vit.fp16.onnx"
     res = export_checkpoint(ckpts["vit"], fp16=True, out=fp16)
@@ -131,13 +131,16 @@ def _leftovers(folder: Path) -> list[str]:
 @pytest.mark.parametrize("name", ["vit", "resnet"])
 def test_export_passes_checker_and_has_the_contracted_io(exports, name):
     path = exports[name]["path"]
-    assert path == default_output(exports[name]["ckpt"], "onnx", False)  # next to the checkpoint folder
-    assert path.parent == exports[name]["ckpt"].parent
+    assert path == default_output(exports[name]["ckpt"], "onnx", False)
+    assert path.parent == exports[name]["ckpt"]  # inside the checkpoint folder (issue 11)
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path))
     assert model.opset_import[0].version >= 17
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
-    assert len(list(path.parent.iterdir())) == 2, "one file (plus the checkpoint folder), no external data"
+    extra = sorted(
+        p.name for p in path.parent.iterdir() if p.name not in ("model.safetensors", "config.json")
+    )
+    assert extra == ["model.onnx"], "one file next to the checkpoint's own files, no external data"
     (inp,), (out,) = model.graph.input, model.graph.output
     assert (inp.name, out.name) == ("image", "features")
     assert inp.type.tensor_type.elem_type == out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT

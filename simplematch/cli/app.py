@@ -288,13 +288,35 @@ def export(
     fmt: Annotated[
         ExportFormat, typer.Option("--format", help="onnx, or trt (TensorRT: NOT exercised by CI).")
     ] = ExportFormat.onnx,  # noqa: E501
-    out: Annotated[Path, typer.Option(help="Output file (default: next to the checkpoint).")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output (default: CHECKPOINT/model[.match|.int8|.fp16].onnx or .engine).")
+    ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights/activations, float32 I/O.")] = False,
     batch: Annotated[str, typer.Option(help="Static batch size N, or 'dynamic'.")] = "dynamic",
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 18,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset, 18 up to what the installed onnx knows (17 and lower refused).")
+    ] = 18,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Parity check against PyTorch.")] = True,
     check_data: Annotated[
         Path, typer.Option(help="Folder of real images for the check (e.g. PF-WILLOW).")
+    ] = None,
+    with_matching: Annotated[
+        bool,
+        typer.Option(
+            "--with-matching", help="One graph: images + source keypoints -> target keypoints + cues."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Static INT8 (QDQ, per-channel), gated vs fp32.")
+    ] = False,
+    calib_data: Annotated[Path, typer.Option(help="--int8: folder of real calibration images.")] = None,
+    calib_method: Annotated[str, typer.Option(help="--int8: minmax | percentile | entropy.")] = "minmax",
+    int8_min_agreement: Annotated[
+        float, typer.Option(help="--int8: least keypoint agreement with fp32 (within one cell), 0..1.")
+    ] = None,
+    img_size: Annotated[
+        int, typer.Option(help="Export at this input size (ViT position table resampled once).")
     ] = None,
 ) -> None:
     """Export to ONNX or a TensorRT engine, with metadata and a built-in parity check.
@@ -315,7 +337,9 @@ def export(
         )
     res = export_checkpoint(
         checkpoint, fmt=fmt.value, out=out, fp16=fp16, batch=None if batch == "dynamic" else int(batch),
-        opset=opset, check=check, check_data=check_data,
+        opset=opset, check=check, check_data=check_data, with_matching=with_matching, force=force,
+        int8=int8, calib_data=calib_data, calib_method=calib_method, int8_min_agreement=int8_min_agreement,
+        img_size=img_size,
     )  # fmt: skip
     _print_export(res)
 
@@ -346,7 +370,9 @@ def infer(
     ] = None,
     out: Annotated[Path, typer.Option(help="Write the result JSON here.")] = None,
     viz: Annotated[Path, typer.Option(help="Write a side-by-side match picture (PNG) here.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda (cuda needs onnxruntime-gpu or TensorRT).")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="cpu | cuda | tensorrt | tensorrt-fp16 (GPU: onnxruntime-gpu; TensorRT EP).")
+    ] = "cpu",
     allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing --out / --viz files.")] = False,
 ) -> None:
@@ -448,7 +474,9 @@ def demo(
 def bench(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint (default: random init).")] = None,
     model: Annotated[list[Path], typer.Option("--model", help="An .onnx / .engine (repeatable).")] = None,
-    runtime: Annotated[list[str], typer.Option(help="torch,onnx,onnx-fp16,trt,trt-fp16,none")] = None,
+    runtime: Annotated[
+        list[str], typer.Option(help="torch,torch-amp,onnx,onnx-fp16,onnx-int8,trt,trt-fp16,none")
+    ] = None,
     batch: Annotated[list[str], typer.Option(help="Batch sizes (1,8 or repeat; default 1,8).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed iterations per cell.")] = 2,
     iters: Annotated[int, typer.Option(help="Timed iterations per cell.")] = 10,

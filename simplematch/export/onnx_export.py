@@ -17,6 +17,7 @@ import copy
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,23 +130,45 @@ def check_opset(opset: int) -> int:
 
 
 def export_onnx_proto(
-    model: torch.nn.Module, img_size: int, *, opset: int, batch: int | None
+    model: torch.nn.Module,
+    img_size: int,
+    *,
+    opset: int,
+    batch: int | None,
+    with_matching: bool = False,
+    cfg: Config | None = None,
 ) -> onnx.ModelProto:
-    """torch.onnx.export with the dynamo exporter; ``batch=None`` means a dynamic batch dimension."""
+    """torch.onnx.export with the dynamo exporter; ``batch=None`` means a dynamic batch dimension.
+
+    ``with_matching`` exports :class:`simplematch.export.one_graph.MatchGraph` (images + keypoints ->
+    keypoints + cues, ``cfg`` gives window / beta / coord) instead of the features-only graph.
+    """
     check_opset(opset)
-    wrapper = FeatureExtractor(model).eval()
-    example = torch.rand(batch or 2, 3, img_size, img_size)
-    dynamic = None if batch else {"image": {0: torch.export.Dim("batch", min=1, max=1024)}}
+    if with_matching:
+        from simplematch.export import one_graph
+
+        assert cfg is not None
+        wrapper: torch.nn.Module = one_graph.MatchGraph(model, img_size, cfg.fine_window, cfg.beta, cfg.coord)
+        example = one_graph.example_inputs(img_size, batch)
+        names = (list(one_graph.INPUTS), list(one_graph.OUTPUTS))
+        dynamic: Any = one_graph.dynamic_shapes(batch)
+    else:
+        wrapper = FeatureExtractor(model)
+        example = (torch.rand(batch or 2, 3, img_size, img_size),)
+        names = ([INPUT_NAME], [OUTPUT_NAME])
+        dynamic = None if batch else {"image": {0: torch.export.Dim("batch", min=1, max=1024)}}
     try:
-        with torch.no_grad(), _quiet_onnxscript():
+        with torch.no_grad(), _quiet_onnxscript(), warnings.catch_warnings():
+            # "axis name ... will not be used": the exporter renames shared dynamic dims; harmless.
+            warnings.filterwarnings("ignore", message=".*axis name.*")
             program = torch.onnx.export(
-                wrapper,
-                (example,),
+                wrapper.eval(),
+                example,
                 dynamo=True,
                 external_data=False,
                 opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                input_names=names[0],
+                output_names=names[1],
                 dynamic_shapes=dynamic,
                 optimize=True,
                 verbose=False,
@@ -165,6 +188,10 @@ def export_onnx_proto(
             f"torch's ONNX exporter could not convert this graph to opset {opset} (it gave opset {actual})",
             f"use --opset {actual}",
         )
+    if with_matching:
+        from simplematch.export.one_graph import make_trt_friendly
+
+        make_trt_friendly(proto)
     return proto
 
 
@@ -232,18 +259,22 @@ def export_onnx(
     batch: int | None = None,
     check: bool = True,
     check_images: list[np.ndarray] | None = None,
+    with_matching: bool = False,
+    trained_img_size: int = 0,
 ) -> ExportResult:
     """Export (+ optional parity check) to ``out`` atomically. Raises SimpleMatchError on a failed check.
 
     ``model``'s weights are not modified (it is only switched to eval): LoRA is merged into a copy, and
     the parity reference is the model as given (unmerged), so the check also covers the merge.
     """
-    from simplematch.export.parity import parity_check
+    from simplematch.export.parity import match_graph_parity, parity_check
 
     t0 = time.time()
     reference = model.eval().float()
     exported = prepare_for_export(copy.deepcopy(model))
-    proto = export_onnx_proto(exported, cfg.img_size, opset=opset, batch=batch)
+    proto = export_onnx_proto(
+        exported, cfg.img_size, opset=opset, batch=batch, with_matching=with_matching, cfg=cfg
+    )
     if fp16:
         proto = to_fp16(proto)
     precision = "fp16" if fp16 else "fp32"
@@ -252,7 +283,13 @@ def export_onnx(
     meta = build_meta(
         cfg, stride=cfg.img_size / side, checkpoint_sha256=checkpoint_sha256, precision=precision, opset=opset
     )  # noqa: E501
+    meta.trained_img_size = trained_img_size or cfg.img_size
+    if with_matching:
+        from simplematch.export import one_graph
+
+        meta.graph, meta.input_name, meta.output_name = "matching", one_graph.SRC_IMAGE, one_graph.FEATURES
     set_metadata(proto, meta)
+    check_fn = match_graph_parity if with_matching else parity_check
     try:
         with atomic_path(out) as tmp:
             onnx.save_model(proto, str(tmp))
@@ -265,9 +302,7 @@ def export_onnx(
                 ) from err
             parity: dict[str, Any] = {}
             if check:
-                parity = parity_check(
-                    reference, tmp, cfg, images=check_images, precision=precision, batch=batch
-                )
+                parity = check_fn(reference, tmp, cfg, images=check_images, precision=precision, batch=batch)
                 meta.parity = parity
                 set_metadata(proto, meta)
                 onnx.save_model(proto, str(tmp))

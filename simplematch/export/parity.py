@@ -178,3 +178,168 @@ def enforce(res: dict[str, Any], precision: str) -> None:
             " no file was written",
             "report this with the checkpoint; --no-check skips the check at your own risk",
         )
+
+
+MATCH_TOL_PX = 1e-3  # one-graph keypoints vs the numpy matching of the same features
+
+
+def run_match_graph(
+    sess: Any, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray, batch: int | None
+) -> tuple[np.ndarray, ...]:
+    """Run a one-graph session over pairs in chunks (a static batch gets its exact size, last chunk padded).
+
+    Returns ``(tgt_kps, peak_cos, peak_mass, src_features, tgt_features)`` for all pairs.
+    """
+    from simplematch.export import one_graph as og
+
+    step = batch or 4
+    parts: list[list[np.ndarray]] = [[], [], [], [], []]
+    for i in range(0, len(src), step):
+        n = len(src[i : i + step])
+        pad = (batch - n) if batch else 0
+        feed = {
+            og.SRC_IMAGE: src[i : i + step], og.TGT_IMAGE: tgt[i : i + step],
+            og.SRC_KPS: kps[i : i + step], og.KPS_VALID: valid[i : i + step],
+        }  # fmt: skip
+        if pad:
+            feed = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feed.items()}
+        pred, peak, mass, feats = sess.run(list(og.OUTPUTS), feed)
+        b = len(feed[og.SRC_IMAGE])
+        for store, value in zip(parts, (pred, peak, mass, feats[:b], feats[b:]), strict=True):
+            store.append(value[:n])
+    return tuple(np.concatenate(p) for p in parts)
+
+
+def match_graph_parity(
+    model: torch.nn.Module,
+    onnx_path: Path,
+    cfg: Config,
+    *,
+    images: list[np.ndarray] | None = None,
+    precision: str = "fp32",
+    batch: int | None = None,
+    n_kps: int = 30,
+) -> dict[str, Any]:
+    """The one-graph model vs PyTorch and vs the runtime's numpy matching, on pairs (image i, image i + 1).
+
+    * features: torch ``encode`` vs the graph's ``features`` output (the fp32 gate of :func:`enforce`);
+    * keypoints: the graph's ``tgt_kps`` vs numpy matching of the graph's own features (pins the in-graph
+      matching, gated at 0.5 px agreement; the 1e-3 px fraction is reported) and vs torch matching on torch
+      features (the whole path);
+    * validity: the last keypoint of every pair is marked invalid and must come back NaN with zero cues.
+    """
+    import onnxruntime as ort
+
+    from simplematch.matching import match_keypoints
+    from simplematch.runtime.matching import match_keypoints as np_match
+
+    source = f"{len(images)} real images" if images is not None else ""
+    if images is None:
+        images, source = synthetic_images(), "synthetic pairs"
+    x = np.stack([resize_square(im, cfg.img_size) for im in images])
+    y = np.roll(x, -1, axis=0)  # image i is matched into image i + 1
+    kps = np.repeat(grid_keypoints(cfg.img_size, n_kps)[None], len(x), axis=0)
+    valid = np.ones(kps.shape[:2], dtype=bool)
+    valid[:, -1] = False
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    pred, peak, mass, fsrc, ftgt = run_match_graph(sess, x, y, kps, valid, batch)
+    ref_feats = torch_features(model, x)
+    res = compare_features(ref_feats, fsrc, cfg, n_kps)
+    args = (cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord)
+    np_pred, np_peak, np_mass = np_match(fsrc, ftgt, kps, *args)
+    with torch.no_grad():
+        ref_t = torch.from_numpy(ref_feats)
+        t_pred = match_keypoints(ref_t, torch.roll(ref_t, -1, 0), torch.from_numpy(kps), *args).numpy()
+    v = valid
+    d_np = np.linalg.norm(pred[v].astype(np.float64) - np_pred[v], axis=-1)
+    d_torch = np.linalg.norm(pred[v].astype(np.float64) - t_pred[v], axis=-1)
+    invalid_ok = bool(np.isnan(pred[~v]).all() and (peak[~v] == 0).all() and (mass[~v] == 0).all())
+    res.update(
+        {
+            "keypoint_agreement": float((d_np <= AGREE_PX).mean()),
+            "graph_vs_numpy_max_px": float(d_np.max()),
+            "graph_vs_numpy_within_1e-3px": float((d_np <= MATCH_TOL_PX).mean()),
+            "graph_vs_torch_agreement": float((d_torch <= AGREE_PX).mean()),
+            "graph_vs_torch_max_px": float(d_torch.max()),
+            "peak_cos_max_diff": float(np.abs(peak[v] - np_peak[v]).max()),
+            "peak_mass_max_diff": float(np.abs(mass[v] - np_mass[v]).max()),
+            "invalid_keypoints_masked": invalid_ok,
+            "precision": precision,
+            "data": source,
+            "runtime": "onnxruntime-cpu (one graph)",
+        }
+    )
+    enforce(res, precision)
+    if not invalid_ok:
+        raise SimpleMatchError(
+            "one-graph check failed: invalid keypoints did not come back as NaN with zero cues",
+            "report this as a bug",
+        )
+    return res
+
+
+def match_graph_eval(
+    onnx_path: Path,
+    records: list[Any],
+    *,
+    alphas: tuple[float, ...] = (0.05, 0.1, 0.15),
+    threshold: str = "bbox",
+    batch_size: int = 4,
+    compare_numpy: bool = True,
+) -> dict[str, Any]:
+    """PCK of a one-graph model on annotated pairs, matching *inside the graph* (resized frame, as the
+    PyTorch evaluation's default), and the graph's keypoints against the numpy matching of its own features.
+
+    Pairs are batched with keypoints padded to the longest pair and ``kps_valid`` marking the padding (and
+    unannotated keypoints), which is what the validity input is for.
+    """
+    from simplematch.data.records import pck_threshold
+    from simplematch.image import to_model_frame
+    from simplematch.metrics import aggregate_pck, pck_correct
+    from simplematch.runtime.backends import OnnxBackend
+    from simplematch.runtime.matching import match_keypoints as np_match
+
+    backend = OnnxBackend(onnx_path)
+    meta = backend.meta
+    size = meta.img_size
+    counts, nvalid, cats, diffs = [], [], [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        srcs, tgts, hws = [], [], []
+        for rec in chunk:
+            s_img, t_img = rec.load("src"), rec.load("trg")
+            srcs.append(resize_square(s_img, size))
+            tgts.append(resize_square(t_img, size))
+            hws.append((s_img.shape[:2], t_img.shape[:2]))
+        n = max(len(r.src_kps) for r in chunk)
+        kps = np.zeros((len(chunk), n, 2), np.float32)
+        valid = np.zeros((len(chunk), n), bool)
+        for i, rec in enumerate(chunk):
+            ok = np.isfinite(rec.src_kps).all(axis=1) & np.isfinite(rec.trg_kps).all(axis=1)
+            m = len(rec.src_kps)
+            kps[i, :m] = to_model_frame(np.where(ok[:, None], rec.src_kps, 0.0), hws[i][0], size)
+            valid[i, :m] = ok
+        pred, _, _, fsrc, ftgt = backend._run_match(np.stack(srcs), np.stack(tgts), kps, valid)
+        if compare_numpy:
+            ref, _, _ = np_match(fsrc, ftgt, kps, size, meta.window, meta.beta, meta.coord)
+            diffs.append(np.linalg.norm(pred[valid].astype(np.float64) - ref[valid], axis=-1))
+        for i, rec in enumerate(chunk):
+            m = len(rec.src_kps)
+            ok = valid[i, :m]
+            gt = to_model_frame(rec.trg_kps, hws[i][1], size)
+            if ok.any():
+                thr = pck_threshold(rec, threshold, "resized", img_size=size, valid=ok)
+                counts.append(pck_correct(np.nan_to_num(pred[i, :m]), gt, ok, thr, alphas))
+            else:
+                counts.append(np.zeros(len(alphas), np.int64))
+            nvalid.append(int(ok.sum()))
+            cats.append(rec.category)
+    agg = aggregate_pck(np.array(counts), np.array(nvalid), cats, list(alphas))
+    out: dict[str, Any] = {"pck": agg["pck"], "pairs": agg["pairs"], "points": agg["points"]}
+    if diffs:
+        d = np.concatenate(diffs)
+        out["graph_vs_numpy_max_px"] = float(d.max())
+        out["graph_vs_numpy_within_1e-3px"] = float((d <= MATCH_TOL_PX).mean())
+    return out

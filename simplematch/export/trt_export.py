@@ -110,10 +110,17 @@ def write_sidecar(
     onnx_path: Path, engine: Path, *, precision: str, parity: dict[str, Any] | None = None
 ) -> Path:
     """``engine.json``: the ONNX file's metadata, with the engine's precision and (if given) its parity."""
+    import json
+
+    from simplematch.runtime.backends import ENGINE_ENV_KEY, current_engine_env
+
     meta = read_meta(onnx_path)
     meta.precision = precision
     if parity is not None:
         meta.parity = parity
     side = engine.with_suffix(engine.suffix + ".json")
-    atomic_write_text(side, meta.to_json() + "\n")
+    props = meta.to_props()
+    # What the engine is tied to (TensorRT version, GPU, compute capability): the runtime refuses a mismatch.
+    props[ENGINE_ENV_KEY] = json.dumps(current_engine_env(), sort_keys=True)
+    atomic_write_text(side, json.dumps(props, indent=2, sort_keys=True) + "\n")
     return side

@@ -8,6 +8,7 @@ output map side == ``img_size / stride``. Every failure a user can fix is a :cla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -19,8 +20,14 @@ from simplematch.errors import SimpleMatchError
 from simplematch.metadata import ModelMeta
 
 ONNX_SUFFIXES = (".onnx",)
+# Names of the one-graph model's I/O (simplematch.export.one_graph, which imports torch; repeated here).
+MATCH_INPUTS = ("src_image", "tgt_image", "src_kps", "kps_valid")
+MATCH_OUTPUTS = ("tgt_kps", "peak_cos", "peak_mass", "features")
 ENGINE_SUFFIXES = (".engine", ".plan")
-DEVICES = ("cpu", "cuda")
+# "tensorrt" / "tensorrt-fp16": an .onnx model through onnxruntime's TensorRT execution provider (engine
+# built and cached by onnxruntime next to the model); for a native .engine they mean "cuda".
+DEVICES = ("cpu", "cuda", "tensorrt", "tensorrt-fp16")
+TRT_DEVICES = ("tensorrt", "tensorrt-fp16")
 GPU_INSTALL_FIX = (
     "install simplematch[gpu] (pip install onnxruntime-gpu) on a machine with an NVIDIA GPU, "
     "or pass --device cpu"
@@ -117,11 +124,17 @@ class OnnxBackend:
             raise SimpleMatchError(
                 f"model not found: {self.path}", "pass --model PATH/model.onnx or run `make demo`"
             )
-        requested = ["CPUExecutionProvider"]
+        requested: list[Any] = ["CPUExecutionProvider"]
         if self.device == "cuda":
             requested = ["CUDAExecutionProvider", "CPUExecutionProvider"]
             if trt_ep:
                 requested.insert(0, "TensorrtExecutionProvider")
+        if self.device in TRT_DEVICES:
+            requested = [
+                trt_ep_provider(self.path, fp16=self.device == "tensorrt-fp16"),
+                "CUDAExecutionProvider",
+            ]
+            requested.append("CPUExecutionProvider")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the provider check below explains a fallback in one line
         if threads:
@@ -138,6 +151,15 @@ class OnnxBackend:
             ) from err
         used = self.session.get_providers()
         self.provider = used[0]
+        if self.device in TRT_DEVICES and self.provider != "TensorrtExecutionProvider":
+            with contextlib.suppress(OSError):  # leave nothing behind: drop the cache folder if still empty
+                trt_cache_dir(self.path).rmdir()
+            raise SimpleMatchError(
+                f"TensorRT requested but onnxruntime runs {self.path.name} on {self.provider}",
+                "install onnxruntime-gpu and TensorRT on a machine with an NVIDIA GPU, or pass --device cuda",
+            )
+        if self.device in TRT_DEVICES:
+            write_engine_env(trt_cache_dir(self.path))
         if self.device == "cuda" and self.provider == "CPUExecutionProvider":
             if not allow_fallback:
                 raise SimpleMatchError(
@@ -149,10 +171,21 @@ class OnnxBackend:
         self.meta = ModelMeta.from_props(props, source=str(self.path))
         self._validate_io()
 
+    @property
+    def matches(self) -> bool:
+        """True for a one-graph model (``smatch export --with-matching``): :meth:`match_pairs` works."""
+        return self.meta.graph == "matching"
+
     def _validate_io(self) -> None:
         meta, src = self.meta, str(self.path)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
+        if self.matches and not (set(MATCH_INPUTS) <= set(inputs) and set(MATCH_OUTPUTS) <= set(outputs)):
+            raise SimpleMatchError(
+                f"{src} says it holds the one-graph model but has inputs {sorted(inputs)} and outputs "
+                f"{sorted(outputs)}",
+                "re-export it with `smatch export --with-matching`",
+            )
         if meta.input_name not in inputs or meta.output_name not in outputs:
             raise SimpleMatchError(
                 f"{src} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; its metadata names "
@@ -178,27 +211,179 @@ class OnnxBackend:
                 f"{src} metadata stride {meta.stride} does not divide img_size {meta.img_size}",
                 "re-export the model",
             )
-        # A graph exported with a fixed batch of 1 still serves batches: encode() then runs image by image.
+        # A graph exported with a fixed batch B serves any number of images: encode() runs chunks of B and
+        # pads the last one (repeating its last image), so `--batch 8` models work in infer / eval too.
         self.max_batch = _static_dim(shape[0])
+
+    def match_pairs(
+        self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One-graph model only: (B, 3, S, S) x 2, (B, N, 2) keypoints, (B, N) validity ->
+        (B, N, 2) target keypoints (NaN where invalid), (B, N) peak cosine, (B, N) peak mass."""
+        src = _check_images(src, self.meta.img_size)
+        tgt = _check_images(tgt, self.meta.img_size)
+        kps = np.ascontiguousarray(kps, dtype=np.float32)
+        valid = np.ascontiguousarray(valid, dtype=bool)
+        pred, peak, mass, _, _ = self._run_match(src, tgt, kps, valid)
+        return pred, peak, mass
+
+    def _run_match(
+        self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """The one graph over pairs in chunks; a static batch gets its exact size (last chunk padded).
+
+        Returns ``(tgt_kps, peak_cos, peak_mass, src_features, tgt_features)`` for all pairs.
+        """
+        step = self.max_batch or max(len(src), 1)
+        parts: list[list[np.ndarray]] = [[], [], [], [], []]
+        for start in range(0, len(src), step):
+            feed = [a[start : start + step] for a in (src, tgt, kps, valid)]
+            n = len(feed[0])
+            if self.max_batch and n < self.max_batch:
+                feed = [np.concatenate([a, np.repeat(a[-1:], self.max_batch - n, axis=0)]) for a in feed]
+            try:
+                outs = self.session.run(list(MATCH_OUTPUTS), dict(zip(MATCH_INPUTS, feed, strict=True)))
+            except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors derive from Exception only
+                raise SimpleMatchError(
+                    f"onnxruntime failed on {self.path} ({_describe(err)})", "re-export the model"
+                ) from err
+            pred, peak, mass, feats = outs
+            b = len(feed[0])  # features are the b source maps, then the b target maps
+            for store, value in zip(parts, (pred, peak, mass, feats[:b], feats[b:]), strict=True):
+                store.append(np.asarray(value)[:n])
+        return tuple(np.concatenate(p) for p in parts)
+
+    def _encode_with_match_graph(self, images: np.ndarray) -> np.ndarray:
+        """Features from a one-graph file: the images go in as sources and targets of half as many pairs
+        (one dummy keypoint each, marked invalid), so each is encoded once and no twin file is needed."""
+        half = (len(images) + 1) // 2
+        src, tgt = images[:half], images[half:]
+        if len(tgt) < half:  # odd count: the last image doubles as the missing target, dropped below
+            tgt = np.concatenate([tgt, images[-1:]])
+        kps = np.zeros((half, 1, 2), np.float32)
+        *_, fsrc, ftgt = self._run_match(src, tgt, kps, np.zeros((half, 1), bool))
+        out = np.concatenate([fsrc, ftgt])[: len(images)]
+        return _check_features(out, self.meta, len(images), str(self.path))
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = _check_images(images, self.meta.img_size)
+        if self.matches and len(images):
+            return self._encode_with_match_graph(images)
         step = self.max_batch or max(len(images), 1)
         parts = []
         for start in range(0, len(images), step):
             chunk = images[start : start + step]
+            if self.max_batch and len(chunk) < self.max_batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.max_batch - len(chunk), axis=0)])
+            n = min(step, len(images) - start)
             try:
                 (out,) = self.session.run([self.meta.output_name], {self.meta.input_name: chunk})
+                out = np.asarray(out)[:n]
             except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors derive from Exception only
                 raise SimpleMatchError(
                     f"onnxruntime failed on {self.path} ({_describe(err)})",
                     "check that the model was written by `smatch export` for this input size",
                 ) from err
-            parts.append(_check_features(np.asarray(out), self.meta, len(chunk), str(self.path)))
+            parts.append(_check_features(out, self.meta, n, str(self.path)))
         if not parts:
             side = round(self.meta.img_size / self.meta.stride)
             return np.zeros((0, 0, side, side), np.float32)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def trt_cache_dir(model: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.trt-cache/``: onnxruntime's TensorRT engine + timing cache folder."""
+    return model.with_name(model.name + ".trt-cache")
+
+
+ENGINE_ENV_FILE = "simplematch-engine.json"
+ENGINE_ENV_KEY = "simplematch.engine_env"
+
+
+def current_engine_env() -> dict[str, str]:
+    """TensorRT version, GPU name and compute capability of this machine ("unknown" where not found).
+
+    nvidia-smi is asked instead of a CUDA library so this stays import-free; an engine only runs on the
+    TensorRT version and GPU architecture that built it.
+    """
+    import importlib.metadata
+    import subprocess
+
+    version = "unknown"
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu12-libs", "tensorrt-cu13-libs"):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    gpu, cc = "unknown", "unknown"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()  # fmt: skip
+        gpu, cc = (v.strip() for v in out.split(",", 1))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    return {"tensorrt": version, "gpu": gpu, "compute_capability": cc}
+
+
+def engine_env_mismatch(recorded: dict[str, Any], current: dict[str, str]) -> str | None:
+    """Why an engine built under ``recorded`` cannot run under ``current`` (None if it can).
+
+    Unknown values on either side are not a mismatch (no evidence); the GPU *name* is reported but only the
+    compute capability and TensorRT version decide, as those are what engines are tied to.
+    """
+    for key, what in (("tensorrt", "TensorRT"), ("compute_capability", "compute capability")):
+        a, b = str(recorded.get(key, "unknown")), str(current.get(key, "unknown"))
+        if "unknown" not in (a, b) and a != b:
+            return (
+                f"built with {what} {a} on {recorded.get('gpu', '?')}, this machine has {what} {b} on "
+                f"{current.get('gpu', '?')}"
+            )
+    return None
+
+
+def check_engine_env(recorded: dict[str, Any] | None, where: str, fix: str) -> None:
+    """Refuse an engine whose recorded TensorRT version / compute capability differ from this machine's."""
+    if not recorded:
+        return
+    why = engine_env_mismatch(recorded, current_engine_env())
+    if why:
+        raise SimpleMatchError(f"TensorRT engine {where} does not fit this machine: {why}", fix)
+
+
+def write_engine_env(cache: Path) -> None:
+    """Record what built the engines in ``cache`` (once; an existing record was checked before)."""
+    side = cache / ENGINE_ENV_FILE
+    if cache.is_dir() and not side.exists():
+        from simplematch.io import atomic_write_text
+
+        atomic_write_text(side, json.dumps(current_engine_env(), indent=2) + "\n")
+
+
+def trt_ep_provider(model: Path, *, fp16: bool) -> tuple[str, dict[str, Any]]:
+    """onnxruntime's TensorRT EP with an engine cache next to the model, checked against this machine first.
+
+    Not exercised by CI (no GPU, no TensorRT there).
+    """
+    cache = trt_cache_dir(model)
+    side = cache / ENGINE_ENV_FILE
+    if side.is_file():
+        try:
+            recorded = json.loads(side.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            recorded = {"tensorrt": "unreadable record"}
+        check_engine_env(recorded, str(cache), f"delete {cache} to let onnxruntime rebuild the engine here")
+    cache.mkdir(exist_ok=True)
+    options = {
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
+    return "TensorrtExecutionProvider", options
 
 
 def engine_sidecar(engine_path: str | Path) -> Path:
@@ -238,7 +423,7 @@ class TensorRTBackend:
 
     def __init__(self, engine_path: str | Path, device: str = "cuda") -> None:
         self.path = Path(engine_path)
-        if _check_device(device) != "cuda":
+        if _check_device(device) not in ("cuda", *TRT_DEVICES):
             raise SimpleMatchError(
                 f"{self.path} is a TensorRT engine, which runs on an NVIDIA GPU only",
                 "pass --device cuda, or use the .onnx model for CPU",
@@ -278,6 +463,12 @@ class TensorRTBackend:
             raise SimpleMatchError(f"{side} is not valid JSON", "re-export with `smatch export`") from err
         if not isinstance(props, dict):
             raise SimpleMatchError(f"{side} must hold a JSON object", "re-export with `smatch export`")
+        env = props.pop(ENGINE_ENV_KEY, None)
+        check_engine_env(
+            json.loads(env) if isinstance(env, str) else env,
+            str(self.path),
+            "rebuild it with `smatch export`",
+        )
         return ModelMeta.from_props({str(k): str(v) for k, v in props.items()}, source=str(side))
 
     def _cuda(self, result: Any) -> Any:
@@ -314,6 +505,7 @@ class TensorRTBackend:
             self.max_batch = int(eng.get_tensor_profile_shape(meta.input_name, 0)[2][0])
         else:
             self.max_batch = int(shape[0])
+        self._static_batch = shape[0] != -1
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
@@ -323,6 +515,12 @@ class TensorRTBackend:
             ptr = int(self._cuda(self._cudart.cudaMalloc(nbytes)))
             self._buffers[name] = (ptr, nbytes)
         return ptr
+
+    def _pad(self, chunk: np.ndarray) -> np.ndarray:
+        """A static-batch engine takes exactly its batch: pad the last chunk with its last image."""
+        if not self._static_batch or len(chunk) == self.max_batch:
+            return chunk
+        return np.concatenate([chunk, np.repeat(chunk[-1:], self.max_batch - len(chunk), axis=0)])
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         cudart, meta, ctx = self._cudart, self.meta, self.context
@@ -349,7 +547,10 @@ class TensorRTBackend:
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = _check_images(images, self.meta.img_size)
         chunks = [images[i : i + self.max_batch] for i in range(0, len(images), self.max_batch)]
-        parts = [_check_features(self._run(c), self.meta, len(c), str(self.path)) for c in chunks]
+        parts = [
+            _check_features(self._run(self._pad(c))[: len(c)], self.meta, len(c), str(self.path))
+            for c in chunks
+        ]
         if not parts:
             side = round(self.meta.img_size / self.meta.stride)
             return np.zeros((0, 0, side, side), np.float32)
