@@ -29,7 +29,7 @@ import torch
 
 import simplematch
 from simplematch.config import Config
-from simplematch.errors import SimpleMatchError
+from simplematch.errors import SimpleMatchError, first_line
 from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
 from simplematch.io import atomic_path, sha256_file
 from simplematch.metadata import INPUT_NAME, OUTPUT_NAME, ModelMeta
@@ -296,9 +296,8 @@ def export_onnx(
             try:
                 onnx.checker.check_model(str(tmp), full_check=True)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-                first = str(err).strip().splitlines()[0][:300]
                 raise SimpleMatchError(
-                    f"exported graph fails onnx.checker ({first})", "report this as a bug"
+                    f"exported graph fails onnx.checker ({first_line(err, 300)})", "report this as a bug"
                 ) from err
             parity: dict[str, Any] = {}
             if check:

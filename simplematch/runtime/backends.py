@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -116,10 +117,18 @@ class OnnxBackend:
         trt_ep: bool = False,
         threads: int | None = None,
     ) -> None:
+        from simplematch.extras import check_onnxruntime_install
+
+        check_onnxruntime_install()  # both wheels at once would make the provider check below meaningless
         import onnxruntime as ort
 
         self.path = Path(path)
         self.device = _check_device(device)
+        if self.device != "cpu" and hasattr(ort, "preload_dlls"):
+            # `[gpu]` brings CUDA / cuDNN as NVIDIA wheels; onnxruntime finds them only once preloaded. A
+            # machine without them keeps going: the provider check below then says what is missing.
+            with contextlib.suppress(Exception):
+                ort.preload_dlls()
         if not self.path.is_file():
             raise SimpleMatchError(
                 f"model not found: {self.path}", "pass --model PATH/model.onnx or run `make demo`"
@@ -166,7 +175,10 @@ class OnnxBackend:
                     "CUDA requested but onnxruntime runs on CPU (onnxruntime-gpu missing or CUDA unusable)",
                     GPU_INSTALL_FIX,
                 )
-            warnings.warn("CUDA unavailable to onnxruntime; running on CPU", RuntimeWarning, stacklevel=2)
+            # One line on stderr (a Python warning would also print this source line).
+            print(
+                "warning: CUDA unavailable to onnxruntime; running on CPU (--allow-fallback)", file=sys.stderr
+            )
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.meta = ModelMeta.from_props(props, source=str(self.path))
         self._validate_io()
