@@ -319,7 +319,9 @@ def _train_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 pred = cells_to_pixels(torch.gather(cells_all, 1, rows), stride, cfg.coord)
             else:
                 window = 0 if mode == "sparse" else k
-                pred = match_keypoints(s_map, t_map, src_kps, size, window, cfg.beta, cfg.coord)
+                pred = match_keypoints(
+                    s_map, t_map, src_kps, size, window, cfg.beta, cfg.coord, with_cues=False
+                ).pred
             losses.append(keypoint_loss(pred.float(), trg_kps, valid))
         loss = torch.stack(losses).sum()
         opt.zero_grad(set_to_none=True)

@@ -162,23 +162,20 @@ def test_match_keypoints_matches_torch(window: int, coord: str) -> None:
     for seed in range(3):
         src, trg, kps = _random_case(seed * 100 + window)
         for beta in (0.02, 0.1):
-            t_pred, t_cos, t_mass = tm.match_keypoints(
-                torch.from_numpy(src),
-                torch.from_numpy(trg),
-                torch.from_numpy(kps),
-                50,
-                window,
-                beta,
-                coord,
-                True,
+            t = tm.match_keypoints(
+                torch.from_numpy(src), torch.from_numpy(trg), torch.from_numpy(kps), 50, window, beta, coord
             )
-            pred, cos, mass = npm.match_keypoints(src, trg, kps, 50, window, beta, coord)
-            np.testing.assert_allclose(pred, t_pred.double().numpy(), rtol=0, atol=1e-3)
-            np.testing.assert_allclose(cos, t_cos.double().numpy(), rtol=0, atol=1e-5)
-            np.testing.assert_allclose(mass, t_mass.double().numpy(), rtol=0, atol=1e-5)
-            # Single pair (C, h, w) / (N, 2) gives the same as the batch's first element.
+            got = npm.match_keypoints(src, trg, kps, 50, window, beta, coord)
+            assert type(got) is npm.Matches and type(t) is tm.Matches and t._fields == got._fields
+            np.testing.assert_allclose(got.pred, t.pred.double().numpy(), rtol=0, atol=1e-3)
+            np.testing.assert_allclose(got.peak_cos, t.peak_cos.double().numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got.peak_mass, t.peak_mass.double().numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got.second_cos, t.second_cos.double().numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got.cycle_px, t.cycle_px.double().numpy(), rtol=0, atol=2e-3)
+            # Single pair (C, h, w) / (N, 2) gives the same as the batch's first element, every field.
             single = npm.match_keypoints(src[0], trg[0], kps[0], 50, window, beta, coord)
-            np.testing.assert_allclose(single[0], pred[0], rtol=0, atol=1e-9)
+            for a, b in zip(single, got, strict=True):
+                np.testing.assert_allclose(a, b[0], rtol=0, atol=1e-9)
 
 
 def test_cells_and_window_indices_agree_exactly() -> None:
@@ -204,7 +201,7 @@ def test_cells_and_window_indices_agree_exactly() -> None:
     sim4 = rng.standard_normal((2, 9, 7, 11)).astype(np.float32)
     for window in (0, 3, 6, 7, 8, 11, 12):
         pos, mass = npm.window_soft_argmax(sim4, window, 0.05)
-        t_pos, t_mass = tm.window_soft_argmax(torch.from_numpy(sim4), window, 0.05, return_mass=True)
+        t_pos, t_mass = tm.window_soft_argmax(torch.from_numpy(sim4), window, 0.05)
         np.testing.assert_allclose(pos, t_pos.double().numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(mass, t_mass.double().numpy(), rtol=0, atol=1e-5)
         np.testing.assert_array_equal(np.floor(pos + 1e-9) >= 0, True)

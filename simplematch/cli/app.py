@@ -208,12 +208,21 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     window: Annotated[int, typer.Option(help="Override the fine window size (paper Table 7).")] = None,
     ap10k_split: Annotated[Ap10kSplit, typer.Option()] = Ap10kSplit.intra,
-    limit: Annotated[int, typer.Option(help="Evaluate only the first N pairs.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic split.")] = 0,
+    limit: Annotated[
+        int, typer.Option(help="Evaluate N pairs sampled across categories (seeded by --seed).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic split and of the --limit sample.")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
+    confidence: Annotated[
+        str, typer.Option(help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ...")
+    ] = "mass_cycle",
+    min_confidence: Annotated[
+        float, typer.Option(help="Also report precision and the fraction kept at this confidence.")
+    ] = None,
+    predictions: Annotated[Path, typer.Option(help="Write one JSON line per pair here (.jsonl).")] = None,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
-    from simplematch.cli.evaluation import evaluate_any, print_result
+    from simplematch.cli.evaluation import print_result, run_eval
     from simplematch.data import load_records
 
     alphas = tuple(alpha) if alpha else (0.05, 0.1, 0.15)
@@ -224,12 +233,11 @@ def eval_cmd(
     records = load_records(
         dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed
     )  # noqa: E501
-    if limit:
-        records = records[:limit]
     try:
-        res = evaluate_any(
-            model, records, dataset=dataset.value, split=split, alphas=alphas, frame=frame.value,
-            batch_size=batch_size, device=device, window=window,
+        res = run_eval(
+            model, records, limit=limit, seed=seed, predictions_out=predictions, dataset=dataset.value,
+            split=split, alphas=alphas, frame=frame.value, batch_size=batch_size, device=device,
+            window=window, confidence=confidence, min_confidence=min_confidence,
         )  # fmt: skip
     finally:
         _cleanup_distributed()
