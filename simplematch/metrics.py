@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 # The alpha at which "correct" is defined for the confidence measures (the benchmarks' headline alpha).
 CONFIDENCE_ALPHA = 0.1
@@ -192,8 +191,10 @@ def prediction_record(
 def auroc(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool]) -> float | None:
     """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count one half).
 
-    The Mann-Whitney form: (sum of the positives' ranks - n1 (n1 + 1) / 2) / (n1 n0), ranks from
-    :func:`scipy.stats.rankdata` (average ranks for ties). ``None`` when one class is empty.
+    The Mann-Whitney form: (sum of the positives' ranks - n1 (n1 + 1) / 2) / (n1 n0), with average ranks
+    for ties. ``None`` when one class is empty. Hand-written in numpy rather than scikit-learn (not a
+    dependency) or scipy.stats.rankdata (scipy.stats is slow to import and its array-API probe fails when
+    torch is blocked, which the torch-free runtime must tolerate).
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(labels, dtype=bool).reshape(-1)
@@ -201,7 +202,8 @@ def auroc(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bo
     n0 = len(y) - n1
     if n1 == 0 or n0 == 0:
         return None
-    ranks = rankdata(s)
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based average rank of each value
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 

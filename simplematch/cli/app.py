@@ -339,37 +339,101 @@ def _print_export(res: dict) -> None:
 
 @app.command()
 def infer(
-    src: Annotated[Path, typer.Argument(help="Source image.")],
-    tgt: Annotated[Path, typer.Argument(help="Target image.")],
+    src: Annotated[Path, typer.Argument(help="Source image (omit with --pairs).")] = None,
+    tgt: Annotated[Path, typer.Argument(help="Target image (omit with --pairs).")] = None,
     kps: Annotated[
-        Path, typer.Option(help='JSON: [[x, y], ...] or {"keypoints": [[x, y], ...]} in source pixels.')
-    ],
+        Path,
+        typer.Option(
+            help='JSON: [[x, y], ...] or {"keypoints": [[x, y], ...]} in source pixels, or an infer --out'
+            " JSON (its targets become the sources)."
+        ),
+    ] = None,
     model: Annotated[
         Path, typer.Option(help="Exported .onnx or .engine (default: runs/demo/model.onnx).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Write the result JSON here.")] = None,
+    out: Annotated[Path, typer.Option(help="Write the result JSON here (.jsonl with --pairs).")] = None,
     viz: Annotated[Path, typer.Option(help="Write a side-by-side match picture (PNG) here.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda (cuda needs onnxruntime-gpu or TensorRT).")] = "cpu",
     allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
+    pairs: Annotated[
+        Path, typer.Option(help="CSV (src,tgt,kps) or JSONL of many pairs; needs --out FILE.jsonl.")
+    ] = None,
+    confidence: Annotated[
+        str, typer.Option(help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ...")
+    ] = "mass_cycle",
+    min_confidence: Annotated[
+        float, typer.Option(help="Reject matches below this confidence (target null, rejected true).")
+    ] = None,
+    truth: Annotated[
+        Path, typer.Option(help="True target keypoints (same format as --kps): per-point errors.")
+    ] = None,
 ) -> None:
     """Match keypoints from SRC into TGT with the torch-free runtime (numpy + onnxruntime / TensorRT)."""
+    if pairs is not None:
+        return _infer_pairs(pairs, src, tgt, kps, model, out, viz, truth, device, allow_fallback, confidence,
+                            min_confidence)  # fmt: skip
     from rich.table import Table
 
     from simplematch.runtime.infer import run_infer
 
+    if src is None or tgt is None or kps is None:
+        raise SimpleMatchError("infer needs SRC, TGT and --kps", "or pass --pairs FILE for many pairs")
     res = run_infer(
-        src, tgt, kps, model=model, out=out, viz=viz, device=device, allow_fallback=allow_fallback
-    )
-    table = Table(title=f"{src} -> {tgt} ({res['provider']})")
-    for col in ("#", "source x", "source y", "target x", "target y", "score"):
+        src, tgt, kps, model=model, out=out, viz=viz, device=device, allow_fallback=allow_fallback,
+        confidence=confidence, min_confidence=min_confidence, truth=truth,
+    )  # fmt: skip
+    table = Table(title=f"{src} -> {tgt} ({res['provider']}), confidence {res['confidence']}")
+    cols = ["#", "source x", "source y", "target x", "target y", "score", "confidence"]
+    cols += ["error px", "error / thr"] if truth is not None else []
+    for col in cols:
         table.add_column(col, justify="right")
     for i, k in enumerate(res["keypoints"]):
-        table.add_row(str(i), *[f"{v:.1f}" for v in k["source"] + k["target"]], f"{k['score']:.3f}")
+        target = ["rejected", ""] if k["target"] is None else [f"{v:.1f}" for v in k["target"]]
+        row = [
+            str(i),
+            *[f"{v:.1f}" for v in k["source"]],
+            *target,
+            f"{k['score']:.3f}",
+            f"{k['confidence']:.3f}",
+        ]
+        if truth is not None:
+            row += [f"{k['error_px']:.1f}", f"{k['error_rel']:.3f}"]
+        table.add_row(*row)
     _console().print(table)
     t = res["timing_ms"]
     _console().print(
         f"preprocess {t['preprocess']:.1f} ms, encode {t['encode']:.1f} ms, match {t['match']:.1f} ms"
     )
+
+
+def _infer_pairs(pairs, src, tgt, kps, model, out, viz, truth, device, allow_fallback, confidence, min_conf):  # noqa: ANN001, ANN202, E501
+    from rich.progress import Progress
+
+    from simplematch.runtime.infer import run_infer_pairs
+
+    if src is not None or tgt is not None or kps is not None or viz is not None or truth is not None:
+        raise SimpleMatchError(
+            "--pairs takes no SRC / TGT / --kps / --viz / --truth",
+            "put them in the pairs file (truth column)",
+        )
+    if out is None:
+        raise SimpleMatchError("--pairs needs --out FILE.jsonl", "pass e.g. --out matches.jsonl")
+    console = _console()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("pairs", total=None)
+
+        def skipped(f: dict) -> None:
+            console.print(f"skipped line {f['line']} ({f['src']} -> {f['tgt']}): {f['error']}")
+
+        summary = run_infer_pairs(
+            pairs, out, model=model, device=device, allow_fallback=allow_fallback, confidence=confidence,
+            min_confidence=min_conf, on_failure=skipped,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    s = summary
+    console.print(f"{s['written']} of {s['pairs']} pairs written to {s['out']}, {s['failed']} failed")
+    if summary["failed"]:
+        raise typer.Exit(code=1)
 
 
 class Family(str, Enum):

@@ -66,6 +66,7 @@ class MatchResult:
     target_kps_model: np.ndarray
     score: np.ndarray
     peak_mass: np.ndarray
+    target_kps_all: np.ndarray | None = None  # (N, 2) target pixels of every prediction, rejected included
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     cues: dict[str, np.ndarray] = field(default_factory=dict)
     confidence: np.ndarray | None = None
@@ -190,12 +191,13 @@ class Matcher:
         cues = confidence_cues(m, meta.img_size)
         conf = cues[confidence]
         rejected = conf < min_confidence if min_confidence is not None else np.zeros(len(conf), bool)
-        target = to_image_frame(m.pred, trg.hw, meta.img_size)
-        target[rejected] = np.nan
+        target_all = to_image_frame(m.pred, trg.hw, meta.img_size)
+        target = np.where(rejected[:, None], np.nan, target_all)
         return MatchResult(
             source_kps=kps,
             target_kps=target,
             target_kps_model=m.pred,
+            target_kps_all=target_all,
             score=m.peak_cos.astype(np.float64),
             peak_mass=m.peak_mass,
             raw={k: np.asarray(v, np.float64) for k, v in m._asdict().items() if k != "pred"},
