@@ -615,6 +615,42 @@ def test_evaluate_runtime_json(models: dict[str, Path], tmp_path: Path) -> None:
         json.dumps(res, allow_nan=False)
 
 
+def test_eval_limit_predictions_plots_cli(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from simplematch.cli.app import main
+
+    pytest.importorskip("skimage")  # the synthetic pairs are built from scikit-image sample photos
+    args = ["eval", str(models["position"]), "--dataset", "synthetic", "--split", "test", "--limit", "5",
+            "--min-confidence", "0.5", "--device", "cpu"]  # fmt: skip
+    outs = ["--json", str(tmp_path / "r.json"), "--predictions", str(tmp_path / "p.jsonl")]
+    # matplotlib missing: one line naming the extra, exit 2, nothing written.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main([*args, *outs, "--plots", str(tmp_path / "plots")]) == 2
+    assert "simplematch[plots]" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    monkeypatch.delitem(sys.modules, "matplotlib")
+    pytest.importorskip("matplotlib")
+    assert main([*args, *outs, "--plots", str(tmp_path / "plots")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["pairs"] == 5 and res["sample"]["indices"] == sorted(res["sample"]["indices"])
+    assert res["sample"]["limit"] == 5 and res["sample"]["of"] > 5
+    rej = res["confidence"]["rejection"]
+    assert rej["min_confidence"] == 0.5 and 0.0 <= rej["kept_fraction"] <= 1.0
+    assert set(res["confidence"]["auroc"]) == set(npm.CUES)
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and {"id", "category", "src_kps", "gt", "pred", "raw_cues", "correct"} <= set(
+        lines[0]
+    )
+    # The lines re-score to the JSON's pooled PCK.
+    ok = sum(sum(r["correct"]["0.1"]) for r in lines)
+    assert 100.0 * ok / res["points"] == pytest.approx(res["pck_per_point"]["0.1"])
+    from PIL import Image
+
+    for name in ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png"):
+        with Image.open(tmp_path / "plots" / name) as im:
+            assert im.format == "PNG" and im.width > 300
+
+
 # ----------------------------------------------------------------------------------------------------------
 # No torch anywhere in the runtime
 # ----------------------------------------------------------------------------------------------------------

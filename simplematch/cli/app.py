@@ -220,6 +220,9 @@ def eval_cmd(
         float, typer.Option(help="Also report precision and the fraction kept at this confidence.")
     ] = None,
     predictions: Annotated[Path, typer.Option(help="Write one JSON line per pair here (.jsonl).")] = None,
+    plots: Annotated[
+        Path, typer.Option(help="Write PCK-alpha, per-category, precision-coverage, worst-pairs PNGs here.")
+    ] = None,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
     from simplematch.cli.evaluation import print_result, run_eval
@@ -237,7 +240,7 @@ def eval_cmd(
         res = run_eval(
             model, records, limit=limit, seed=seed, predictions_out=predictions, dataset=dataset.value,
             split=split, alphas=alphas, frame=frame.value, batch_size=batch_size, device=device,
-            window=window, confidence=confidence, min_confidence=min_confidence,
+            window=window, confidence=confidence, min_confidence=min_confidence, plots_out=plots,
         )  # fmt: skip
     finally:
         _cleanup_distributed()

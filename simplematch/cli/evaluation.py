@@ -47,12 +47,15 @@ def run_eval(
     limit: int | None = None,
     seed: int = 0,
     predictions_out: Path | None = None,
+    plots_out: Path | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """``smatch eval``: optional seeded ``--limit`` sample, :func:`evaluate_any`, then ``--predictions``.
+    """``smatch eval``: optional seeded ``--limit`` sample, :func:`evaluate_any`, then ``--predictions``
+    and ``--plots``.
 
-    The JSONL path is checked before the evaluation and written atomically after it (a failed run leaves no
-    file); one line per pair, :func:`simplematch.metrics.prediction_record`.
+    Output paths (and matplotlib for ``--plots``) are checked before the evaluation; the files are written
+    atomically after it (a failed run leaves none). ``--predictions``: one line per pair,
+    :func:`simplematch.metrics.prediction_record`; ``--plots``: :func:`simplematch.plots.write_plots`.
     """
     from simplematch.io import atomic_write_text, check_output_file
     from simplematch.metrics import prediction_record
@@ -63,6 +66,10 @@ def run_eval(
             raise SimpleMatchError(
                 f"--predictions {predictions_out} must end in .jsonl", "pass e.g. preds.jsonl"
             )
+    if plots_out is not None:
+        from simplematch.plots import check_plots
+
+        check_plots(plots_out)
     sample = None
     if limit:
         records, sample = sample_pairs(records, limit, seed)
@@ -85,6 +92,16 @@ def run_eval(
             for p in preds
         ]  # fmt: skip
         atomic_write_text(Path(predictions_out), "".join(line + "\n" for line in lines))
+    if plots_out is not None:
+        from simplematch.plots import write_plots
+
+        res["plots"] = [
+            str(p)
+            for p in write_plots(
+                res, preds, records, plots_out, img_size=int(res["config"]["img_size"]),
+                confidence=res["confidence"]["default"],
+            )
+        ]  # fmt: skip
     return res
 
 
