@@ -484,7 +484,7 @@ def test_infer_out_chains_as_kps_and_truth_errors(
     truth = tmp_path / "truth.json"
     targets = np.array([k["target"] for k in first["keypoints"]])
     true = np.clip(targets + [3.0, 4.0], 0, [49, 59])  # target image 50 x 60: threshold max side 60
-    truth.write_text(json.dumps(true.tolist()))
+    truth.write_text(json.dumps({"target": true.tolist()}))  # the examples/truth.json form
     rep = run_infer(io["src"], io["trg"], io["kps"], model=models["position"], truth=truth)
     err = np.linalg.norm(true - targets, axis=1)
     assert err.max() > 1.0

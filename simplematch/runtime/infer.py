@@ -65,11 +65,14 @@ def _check_output(path: Path | None, suffix: str, flag: str) -> Path | None:
 
 
 def _decode_keypoints(obj: Any, image_hw: tuple[int, int], what: str) -> np.ndarray:
-    """Keypoint JSON (see :func:`simplematch.keypoints.parse_keypoints_json`), or an ``smatch infer --out``
-    report, whose *targets* become the keypoints (so results chain: the next run's sources)."""
+    """Keypoint JSON (see :func:`simplematch.keypoints.parse_keypoints_json`), ``{"target": [[x, y], ...]}``
+    (``examples/truth.json``), or an ``smatch infer --out`` report, whose *targets* become the keypoints (so
+    results chain: the next run's sources)."""
     from simplematch.keypoints import parse_keypoints_json
 
     h, w = image_hw
+    if isinstance(obj, dict) and set(obj) == {"target"}:
+        obj = obj["target"]  # the examples/truth.json form: {"target": [[x, y], ...]}
     if (
         isinstance(obj, dict)
         and isinstance(obj.get("keypoints"), list)
