@@ -466,6 +466,15 @@ def test_infer_pairs_skips_a_bad_pair_in_the_middle(models: dict[str, Path], tmp
     direct = Matcher(models["conv"]).match_images(a, c, [[5, 6], [30.5, 20]])
     np.testing.assert_allclose([k["target"] for k in recs[1]["keypoints"]], direct.target_kps, atol=1e-9)
     assert sum(encoded) == 3
+    # JSONL: one source against several targets, inline keypoints, and a line that is not JSON.
+    jl = tmp_path / "pairs.jsonl"
+    jl.write_text(
+        json.dumps({"src": "a.png", "tgt": ["b.png", "c.png"], "kps": [[5, 6], [30.5, 20]]}) + "\n{oops\n"
+    )
+    s2 = run_infer_pairs(jl, tmp_path / "j.jsonl", model=models["conv"])
+    assert (s2["pairs"], s2["written"], s2["failed"]) == (3, 2, 1)
+    recs2 = [json.loads(x) for x in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert recs2[1]["keypoints"] == recs[1]["keypoints"]  # a -> c, same as from the CSV
     # CLI: the summary line and exit code 1 (some pairs failed); no temporary file left behind.
     out2 = tmp_path / "cli.jsonl"
     rc = main(["infer", "--pairs", str(pairs), "--model", str(models["conv"]), "--out", str(out2)])
