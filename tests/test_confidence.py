@@ -180,3 +180,14 @@ def test_limit_samples_across_categories() -> None:
     assert info["indices"] == sorted(info["indices"]) and len(set(info["indices"])) == 40
     assert sample_pairs(recs, 40, seed=3)[1] == info  # seeded
     assert sample_pairs(recs, 40, seed=4)[1]["indices"] != info["indices"]
+
+
+def test_cli_defaults_are_the_library_default() -> None:
+    import inspect
+
+    from simplematch.cli import app
+
+    for fn in (app.infer, app.eval_cmd):
+        default = inspect.signature(fn).parameters["confidence"].default
+        assert default == npm.DEFAULT_CONFIDENCE
+        assert all(cue in inspect.getsource(fn) for cue in npm.CUES)  # the literal help lists every cue

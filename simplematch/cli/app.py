@@ -214,8 +214,12 @@ def eval_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic split and of the --limit sample.")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
     confidence: Annotated[
-        str, typer.Option(help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ...")
-    ] = "mass_cycle",
+        str,
+        typer.Option(
+            help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ratio_cycle |"
+            " mass_ratio_cycle (docs/confidence.md)."
+        ),
+    ] = "mass_ratio_cycle",  # = simplematch.runtime.matching.DEFAULT_CONFIDENCE (a test pins it)
     min_confidence: Annotated[
         float, typer.Option(help="Also report precision and the fraction kept at this confidence.")
     ] = None,
@@ -362,8 +366,12 @@ def infer(
         Path, typer.Option(help="CSV (src,tgt,kps) or JSONL of many pairs; needs --out FILE.jsonl.")
     ] = None,
     confidence: Annotated[
-        str, typer.Option(help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ...")
-    ] = "mass_cycle",
+        str,
+        typer.Option(
+            help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ratio_cycle |"
+            " mass_ratio_cycle (docs/confidence.md)."
+        ),
+    ] = "mass_ratio_cycle",  # = simplematch.runtime.matching.DEFAULT_CONFIDENCE (a test pins it)
     min_confidence: Annotated[
         float, typer.Option(help="Reject matches below this confidence (target null, rejected true).")
     ] = None,
