@@ -137,10 +137,13 @@ def write_plots(
     figs["precision_coverage.png"] = _png(fig)
     plt.close(fig)
 
-    scored = [
-        (correct_mask(p, [CONFIDENCE_ALPHA])[:, 0].sum() / p.valid.sum(), p) for p in preds if p.valid.any()
-    ]
-    worst = [p for _, p in sorted(scored, key=lambda t: (t[0], t[1].index))[:WORST]]
+    def badness(p: PairPrediction) -> tuple[float, float]:
+        """Lowest PCK@0.1 first; among equal PCK the larger mean error (in thresholds) first."""
+        v = np.asarray(p.valid, bool)
+        err = np.linalg.norm(np.asarray(p.pred) - np.asarray(p.gt), axis=-1)[v].mean() / p.threshold
+        return float(correct_mask(p, [CONFIDENCE_ALPHA])[:, 0].sum() / v.sum()), -float(err)
+
+    worst = sorted((p for p in preds if np.asarray(p.valid).any()), key=badness)[:WORST]
     if worst:
         fig, axes = plt.subplots(len(worst), 1, figsize=(8, 3.2 * len(worst)), squeeze=False)
         for ax, p in zip(axes[:, 0], worst, strict=True):
