@@ -64,13 +64,12 @@ def _check_output(path: Path | None, suffix: str, flag: str) -> Path | None:
     return path
 
 
-def _decode_keypoints(obj: Any, image_hw: tuple[int, int], what: str) -> np.ndarray:
+def _decode_keypoints(obj: Any, image_hw: tuple[int, int] | None, what: str) -> np.ndarray:
     """Keypoint JSON (see :func:`simplematch.keypoints.parse_keypoints_json`), ``{"target": [[x, y], ...]}``
     (``examples/truth.json``), or an ``smatch infer --out`` report, whose *targets* become the keypoints (so
     results chain: the next run's sources)."""
     from simplematch.keypoints import parse_keypoints_json
 
-    h, w = image_hw
     if isinstance(obj, dict) and set(obj) == {"target"}:
         obj = obj["target"]  # the examples/truth.json form: {"target": [[x, y], ...]}
     if (
@@ -89,10 +88,13 @@ def _decode_keypoints(obj: Any, image_hw: tuple[int, int], what: str) -> np.ndar
                 "rerun the first step without --min-confidence, or drop those points",
             )
         obj = [r["target"] for r in rows]
-    return parse_keypoints_json(obj, image_size=(w, h))
+    # image_hw None: no bounds check (a true correspondence may fall outside the target image).
+    return parse_keypoints_json(obj, image_size=None if image_hw is None else (image_hw[1], image_hw[0]))
 
 
-def read_keypoints(kps_path: str | Path, image_hw: tuple[int, int], what: str = "keypoint file") -> Any:
+def read_keypoints(
+    kps_path: str | Path, image_hw: tuple[int, int] | None, what: str = "keypoint file"
+) -> Any:
     """Read and validate a keypoint JSON file (or an infer ``--out`` report) -> (N, 2) float array."""
     path = Path(kps_path)
     if not path.is_file():
@@ -169,7 +171,7 @@ def run_infer(
     kps = read_keypoints(kps_path, src_img.shape[:2])
     truth_kps = None
     if truth is not None:
-        truth_kps = read_keypoints(truth, trg_img.shape[:2], "--truth file")
+        truth_kps = read_keypoints(truth, None, "--truth file")
         if len(truth_kps) != len(kps):
             raise SimpleMatchError(
                 f"--truth has {len(truth_kps)} points for {len(kps)} keypoints",
@@ -278,7 +280,7 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     return jobs
 
 
-def _pair_keypoints(spec: Any, hw: tuple[int, int], what: str) -> np.ndarray:
+def _pair_keypoints(spec: Any, hw: tuple[int, int] | None, what: str) -> np.ndarray:
     """A keypoint file path or an inline list (JSONL) -> (N, 2)."""
     if isinstance(spec, str):
         return read_keypoints(spec, hw, what)
@@ -332,7 +334,7 @@ def run_infer_pairs(
                     raise SimpleMatchError(f"line {job['line']}: {job['error']}", PAIRS_FIX)
                 (fs, shw), (ft, thw) = features(str(job["src"])), features(str(job["tgt"]))
                 kps = _pair_keypoints(job["kps"], shw, f"keypoints of line {job['line']}")
-                truth = _pair_keypoints(job["truth"], thw, "truth") if job["truth"] is not None else None
+                truth = _pair_keypoints(job["truth"], None, "truth") if job["truth"] is not None else None
                 if truth is not None and len(truth) != len(kps):
                     raise SimpleMatchError(f"truth has {len(truth)} points for {len(kps)} keypoints", None)
                 res = matcher.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
