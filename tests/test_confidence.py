@@ -191,3 +191,12 @@ def test_cli_defaults_are_the_library_default() -> None:
         default = inspect.signature(fn).parameters["confidence"].default
         assert default == npm.DEFAULT_CONFIDENCE
         assert all(cue in inspect.getsource(fn) for cue in npm.CUES)  # the literal help lists every cue
+
+
+def test_pck_curve_by_hand() -> None:
+    from simplematch.plots import pck_curve
+
+    # Errors 5, 20 (pair 0) and 5, 30, invalid (pair 1); threshold 100.
+    p1 = _pred(0, "a", [[5, 0], [20, 0]], [0.9, 0.2])
+    p2 = _pred(1, "b", [[0, 5], [30, 0], [0, 0]], [0.8, 0.7, 0.99], valid=[True, True, False])
+    np.testing.assert_allclose(pck_curve([p1, p2], [0.1, 0.25]), [50.0, 75.0])
