@@ -78,6 +78,34 @@ def _pair_picture(p: PairPrediction, record: Any, frame: str, img_size: int, con
     return np.asarray(pic)
 
 
+def _badness(p: PairPrediction) -> tuple[float, float]:
+    """Lowest PCK@0.1 first; among equal PCK the larger mean error (in thresholds) first."""
+    v = np.asarray(p.valid, bool)
+    err = np.linalg.norm(np.asarray(p.pred) - np.asarray(p.gt), axis=-1)[v].mean() / p.threshold
+    return float(correct_mask(p, [CONFIDENCE_ALPHA])[:, 0].sum() / v.sum()), -float(err)
+
+
+def _worst_pairs_png(
+    plt: Any, res: dict[str, Any], preds: Sequence[PairPrediction], records: Sequence[Any], img_size: int,
+    confidence: str,
+) -> bytes | None:  # fmt: skip
+    """The gallery: the ``WORST`` pairs by :func:`_badness` as match pictures, one per row."""
+    worst = sorted((p for p in preds if np.asarray(p.valid).any()), key=_badness)[:WORST]
+    if not worst:
+        return None
+    fig, axes = plt.subplots(len(worst), 1, figsize=(8, 3.2 * len(worst)), squeeze=False)
+    for ax, p in zip(axes[:, 0], worst, strict=True):
+        ax.imshow(_pair_picture(p, records[p.index], res["frame"], img_size, confidence))
+        k = correct_mask(p, [CONFIDENCE_ALPHA])[:, 0].sum()
+        ax.set_title(
+            f"pair {p.pair_id} ({p.category}): {k}/{int(p.valid.sum())} correct at alpha 0.1", fontsize=9
+        )
+        ax.axis("off")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def write_plots(
     res: dict[str, Any],
     preds: Sequence[PairPrediction],
@@ -137,24 +165,9 @@ def write_plots(
     figs["precision_coverage.png"] = _png(fig)
     plt.close(fig)
 
-    def badness(p: PairPrediction) -> tuple[float, float]:
-        """Lowest PCK@0.1 first; among equal PCK the larger mean error (in thresholds) first."""
-        v = np.asarray(p.valid, bool)
-        err = np.linalg.norm(np.asarray(p.pred) - np.asarray(p.gt), axis=-1)[v].mean() / p.threshold
-        return float(correct_mask(p, [CONFIDENCE_ALPHA])[:, 0].sum() / v.sum()), -float(err)
-
-    worst = sorted((p for p in preds if np.asarray(p.valid).any()), key=badness)[:WORST]
-    if worst:
-        fig, axes = plt.subplots(len(worst), 1, figsize=(8, 3.2 * len(worst)), squeeze=False)
-        for ax, p in zip(axes[:, 0], worst, strict=True):
-            ax.imshow(_pair_picture(p, records[p.index], res["frame"], img_size, confidence))
-            k = correct_mask(p, [CONFIDENCE_ALPHA])[:, 0].sum()
-            ax.set_title(
-                f"pair {p.pair_id} ({p.category}): {k}/{int(p.valid.sum())} correct at alpha 0.1", fontsize=9
-            )
-            ax.axis("off")
-        figs["worst_pairs.png"] = _png(fig)
-        plt.close(fig)
+    worst = _worst_pairs_png(plt, res, preds, records, img_size, confidence)
+    if worst is not None:
+        figs["worst_pairs.png"] = worst
 
     written = []
     for name, data in figs.items():

@@ -306,6 +306,7 @@ def run_infer_pairs(
     image, bad keypoints, ...) is reported through ``on_failure`` and skipped. The records go to a temporary
     file next to ``out`` that replaces it at the end. Returns the summary ``{"pairs", "written", "failed",
     "failures": [{"line", "src", "tgt", "error"}], "out"}``; ``progress(done, total)`` after each pair.
+    (One function on purpose: the loop, the feature cache and the failure accounting share their state.)
     """
     check_confidence(confidence, min_confidence)
     out_path = _check_output(Path(out), ".jsonl", "--out")
