@@ -348,7 +348,7 @@ def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: f
     )
 
     if mode == "sparse_window":
-        return match_keypoints(s_map, t_map, src_kps, size, k, beta, coord)
+        return match_keypoints(s_map, t_map, src_kps, size, k, beta, coord, with_cues=False).pred
     b, _, h, w = t_map.shape
     stride = size / h
     if mode == "dense":
@@ -356,7 +356,7 @@ def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: f
     else:
         src = F.normalize(s_map.flatten(2), dim=1).transpose(1, 2)
         corr = torch.bmm(src, F.normalize(t_map.flatten(2), dim=1))  # (B, h*w, h*w)
-        cells_all = window_soft_argmax(corr.view(b, h * w, h, w), k, beta)
+        cells_all = window_soft_argmax(corr.view(b, h * w, h, w), k, beta).pos
     cells = keypoint_cells(src_kps, stride, (h, w))
     rows = (cells[..., 1] * w + cells[..., 0]).unsqueeze(-1).expand(-1, -1, 2)
     return cells_to_pixels(torch.gather(cells_all, 1, rows), stride, coord)

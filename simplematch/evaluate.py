@@ -1,16 +1,18 @@
 """PCK evaluation of a PyTorch model (``smatch eval CHECKPOINT_DIR``).
 
-Per pair we count correct keypoints (``d < alpha * threshold``); :func:`simplematch.metrics.aggregate_pck`
-turns the counts into the per-image mean (the paper's convention), the pooled per-point PCK and the
-per-category table. The runtime evaluation (``smatch eval MODEL.onnx``) feeds the same aggregation, which
-is what makes "the runtime reproduces the PyTorch PCK" a like-for-like comparison.
+This module only *predicts*: one :class:`simplematch.metrics.PairPrediction` per pair (keypoints, ground
+truth, prediction, threshold, confidence cues). :func:`simplematch.metrics.evaluation_json` counts
+(``d < alpha * threshold``), aggregates (per-image mean, pooled per point, per category), measures the
+confidence and builds the JSON -- the same function the runtime evaluation (``smatch eval MODEL.onnx``)
+feeds, which is what makes "the runtime reproduces the PyTorch PCK" a like-for-like comparison.
 
-Distributed: each rank evaluates ``pairs[rank::world]``; per-pair counts are gathered (integers, exact)
-so the totals equal the single-process numbers.
+Distributed: each rank evaluates ``pairs[rank::world]``; the per-pair predictions are gathered (exact
+per-pair arrays, no float reduction) so the totals equal the single-process numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,27 +25,25 @@ from simplematch import distributed as dist_utils
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data.dataset import PairDataset, collate_pairs
 from simplematch.data.records import released_threshold, resolve_threshold
-from simplematch.matching import pck_correct
-from simplematch.metrics import aggregate_pck
+from simplematch.metrics import PairPrediction, evaluation_json, image_name
+from simplematch.runtime.matching import DEFAULT_CONFIDENCE, Matches, confidence_cues
 
 DEFAULT_ALPHAS = (0.05, 0.1, 0.15)
 
 
 @torch.no_grad()
-def pair_counts(
+def predict_pairs(
     model: torch.nn.Module,
     dataset: PairDataset,
     *,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
     frame: str = "resized",
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     window: int | None = None,
     num_workers: int = 0,
     progress: Any = None,
-    inclusive: bool = False,
-) -> list[dict[str, Any]]:
-    """Per-pair results ``{"index", "category", "valid", "correct": [per alpha]}`` for this rank's share."""
+) -> list[PairPrediction]:
+    """This rank's share of the pairs as :class:`PairPrediction` (the runtime evaluation's twin)."""
     device = torch.device(device)
     indices = list(range(dist_utils.rank(), len(dataset), dist_utils.world_size()))
     # Own generator: a DataLoader iterator draws a base seed, and drawing it from the global torch RNG would
@@ -54,32 +54,44 @@ def pair_counts(
     )  # fmt: skip
     was_training = model.training
     model.eval()
-    out: list[dict[str, Any]] = []
+    out: list[PairPrediction] = []
     pos = 0
     for batch in loader:
         src = batch["src_img"].to(device)
-        trg = batch["trg_img"].to(device)
         kps = batch["src_kps"].to(device)
-        pred = model.predict(src, trg, kps, window=window)[0].float().cpu()
-        valid = batch["valid"]
+        m = model.predict(src, batch["trg_img"].to(device), kps, window=window)
+        m = Matches(*(t.double().cpu().numpy() for t in m))  # (B, N, ...) numpy: the runtime's type
+        cues = confidence_cues(m, src.shape[-1])
+        pred = m.pred
+        valid = batch["valid"].numpy()
         if frame == "original":
-            size = torch.as_tensor(batch["trg_size"], dtype=torch.float64)  # (B, 2) original (w, h)
-            scale = size / float(src.shape[-1])
-            pred = pred.double() * scale[:, None, :]
-            gt = batch["trg_kps_original"].double()
-            thr = torch.as_tensor(batch["threshold_original"], dtype=torch.float64)
+            size = np.asarray(batch["trg_size"], dtype=np.float64)  # (B, 2) original (w, h)
+            pred = pred * (size / float(src.shape[-1]))[:, None, :]
+            gt = batch["trg_kps_original"].double().numpy()
+            thr = np.asarray(batch["threshold_original"], dtype=np.float64)
         else:
-            gt = batch["trg_kps"].double()
-            thr = torch.as_tensor(batch["threshold"], dtype=torch.float64)
-        correct = pck_correct(pred.double(), gt, valid, thr, alphas, inclusive=inclusive)
+            gt = batch["trg_kps"].double().numpy()
+            thr = np.asarray(batch["threshold"], dtype=np.float64)
         for i in range(pred.shape[0]):
+            rec = dataset.records[indices[pos + i]]
+            skps = rec.src_kps if frame == "original" else batch["src_kps"][i].double().numpy()
+            n = int(batch["n_kps"][i])  # the batch is zero-padded to its largest N
+            v = valid[i, :n].astype(bool)
             out.append(
-                {
-                    "index": indices[pos + i],
-                    "category": batch["category"][i],
-                    "valid": int(valid[i].sum()),
-                    "correct": [int(c) for c in correct[i]],
-                }
+                PairPrediction(
+                    index=indices[pos + i],
+                    pair_id=str(batch["pair_id"][i]),
+                    category=batch["category"][i],
+                    src_image=image_name(rec.src_image),
+                    trg_image=image_name(rec.trg_image),
+                    src_kps=skps[:n],
+                    gt=gt[i, :n],
+                    pred=pred[i, :n],
+                    valid=v,
+                    threshold=float(thr[i]) if v.any() else float("nan"),
+                    raw={k: x[i, :n] for k, x in m._asdict().items() if k != "pred"},
+                    cues={k: c[i, :n] for k, c in cues.items()},
+                )
             )
         pos += pred.shape[0]
         if progress is not None:
@@ -88,40 +100,10 @@ def pair_counts(
     return out
 
 
-def gather_pair_counts(local: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All ranks' per-pair results in dataset order (exact integers, no float reduction)."""
+def gather_predictions(local: list[PairPrediction]) -> list[PairPrediction]:
+    """All ranks' per-pair predictions in dataset order (exact arrays, no float reduction)."""
     merged = [row for part in dist_utils.gather_objects(local) for row in part]
-    return sorted(merged, key=lambda r: r["index"])
-
-
-def summarize(
-    rows: list[dict[str, Any]],
-    alphas: Sequence[float],
-    *,
-    dataset: str,
-    split: str,
-    frame: str,
-    model_info: dict[str, Any],
-    config: dict[str, Any],
-    threshold: str | None = None,
-) -> dict[str, Any]:
-    """The evaluation JSON (exact top-level keys of the CLI contract); ``threshold`` = the kind used."""
-    counts = np.array([r["correct"] for r in rows], dtype=np.int64).reshape(len(rows), len(alphas))
-    valid = np.array([r["valid"] for r in rows], dtype=np.int64)
-    agg = aggregate_pck(counts, valid, [r["category"] for r in rows], alphas)
-    return {
-        "dataset": dataset,
-        "split": split,
-        "pairs": agg["pairs"],
-        "points": agg["points"],
-        "threshold": threshold or THRESHOLDS[dataset],
-        "frame": frame,
-        "pck": agg["pck"],
-        "pck_per_point": agg["pck_per_point"],
-        "per_category": agg["per_category"],
-        "model": model_info,
-        "config": config,
-    }
+    return sorted(merged, key=lambda r: r.index)
 
 
 def evaluate_model(
@@ -140,39 +122,43 @@ def evaluate_model(
     progress: Any = None,
     threshold: str | None = None,
     released_compat: bool = False,
+    confidence: str = DEFAULT_CONFIDENCE,
+    min_confidence: float | None = None,
+    sample: dict[str, Any] | None = None,
+    predictions: list[PairPrediction] | None = None,
 ) -> dict[str, Any]:
-    """``threshold``: PCK threshold kind (None: the dataset's convention); see records.resolve_threshold.
-    ``released_compat``: the released code's scoring quirks (released_threshold, ``<=``); docs/recipe.md."""
+    """The evaluation JSON; ``predictions``, when a list, receives the gathered per-pair predictions.
+
+    ``threshold``: PCK threshold kind (None: the dataset's convention; records.resolve_threshold).
+    ``released_compat``: the released code's scoring quirks (released threshold, ``<=``; docs/recipe.md).
+    """
     kind = resolve_threshold(
         dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
     )
     ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
-    local = pair_counts(
-        model,
-        ds,
-        alphas=alphas,
-        frame=frame,
-        batch_size=batch_size,
-        device=device,
-        window=window,
-        progress=progress,
-        inclusive=released_compat,
+    local = predict_pairs(
+        model, ds, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress
     )
-    rows = gather_pair_counts(local)
+    preds = [dataclasses.replace(p, inclusive=released_compat) for p in gather_predictions(local)]
+    if predictions is not None:
+        predictions.extend(preds)
     conf = cfg.to_dict()
     if window is not None:
         conf = {**conf, "eval_window": window}
     if released_compat:
         conf = {**conf, "eval_released_compat": True}
-    return summarize(
-        rows,
-        alphas,
+    return evaluation_json(
+        preds,
+        list(alphas),
         dataset=dataset,
         split=split,
-        frame=frame,
-        model_info=model_info or {"path": None, "sha256": None},
-        config=conf,
         threshold=kind,
+        frame=frame,
+        model=model_info or {"path": None, "sha256": None},
+        config=conf,
+        confidence=confidence,
+        min_confidence=min_confidence,
+        sample=sample,
     )
 
 

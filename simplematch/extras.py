@@ -17,6 +17,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "timm", "safetensors", "albumentations", "cv2", "skimage", "onnx",
               "onnxscript"),
     "trt": ("tensorrt",),
+    "plots": ("matplotlib",),
 }  # fmt: skip
 # The first (smallest) extra that lists a module is the one to name in the fix.
 MODULE_EXTRA: dict[str, str] = {}

@@ -16,9 +16,32 @@ Conventions
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+
+class SoftArgmax(NamedTuple):
+    """``pos`` (B, N, 2) sub-cell positions (x, y) in cell units; ``mass`` (B, N) peak probability."""
+
+    pos: torch.Tensor
+    mass: torch.Tensor
+
+
+class Matches(NamedTuple):
+    """What :func:`match_keypoints` returns (twin of ``simplematch.runtime.matching.Matches``).
+
+    ``pred`` (B, N, 2) target pixels; ``peak_cos``, ``peak_mass`` (B, N). ``second_cos`` (best cosine outside
+    the window) and ``cycle_px`` (back-match distance to the query, S-frame pixels) are computed without
+    gradient, and are ``None`` when ``with_cues=False`` (training does not need them).
+    """
+
+    pred: torch.Tensor
+    peak_cos: torch.Tensor
+    peak_mass: torch.Tensor
+    second_cos: torch.Tensor | None
+    cycle_px: torch.Tensor | None
 
 
 def keypoint_cells(kps: torch.Tensor, stride: float, hw: tuple[int, int]) -> torch.Tensor:
@@ -55,18 +78,19 @@ def window_starts(center: torch.Tensor, k: int, size: int) -> torch.Tensor:
     return (center - k // 2).clamp(0, size - k)
 
 
-def window_soft_argmax(
-    sim: torch.Tensor, window: int, beta: float, return_mass: bool = False
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def window_size(window: int, h: int, w: int) -> tuple[int, int]:
+    """(ky, kx): ``window`` <= 0 or >= the side means the whole axis."""
+    return (h if window <= 0 or window >= h else window), (w if window <= 0 or window >= w else window)
+
+
+def window_soft_argmax(sim: torch.Tensor, window: int, beta: float) -> SoftArgmax:
     """Eq. 10-12: coarse argmax, k x k window kept inside the map, softmax(sim / beta), expectation.
 
-    sim: (B, N, h, w) similarities -> (B, N, 2) sub-cell positions (x, y) in cell units.
-    ``window`` <= 0 or >= the map side means the whole map along that axis.
-    With ``return_mass`` also returns (B, N) the softmax mass of the window's peak (a confidence).
+    sim: (B, N, h, w) similarities -> SoftArgmax((B, N, 2) sub-cell positions (x, y) in cell units,
+    (B, N) the softmax mass of the window's peak). ``window`` <= 0 or >= the side means the whole axis.
     """
     b, n, h, w = sim.shape
-    ky = h if window <= 0 or window >= h else window
-    kx = w if window <= 0 or window >= w else window
+    ky, kx = window_size(window, h, w)
     flat_idx = sim.flatten(2).argmax(dim=-1)  # (B, N)
     y0 = window_starts(flat_idx // w, ky, h)
     x0 = window_starts(flat_idx % w, kx, w)
@@ -80,9 +104,20 @@ def window_soft_argmax(
     off_y = (prob.sum(dim=3) * ar_y.to(prob.dtype)).sum(dim=-1)
     off_x = (prob.sum(dim=2) * ar_x.to(prob.dtype)).sum(dim=-1)
     pos = torch.stack((x0.to(prob.dtype) + off_x, y0.to(prob.dtype) + off_y), dim=-1)
-    if return_mass:
-        return pos, prob.flatten(2).amax(dim=-1)
-    return pos
+    return SoftArgmax(pos, prob.flatten(2).amax(dim=-1))
+
+
+def best_outside_window(sim: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, N, h, w) -> (B, N) best similarity outside the soft-argmax window; -1 if it is the whole map."""
+    b, n, h, w = sim.shape
+    ky, kx = window_size(window, h, w)
+    flat_idx = sim.flatten(2).argmax(dim=-1)
+    y0 = window_starts(flat_idx // w, ky, h)[..., None, None]
+    x0 = window_starts(flat_idx % w, kx, w)[..., None, None]
+    ys = torch.arange(h, device=sim.device)[:, None]
+    xs = torch.arange(w, device=sim.device)[None, :]
+    inside = (ys >= y0) & (ys < y0 + ky) & (xs >= x0) & (xs < x0 + kx)
+    return sim.masked_fill(inside, float("-inf")).flatten(2).amax(dim=-1).clamp_min(-1.0)
 
 
 def cells_to_pixels(cells: torch.Tensor, stride: float, coord: str = "corner") -> torch.Tensor:
@@ -102,23 +137,31 @@ def match_keypoints(
     window: int,
     beta: float,
     coord: str = "corner",
-    return_scores: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with_cues: bool = True,
+) -> Matches:
     """Sparse matching + window soft-argmax at one head.
 
     src_map, trg_map: (B, C, h, w) head features (normalised or not); src_kps: (B, N, 2) pixels in the
-    ``img_size`` frame -> (B, N, 2) predicted target pixels. With ``return_scores`` also returns (B, N) peak
-    cosine similarity and (B, N) soft-argmax peak mass.
+    ``img_size`` frame -> :class:`Matches` with (B, N, 2) predicted target pixels and the confidence cues.
     """
+    b, n = src_kps.shape[:2]
     h, w = trg_map.shape[-2:]
     stride = img_size / h
     src_feats = sample_keypoint_features(src_map, src_kps, stride)
-    sim = cosine_similarity(src_feats, trg_map).view(src_kps.shape[0], src_kps.shape[1], h, w)
-    cells, mass = window_soft_argmax(sim, window, beta, return_mass=True)
+    sim = cosine_similarity(src_feats, trg_map).view(b, n, h, w)
+    cells, mass = window_soft_argmax(sim, window, beta)
     pred = cells_to_pixels(cells, stride, coord)
-    if return_scores:
-        return pred, sim.flatten(2).amax(dim=-1), mass
-    return pred
+    peak = sim.flatten(2).amax(dim=-1)
+    if not with_cues:
+        return Matches(pred, peak, mass, None, None)
+    with torch.no_grad():  # cues only score the match; no gradient flows through them
+        second = best_outside_window(sim, window)
+        # The cell nearest the prediction (rint in cell units, given as its centre pixel: no floor flips).
+        back_feats = sample_keypoint_features(trg_map, (torch.round(cells.detach()) + 0.5) * stride, stride)
+        back_sim = cosine_similarity(back_feats, src_map).view(b, n, h, w)
+        back = cells_to_pixels(window_soft_argmax(back_sim, window, beta).pos, stride, coord)
+        cycle = torch.linalg.vector_norm(back - src_kps.to(back.dtype), dim=-1)
+    return Matches(pred, peak, mass, second, cycle)
 
 
 def keypoint_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

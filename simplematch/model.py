@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from simplematch.config import Config
 from simplematch.errors import SimpleMatchError, first_line
 from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
-from simplematch.matching import match_keypoints
+from simplematch.matching import Matches, match_keypoints
 
 # --------------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -557,18 +557,20 @@ class SimpleMatch(nn.Module):
         windows = self.cfg.windows[-len(maps) :]
         size = src_img.shape[-1]
         return [
-            match_keypoints(m[:b], m[b:], src_kps, size, k, self.cfg.beta, self.cfg.coord)
+            match_keypoints(
+                m[:b], m[b:], src_kps, size, k, self.cfg.beta, self.cfg.coord, with_cues=False
+            ).pred
             for m, k in zip(maps, windows, strict=True)
         ]
 
     @torch.no_grad()
     def predict(
         self, src_img: torch.Tensor, trg_img: torch.Tensor, src_kps: torch.Tensor, window: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> Matches:
         """Evaluation: fine head only, eval mode, no grad.
 
-        Returns (B, N, 2) predicted target pixels, (B, N) peak cosine similarity and (B, N) soft-argmax peak
-        mass. ``window`` defaults to ``cfg.windows[-1]`` (45 for ViTs, 30 for ResNet101).
+        Returns :class:`simplematch.matching.Matches`: (B, N, 2) predicted target pixels and the (B, N)
+        confidence cues. ``window`` defaults to ``cfg.windows[-1]`` (45 for ViTs, 30 for ResNet101).
         """
         was_training = self.training
         self.eval()
@@ -576,19 +578,12 @@ class SimpleMatch(nn.Module):
             b = src_img.shape[0]
             fine = self.encode(torch.cat((src_img, trg_img)))
             k = self.cfg.windows[-1] if window is None else window
-            pred, cos, mass = match_keypoints(
-                fine[:b],
-                fine[b:],
-                src_kps,
-                src_img.shape[-1],
-                k,
-                self.cfg.beta,
-                self.cfg.coord,
-                return_scores=True,
+            matches = match_keypoints(
+                fine[:b], fine[b:], src_kps, src_img.shape[-1], k, self.cfg.beta, self.cfg.coord
             )
         finally:
             self.train(was_training)
-        return pred, cos, mass
+        return matches
 
     def merge_lora(self) -> None:
         """Fold every LoRA update into its plain ``nn.Linear`` (exact up to float rounding; for export)."""

@@ -71,15 +71,17 @@ def test_window_soft_argmax_matches_naive(k: int, beta: float) -> None:
     sim[0, 3, 6, 12] = 2
     sim[1, 0, 11, 0] = 2
     sim[1, 1, 5, 0] = 2
-    got = M.window_soft_argmax(sim, k, beta)
+    got = M.window_soft_argmax(sim, k, beta).pos
     ref = naive_window_soft_argmax(sim, k, beta)
     assert torch.allclose(got.double(), ref, atol=1e-4), (got - ref).abs().max()
 
 
 def test_window_whole_map_when_k_at_least_side() -> None:
     sim = torch.rand(1, 3, 8, 8)
-    assert torch.allclose(M.window_soft_argmax(sim, 8, 0.1), M.window_soft_argmax(sim, 0, 0.1))
-    assert torch.allclose(M.window_soft_argmax(sim, 50, 0.1), M.window_soft_argmax(sim, 0, 0.1))
+    whole = M.window_soft_argmax(sim, 0, 0.1)
+    for k in (8, 50):
+        got = M.window_soft_argmax(sim, k, 0.1)
+        assert torch.allclose(got.pos, whole.pos) and torch.allclose(got.mass, whole.mass)
 
 
 def test_window_start_shifted_inside() -> None:
@@ -100,7 +102,7 @@ def test_planted_peak_recovered_sub_pixel() -> None:
         # log-quadratic similarity: softmax(sim / beta) is then an exact Gaussian centred on (tx, ty)
         sims.append(-((xs - tx) ** 2 + (ys - ty) ** 2) * 0.02 / 8.0)
     sim = torch.stack(sims)[None]
-    pos = M.window_soft_argmax(sim, 21, beta=0.02)
+    pos = M.window_soft_argmax(sim, 21, beta=0.02).pos
     pix = M.cells_to_pixels(pos, stride=4.0)
     for i, (tx, ty) in enumerate(targets):
         assert abs(float(pix[0, i, 0]) - tx * 4) < 0.01
@@ -120,7 +122,7 @@ def test_match_keypoints_identity_features() -> None:
     torch.manual_seed(3)
     feats = torch.randn(1, 32, 16, 16)
     kps = torch.tensor([[[5.0, 9.0], [60.0, 3.0], [33.0, 47.0]]])
-    pred, peak, mass = M.match_keypoints(feats, feats, kps, 64, window=5, beta=1e-4, return_scores=True)
+    pred, peak, mass, _, _ = M.match_keypoints(feats, feats, kps, 64, window=5, beta=1e-4)
     expected = torch.floor(kps / 4) * 4
     assert torch.allclose(pred, expected, atol=1e-3)
     assert torch.allclose(peak, torch.ones_like(peak), atol=1e-5)
@@ -150,7 +152,7 @@ def test_gradients_flow_through_window() -> None:
     src = torch.randn(1, 8, 10, 10, requires_grad=True)
     trg = torch.randn(1, 8, 10, 10, requires_grad=True)
     kps = torch.tensor([[[3.0, 5.0], [20.0, 30.0]]])
-    pred = M.match_keypoints(src, trg, kps, 40, window=5, beta=0.02)
+    pred = M.match_keypoints(src, trg, kps, 40, window=5, beta=0.02, with_cues=False).pred
     pred.sum().backward()
     assert src.grad is not None and src.grad.abs().sum() > 0
     assert trg.grad is not None and trg.grad.abs().sum() > 0
@@ -165,5 +167,5 @@ def test_dense_matches_sparse_full_map() -> None:
     kps = torch.tensor([[[2 * 4.0, 3 * 4.0]]])  # cell (2, 3) -> flat index 3*6+2
     sparse_cells = M.window_soft_argmax(
         M.cosine_similarity(M.sample_keypoint_features(src, kps, 4.0), trg).view(1, 1, 6, 6), 0, 0.1
-    )
+    ).pos
     assert torch.allclose(dense[0, 3 * 6 + 2], sparse_cells[0, 0], atol=1e-4)

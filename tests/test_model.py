@@ -240,9 +240,10 @@ def test_forward_fine_head_equals_predict_in_eval():
     kps = torch.rand(2, 6, 2) * 56
     with torch.no_grad():
         fine = model(src, trg, kps)[-1]
-    pred, cos, mass = model.predict(src, trg, kps)
+    pred, cos, mass, second, cycle = model.predict(src, trg, kps)
     torch.testing.assert_close(pred, fine, atol=1e-4, rtol=0)
-    assert cos.shape == mass.shape == (2, 6) and bool((mass > 0).all() and (mass <= 1).all())
+    assert cos.shape == mass.shape == second.shape == cycle.shape == (2, 6)
+    assert bool((mass > 0).all() and (mass <= 1).all()) and bool((cycle >= 0).all())
     assert not model.training
 
 

@@ -43,10 +43,30 @@ def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path)
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", str(trained), "--out", str(onnx_path), "--check-data", str(WILLOW)]) == 0
     common = ["--dataset", "pfwillow", "--data-root", str(WILLOW), "--device", "cpu"]
-    assert main(["eval", str(trained), *common, "--json", str(tmp_path / "torch.json")]) == 0
-    assert main(["eval", str(onnx_path), *common, "--json", str(tmp_path / "onnx.json")]) == 0
+    common += ["--min-confidence", "0.3"]
+    assert main(["eval", str(trained), *common, "--json", str(tmp_path / "torch.json"),
+                 "--predictions", str(tmp_path / "torch.jsonl")]) == 0  # fmt: skip
+    assert main(["eval", str(onnx_path), *common, "--json", str(tmp_path / "onnx.json"),
+                 "--predictions", str(tmp_path / "onnx.jsonl")]) == 0  # fmt: skip
     t = json.loads((tmp_path / "torch.json").read_text())
     o = json.loads((tmp_path / "onnx.json").read_text())
+    # One evaluation stack: same predictions file fields, same pairs, cues and correctness within parity.
+    tl = [json.loads(x) for x in (tmp_path / "torch.jsonl").read_text().splitlines()]
+    ol = [json.loads(x) for x in (tmp_path / "onnx.jsonl").read_text().splitlines()]
+    assert len(tl) == len(ol) == 360 and set(tl[0]) == set(ol[0])
+    assert [r["id"] for r in tl] == [r["id"] for r in ol] and tl[0]["src_image"] == ol[0]["src_image"]
+    agree = sum(
+        a == b
+        for r, q in zip(tl, ol, strict=True)
+        for a, b in zip(r["correct"]["0.1"], q["correct"]["0.1"], strict=True)
+    )
+    assert agree / 3600 > 0.99
+    for cue, v in t["confidence"]["auroc"].items():
+        assert abs(v - o["confidence"]["auroc"][cue]) < 0.01, cue
+    assert (
+        abs(t["confidence"]["rejection"]["kept_fraction"] - o["confidence"]["rejection"]["kept_fraction"])
+        < 0.01
+    )
     assert t["pairs"] == o["pairs"] == 360 and t["points"] == o["points"] == 3600
     assert set(t) | {"runtime", "provider"} == set(o)
     assert o["provider"] == "CPUExecutionProvider"
@@ -65,7 +85,9 @@ def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
                "--model", str(onnx_path), "--out", str(out), "--viz", str(viz)])  # fmt: skip
     assert rc == 0
     res = json.loads(out.read_text())
-    assert set(res) == {"source", "target", "model", "provider", "keypoints", "timing_ms"}
+    assert set(res) == {
+        "source", "target", "model", "provider", "confidence", "min_confidence", "keypoints", "timing_ms"
+    }  # fmt: skip
     n = len(json.loads((EXAMPLES / "kps.json").read_text())["keypoints"])
     assert len(res["keypoints"]) == n
     from PIL import Image

@@ -162,23 +162,20 @@ def test_match_keypoints_matches_torch(window: int, coord: str) -> None:
     for seed in range(3):
         src, trg, kps = _random_case(seed * 100 + window)
         for beta in (0.02, 0.1):
-            t_pred, t_cos, t_mass = tm.match_keypoints(
-                torch.from_numpy(src),
-                torch.from_numpy(trg),
-                torch.from_numpy(kps),
-                50,
-                window,
-                beta,
-                coord,
-                True,
+            t = tm.match_keypoints(
+                torch.from_numpy(src), torch.from_numpy(trg), torch.from_numpy(kps), 50, window, beta, coord
             )
-            pred, cos, mass = npm.match_keypoints(src, trg, kps, 50, window, beta, coord)
-            np.testing.assert_allclose(pred, t_pred.double().numpy(), rtol=0, atol=1e-3)
-            np.testing.assert_allclose(cos, t_cos.double().numpy(), rtol=0, atol=1e-5)
-            np.testing.assert_allclose(mass, t_mass.double().numpy(), rtol=0, atol=1e-5)
-            # Single pair (C, h, w) / (N, 2) gives the same as the batch's first element.
+            got = npm.match_keypoints(src, trg, kps, 50, window, beta, coord)
+            assert type(got) is npm.Matches and type(t) is tm.Matches and t._fields == got._fields
+            np.testing.assert_allclose(got.pred, t.pred.double().numpy(), rtol=0, atol=1e-3)
+            np.testing.assert_allclose(got.peak_cos, t.peak_cos.double().numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got.peak_mass, t.peak_mass.double().numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got.second_cos, t.second_cos.double().numpy(), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(got.cycle_px, t.cycle_px.double().numpy(), rtol=0, atol=2e-3)
+            # Single pair (C, h, w) / (N, 2) gives the same as the batch's first element, every field.
             single = npm.match_keypoints(src[0], trg[0], kps[0], 50, window, beta, coord)
-            np.testing.assert_allclose(single[0], pred[0], rtol=0, atol=1e-9)
+            for a, b in zip(single, got, strict=True):
+                np.testing.assert_allclose(a, b[0], rtol=0, atol=1e-9)
 
 
 def test_cells_and_window_indices_agree_exactly() -> None:
@@ -204,7 +201,7 @@ def test_cells_and_window_indices_agree_exactly() -> None:
     sim4 = rng.standard_normal((2, 9, 7, 11)).astype(np.float32)
     for window in (0, 3, 6, 7, 8, 11, 12):
         pos, mass = npm.window_soft_argmax(sim4, window, 0.05)
-        t_pos, t_mass = tm.window_soft_argmax(torch.from_numpy(sim4), window, 0.05, return_mass=True)
+        t_pos, t_mass = tm.window_soft_argmax(torch.from_numpy(sim4), window, 0.05)
         np.testing.assert_allclose(pos, t_pos.double().numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(mass, t_mass.double().numpy(), rtol=0, atol=1e-5)
         np.testing.assert_array_equal(np.floor(pos + 1e-9) >= 0, True)
@@ -414,10 +411,14 @@ def test_run_infer_writes_json_and_png(models: dict[str, Path], infer_inputs: di
     pytest.importorskip("simplematch.keypoints", reason="simplematch/keypoints.py not written yet")
     io = infer_inputs
     rep = run_infer(io["src"], io["trg"], io["kps"], model=models["conv"], out=io["out"], viz=io["viz"])
-    assert set(rep) == {"source", "target", "model", "provider", "keypoints", "timing_ms"}
+    assert set(rep) == {
+        "source", "target", "model", "provider", "confidence", "min_confidence", "keypoints", "timing_ms"
+    }  # fmt: skip
     assert set(rep["timing_ms"]) == {"preprocess", "encode", "match"}
     assert rep["provider"] == "CPUExecutionProvider" and len(rep["keypoints"]) == 3
-    assert set(rep["keypoints"][0]) == {"source", "target", "score"}
+    assert set(rep["keypoints"][0]) == {
+        "source", "target", "score", "confidence", "rejected", "cues", "raw_cues"
+    }  # fmt: skip
     assert json.loads(io["out"].read_text()) == json.loads(json.dumps(rep))
     with Image.open(io["viz"]) as im:
         assert im.format == "PNG" and im.size == canvas_size((30, 40), (60, 50)) == (
@@ -427,6 +428,95 @@ def test_run_infer_writes_json_and_png(models: dict[str, Path], infer_inputs: di
     m = Matcher(models["conv"])
     direct = m.match_images(io["src"], io["trg"], [[5, 6], [30.5, 20], [0, 0]])
     np.testing.assert_allclose([k["target"] for k in rep["keypoints"]], direct.target_kps, atol=1e-9)
+
+
+def test_infer_pairs_skips_a_bad_pair_in_the_middle(models: dict[str, Path], tmp_path: Path) -> None:
+    from simplematch.cli.app import main
+    from simplematch.runtime.infer import run_infer_pairs
+
+    a = write_image(tmp_path / "a.png", 40, 30, seed=1)
+    write_image(tmp_path / "b.png", 50, 60, seed=2)
+    c = write_image(tmp_path / "c.png", 32, 32, seed=3)
+    (tmp_path / "k.json").write_text(json.dumps([[5, 6], [30.5, 20]]))
+    (tmp_path / "far.json").write_text(json.dumps([[5, 6], [300, 20]]))  # outside a.png: a bad pair
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(
+        "src,tgt,kps\n"
+        "a.png,b.png,k.json\n"
+        "a.png,missing.png,k.json\n"  # bad: no such target
+        "a.png,c.png,far.json\n"  # bad: keypoint outside the source
+        "a.png,c.png,k.json\n"
+        "b.png,a.png,k.json\n"
+    )
+    out = tmp_path / "res" / "m.jsonl"
+    encoded: list[int] = []
+    m = Matcher(models["conv"])
+    orig = m.backend.encode
+    m.backend.encode = lambda x: (encoded.append(len(x)), orig(x))[1]  # type: ignore[method-assign]
+    import simplematch.runtime.infer as inf
+
+    real = inf.Matcher
+    inf.Matcher = lambda *a, **k: m  # type: ignore[assignment,misc]
+    try:
+        summary = run_infer_pairs(pairs, out, model=models["conv"], min_confidence=0.0)
+    finally:
+        inf.Matcher = real  # type: ignore[misc]
+    assert summary["pairs"] == 5 and summary["written"] == 3 and summary["failed"] == 2
+    assert [f["line"] for f in summary["failures"]] == [3, 4]
+    assert "missing.png" in summary["failures"][0]["error"] and "outside" in summary["failures"][1]["error"]
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["line"] for r in recs] == [2, 5, 6]
+    assert [Path(r["target"]).name for r in recs] == ["b.png", "c.png", "a.png"]
+    # Each good record equals a single-pair match; each image was encoded once (a, b, c: 3 encodes).
+    direct = Matcher(models["conv"]).match_images(a, c, [[5, 6], [30.5, 20]])
+    np.testing.assert_allclose([k["target"] for k in recs[1]["keypoints"]], direct.target_kps, atol=1e-9)
+    assert sum(encoded) == 3
+    # JSONL: one source against several targets, inline keypoints, and a line that is not JSON.
+    jl = tmp_path / "pairs.jsonl"
+    jl.write_text(
+        json.dumps({"src": "a.png", "tgt": ["b.png", "c.png"], "kps": [[5, 6], [30.5, 20]]}) + "\n{oops\n"
+    )
+    s2 = run_infer_pairs(jl, tmp_path / "j.jsonl", model=models["conv"])
+    assert (s2["pairs"], s2["written"], s2["failed"]) == (3, 2, 1)
+    recs2 = [json.loads(x) for x in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert recs2[1]["keypoints"] == recs[1]["keypoints"]  # a -> c, same as from the CSV
+    # CLI: the summary line and exit code 1 (some pairs failed); no temporary file left behind.
+    out2 = tmp_path / "cli.jsonl"
+    rc = main(["infer", "--pairs", str(pairs), "--model", str(models["conv"]), "--out", str(out2)])
+    assert rc == 1 and len(out2.read_text().splitlines()) == 3
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
+
+
+def test_infer_out_chains_as_kps_and_truth_errors(
+    models: dict[str, Path], infer_inputs, tmp_path: Path
+) -> None:
+    io = infer_inputs
+    first = run_infer(io["src"], io["trg"], io["kps"], model=models["position"], out=io["out"])
+    # The report's targets become the sources of the next step (target -> source image).
+    second = run_infer(io["trg"], io["src"], io["out"], model=models["position"])
+    assert [k["source"] for k in second["keypoints"]] == [k["target"] for k in first["keypoints"]]
+    truth = tmp_path / "truth.json"
+    targets = np.array([k["target"] for k in first["keypoints"]])
+    true = np.clip(targets + [3.0, 4.0], 0, [49, 59])  # target image 50 x 60: threshold max side 60
+    truth.write_text(json.dumps({"target": true.tolist()}))  # the examples/truth.json form
+    rep = run_infer(io["src"], io["trg"], io["kps"], model=models["position"], truth=truth)
+    err = np.linalg.norm(true - targets, axis=1)
+    assert err.max() > 1.0
+    np.testing.assert_allclose([k["error_px"] for k in rep["keypoints"]], err, atol=1e-9)
+    np.testing.assert_allclose([k["error_rel"] for k in rep["keypoints"]], err / 60, atol=1e-9)
+    # Rejection: every match below confidence 1.01 is impossible (refused); at 1.0 all are rejected
+    # unless exactly 1; rejected rows have target null and chaining them is refused.
+    with pytest.raises(SimpleMatchError, match="outside"):
+        run_infer(io["src"], io["trg"], io["kps"], model=models["position"], min_confidence=1.5)
+    rej = run_infer(
+        io["src"], io["trg"], io["kps"], model=models["position"], out=io["out"], min_confidence=1.0
+    )
+    flags = [k["rejected"] for k in rej["keypoints"]]
+    assert all((k["target"] is None) == k["rejected"] for k in rej["keypoints"])
+    assert all(k["rejected"] == (k["confidence"] < 1.0) for k in rej["keypoints"])
+    if any(flags):
+        with pytest.raises(SimpleMatchError, match="cannot chain"):
+            run_infer(io["trg"], io["src"], io["out"], model=models["position"])
 
 
 def _bad_cases(tmp: Path, models: dict[str, Path], io: dict[str, Path]) -> dict[str, dict]:
@@ -526,7 +616,7 @@ def test_evaluate_runtime_json(models: dict[str, Path], tmp_path: Path) -> None:
         )
         assert list(res) == [
             "dataset", "split", "pairs", "points", "threshold", "frame", "pck", "pck_per_point",
-            "per_category", "model", "config", "runtime", "provider",
+            "per_category", "confidence", "model", "config", "runtime", "provider",
         ]  # fmt: skip
         assert (
             res["pairs"] == 4 and res["points"] == 18 and res["threshold"] == "img" and res["frame"] == frame
@@ -537,6 +627,42 @@ def test_evaluate_runtime_json(models: dict[str, Path], tmp_path: Path) -> None:
         assert res["runtime"] == "onnxruntime" and res["provider"] == "CPUExecutionProvider"
         assert len(res["model"]["sha256"]) == 64
         json.dumps(res, allow_nan=False)
+
+
+def test_eval_limit_predictions_plots_cli(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from simplematch.cli.app import main
+
+    pytest.importorskip("skimage")  # the synthetic pairs are built from scikit-image sample photos
+    args = ["eval", str(models["position"]), "--dataset", "synthetic", "--split", "test", "--limit", "5",
+            "--min-confidence", "0.5", "--device", "cpu"]  # fmt: skip
+    outs = ["--json", str(tmp_path / "r.json"), "--predictions", str(tmp_path / "p.jsonl")]
+    # matplotlib missing: one line naming the extra, exit 2, nothing written.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main([*args, *outs, "--plots", str(tmp_path / "plots")]) == 2
+    assert "simplematch[plots]" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    monkeypatch.delitem(sys.modules, "matplotlib")
+    pytest.importorskip("matplotlib")
+    assert main([*args, *outs, "--plots", str(tmp_path / "plots")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["pairs"] == 5 and res["sample"]["indices"] == sorted(res["sample"]["indices"])
+    assert res["sample"]["limit"] == 5 and res["sample"]["of"] > 5
+    rej = res["confidence"]["rejection"]
+    assert rej["min_confidence"] == 0.5 and 0.0 <= rej["kept_fraction"] <= 1.0
+    assert set(res["confidence"]["auroc"]) == set(npm.CUES)
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and {"id", "category", "src_kps", "gt", "pred", "raw_cues", "correct"} <= set(
+        lines[0]
+    )
+    # The lines re-score to the JSON's pooled PCK.
+    ok = sum(sum(r["correct"]["0.1"]) for r in lines)
+    assert 100.0 * ok / res["points"] == pytest.approx(res["pck_per_point"]["0.1"])
+    from PIL import Image
+
+    for name in ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png"):
+        with Image.open(tmp_path / "plots" / name) as im:
+            assert im.format == "PNG" and im.width > 300
 
 
 # ----------------------------------------------------------------------------------------------------------

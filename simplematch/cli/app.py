@@ -175,10 +175,14 @@ def eval_cmd(
         int, typer.Option(min=0, help="Override the fine window size (paper Table 7); 0 = whole map.")
     ] = None,
     ap10k_split: Annotated[Ap10kSplit, typer.Option()] = Ap10kSplit.intra,
-    limit: Annotated[int, typer.Option(min=1, help="Evaluate only the first N pairs.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic split.")] = 0,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Evaluate N pairs sampled across categories (seeded by --seed).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic split and of the --limit sample.")] = 0,
     json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing --json / --predictions files.")
+    ] = False,
     threshold: Annotated[
         Threshold,
         typer.Option(
@@ -195,10 +199,24 @@ def eval_cmd(
             " threshold (docs/recipe.md).",
         ),
     ] = False,
+    confidence: Annotated[
+        str,
+        typer.Option(
+            help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ratio_cycle |"
+            " mass_ratio_cycle (docs/confidence.md)."
+        ),
+    ] = "mass_ratio_cycle",  # = simplematch.runtime.matching.DEFAULT_CONFIDENCE (a test pins it)
+    min_confidence: Annotated[
+        float, typer.Option(help="Also report precision and the fraction kept at this confidence.")
+    ] = None,
+    predictions: Annotated[Path, typer.Option(help="Write one JSON line per pair here (.jsonl).")] = None,
+    plots: Annotated[
+        Path, typer.Option(help="Write PCK-alpha, per-category, precision-coverage, worst-pairs PNGs here.")
+    ] = None,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
     from simplematch import validate
-    from simplematch.cli.evaluation import evaluate_any, print_result
+    from simplematch.cli.evaluation import print_result, run_eval
     from simplematch.data import load_records
     from simplematch.io import write_json
 
@@ -209,20 +227,20 @@ def eval_cmd(
         dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed,
         released=released_compat,
     )  # fmt: skip
-    if limit:
-        records = records[:limit]
     try:
-        res = evaluate_any(
-            model, records, dataset=dataset.value, split=split, alphas=alphas, frame=frame.value,
-            batch_size=batch_size, device=device, window=window,
-            threshold=threshold.value if threshold else None, released_compat=released_compat,
+        res = run_eval(
+            model, records, limit=limit, seed=seed, predictions_out=predictions, dataset=dataset.value,
+            split=split, alphas=alphas, frame=frame.value, batch_size=batch_size, device=device,
+            window=window, confidence=confidence, min_confidence=min_confidence, plots_out=plots,
+            threshold=threshold.value if threshold else None, released_compat=released_compat, force=force,
         )  # fmt: skip
     finally:
         _cleanup_distributed()
     # Every option that changes the number, so two result files can be compared.
     res["options"] = {
         "dataset": dataset.value, "split": split, "alphas": list(alphas), "frame": frame.value,
-        "window": window, "limit": limit, "seed": seed if dataset is Dataset.synthetic else None,
+        "window": window, "limit": limit, "seed": seed, "threshold": res["threshold"],
+        "released_compat": released_compat, "confidence": confidence, "min_confidence": min_confidence,
         "ap10k_split": ap10k_split.value if dataset is Dataset.ap10k else None,
     }  # fmt: skip
     if _is_main_process():  # under torchrun every rank holds the gathered totals; one prints and writes
@@ -360,48 +378,110 @@ def _print_export(res: dict) -> None:
 
 @app.command()
 def infer(
-    src: Annotated[Path, typer.Argument(help="Source image.")],
-    tgt: Annotated[Path, typer.Argument(help="Target image.")],
+    src: Annotated[Path, typer.Argument(help="Source image (omit with --pairs).")] = None,
+    tgt: Annotated[Path, typer.Argument(help="Target image (omit with --pairs).")] = None,
     kps: Annotated[
-        Path, typer.Option(help='JSON: [[x, y], ...] or {"keypoints": [[x, y], ...]} in source pixels.')
-    ],
+        Path,
+        typer.Option(
+            help='JSON: [[x, y], ...] or {"keypoints": [[x, y], ...]} in source pixels, or an infer --out'
+            " JSON (its targets become the sources)."
+        ),
+    ] = None,
     model: Annotated[
         Path, typer.Option(help="Exported .onnx or .engine (default: runs/demo/model.onnx).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Write the result JSON here.")] = None,
+    out: Annotated[Path, typer.Option(help="Write the result JSON here (.jsonl with --pairs).")] = None,
     viz: Annotated[Path, typer.Option(help="Write a side-by-side match picture (PNG) here.")] = None,
     device: Annotated[
         str, typer.Option(help="cpu | cuda | tensorrt | tensorrt-fp16 (GPU: onnxruntime-gpu; TensorRT EP).")
     ] = "cpu",
     allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing --out / --viz files.")] = False,
+    pairs: Annotated[
+        Path, typer.Option(help="CSV (src,tgt,kps) or JSONL of many pairs; needs --out FILE.jsonl.")
+    ] = None,
+    confidence: Annotated[
+        str,
+        typer.Option(
+            help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ratio_cycle |"
+            " mass_ratio_cycle (docs/confidence.md)."
+        ),
+    ] = "mass_ratio_cycle",  # = simplematch.runtime.matching.DEFAULT_CONFIDENCE (a test pins it)
+    min_confidence: Annotated[
+        float, typer.Option(help="Reject matches below this confidence (target null, rejected true).")
+    ] = None,
+    truth: Annotated[
+        Path, typer.Option(help="True target keypoints (same format as --kps): per-point errors.")
+    ] = None,
 ) -> None:
     """Match keypoints from SRC into TGT with the torch-free runtime (numpy + onnxruntime / TensorRT)."""
+    if pairs is not None:
+        return _infer_pairs(pairs, src, tgt, kps, model, out, viz, truth, device, allow_fallback, confidence,
+                            min_confidence, force)  # fmt: skip
     from rich.table import Table
 
     from simplematch.runtime.infer import run_infer
 
+    if src is None or tgt is None or kps is None:
+        raise SimpleMatchError("infer needs SRC, TGT and --kps", "or pass --pairs FILE for many pairs")
     res = run_infer(
-        src,
-        tgt,
-        kps,
-        model=model,
-        out=out,
-        viz=viz,
-        device=device,
-        allow_fallback=allow_fallback,
-        force=force,
-    )
-    table = Table(title=f"{src} -> {tgt} ({res['provider']})")
-    for col in ("#", "source x", "source y", "target x", "target y", "score"):
+        src, tgt, kps, model=model, out=out, viz=viz, device=device, allow_fallback=allow_fallback,
+        confidence=confidence, min_confidence=min_confidence, truth=truth, force=force,
+    )  # fmt: skip
+    table = Table(title=f"{src} -> {tgt} ({res['provider']}), confidence {res['confidence']}")
+    cols = ["#", "source x", "source y", "target x", "target y", "score", "confidence"]
+    cols += ["error px", "error / thr"] if truth is not None else []
+    for col in cols:
         table.add_column(col, justify="right")
     for i, k in enumerate(res["keypoints"]):
-        table.add_row(str(i), *[f"{v:.1f}" for v in k["source"] + k["target"]], f"{k['score']:.3f}")
+        target = ["rejected", ""] if k["target"] is None else [f"{v:.1f}" for v in k["target"]]
+        row = [
+            str(i),
+            *[f"{v:.1f}" for v in k["source"]],
+            *target,
+            f"{k['score']:.3f}",
+            f"{k['confidence']:.3f}",
+        ]
+        if truth is not None:
+            row += [f"{k['error_px']:.1f}", f"{k['error_rel']:.3f}"]
+        table.add_row(*row)
     _console().print(table)
     t = res["timing_ms"]
     _console().print(
         f"preprocess {t['preprocess']:.1f} ms, encode {t['encode']:.1f} ms, match {t['match']:.1f} ms"
     )
+
+
+def _infer_pairs(
+    pairs, src, tgt, kps, model, out, viz, truth, device, allow_fallback, confidence, min_conf, force
+):  # noqa: ANN001, ANN202, E501
+    from rich.progress import Progress
+
+    from simplematch.runtime.infer import run_infer_pairs
+
+    if src is not None or tgt is not None or kps is not None or viz is not None or truth is not None:
+        raise SimpleMatchError(
+            "--pairs takes no SRC / TGT / --kps / --viz / --truth",
+            "put them in the pairs file (truth column)",
+        )
+    if out is None:
+        raise SimpleMatchError("--pairs needs --out FILE.jsonl", "pass e.g. --out matches.jsonl")
+    console = _console()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("pairs", total=None)
+
+        def skipped(f: dict) -> None:
+            console.print(f"skipped line {f['line']} ({f['src']} -> {f['tgt']}): {f['error']}")
+
+        summary = run_infer_pairs(
+            pairs, out, model=model, device=device, allow_fallback=allow_fallback, confidence=confidence,
+            min_confidence=min_conf, on_failure=skipped, force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    s = summary
+    console.print(f"{s['written']} of {s['pairs']} pairs written to {s['out']}, {s['failed']} failed")
+    if summary["failed"]:
+        raise typer.Exit(code=1)
 
 
 class Family(str, Enum):

@@ -1,13 +1,105 @@
 """``smatch eval`` dispatch: a checkpoint folder goes through PyTorch, an .onnx/.engine file through the
-torch-free runtime. Both produce the same JSON (the runtime adds ``runtime`` and ``provider``)."""
+torch-free runtime. Both produce per-pair predictions that :mod:`simplematch.metrics` turns into the same
+JSON (the runtime adds ``runtime`` and ``provider``) and the same ``--predictions`` JSONL lines."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from simplematch.errors import SimpleMatchError
+from simplematch.runtime.matching import DEFAULT_CONFIDENCE
+
+
+def sample_pairs(records: list, limit: int, seed: int = 0) -> tuple[list, dict[str, Any]]:
+    """``limit`` pairs spread over the categories (seeded): each category's pairs in a seeded random order,
+    then the categories taken in turn (sorted names), so every category gets ``limit // categories`` pairs
+    (one more for the first few) while it has them. Returns the chosen records in dataset order and the
+    JSON description of the sample (``limit``, ``seed``, ``of``, ``indices``, ``per_category``)."""
+    if limit < 1:
+        raise SimpleMatchError(f"--limit {limit} must be >= 1", "pass a positive number of pairs")
+    rng = np.random.default_rng(seed)
+    by_cat: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        by_cat.setdefault(str(rec.category), []).append(i)
+    queues = {c: list(rng.permutation(idx)) for c, idx in sorted(by_cat.items())}
+    chosen: list[int] = []
+    while len(chosen) < min(limit, len(records)):
+        for queue in queues.values():
+            if queue and len(chosen) < limit:
+                chosen.append(int(queue.pop(0)))
+    chosen.sort()
+    per_cat: dict[str, int] = {}
+    for i in chosen:
+        per_cat[str(records[i].category)] = per_cat.get(str(records[i].category), 0) + 1
+    info = {"limit": limit, "seed": seed, "of": len(records), "indices": chosen, "per_category": per_cat}
+    return [records[i] for i in chosen], info
+
+
+def run_eval(
+    model: Path,
+    records: list,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    predictions_out: Path | None = None,
+    plots_out: Path | None = None,
+    force: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``smatch eval``: optional seeded ``--limit`` sample, :func:`evaluate_any`, then ``--predictions``
+    and ``--plots``.
+
+    Output paths (and matplotlib for ``--plots``) are checked before the evaluation; the files are written
+    atomically after it (a failed run leaves none). ``--predictions``: one line per pair,
+    :func:`simplematch.metrics.prediction_record`; ``--plots``: :func:`simplematch.plots.write_plots`.
+    """
+    from simplematch import validate
+    from simplematch.io import atomic_write_text
+    from simplematch.metrics import prediction_record
+
+    validate.output_file(predictions_out, "--predictions", suffixes=(".jsonl",), inputs=[model], force=force)
+    if plots_out is not None:
+        from simplematch.plots import check_plots
+
+        check_plots(plots_out, force=force)
+    sample = None
+    if limit:
+        records, sample = sample_pairs(records, limit, seed)
+    preds: list = []
+    res = evaluate_any(model, records, sample=sample, predictions=preds, **kwargs)
+    if predictions_out is not None:
+        conf = res["confidence"]
+        lines = [
+            json.dumps(
+                {
+                    **prediction_record(
+                        p, list(kwargs["alphas"]), confidence=conf["default"],
+                        min_confidence=kwargs.get("min_confidence"),
+                    ),
+                    "threshold_kind": res["threshold"],
+                    "frame": res["frame"],
+                    "dataset": res["dataset"],
+                }
+            )
+            for p in preds
+        ]  # fmt: skip
+        atomic_write_text(Path(predictions_out), "".join(line + "\n" for line in lines))
+    if plots_out is not None:
+        from simplematch.plots import write_plots
+
+        res["plots"] = [
+            str(p)
+            for p in write_plots(
+                res, preds, records, plots_out, img_size=int(res["config"]["img_size"]),
+                confidence=res["confidence"]["default"],
+            )
+        ]  # fmt: skip
+    return res
 
 
 def evaluate_any(
@@ -23,7 +115,19 @@ def evaluate_any(
     window: int | None = None,
     threshold: str | None = None,
     released_compat: bool = False,
+    confidence: str = DEFAULT_CONFIDENCE,
+    min_confidence: float | None = None,
+    sample: dict[str, Any] | None = None,
+    predictions: list | None = None,
 ) -> dict[str, Any]:
+    """Evaluate a checkpoint folder (PyTorch) or an .onnx / .engine file (runtime): the evaluation JSON."""
+    from simplematch.runtime.matcher import check_confidence
+
+    check_confidence(confidence, min_confidence)
+    extra = dict(
+        threshold=threshold, released_compat=released_compat, confidence=confidence,
+        min_confidence=min_confidence, sample=sample, predictions=predictions,
+    )  # fmt: skip
     model = Path(model)
     if not model.exists():
         raise SimpleMatchError(
@@ -35,17 +139,7 @@ def evaluate_any(
         )
     if model.is_dir():
         return _evaluate_torch(
-            model,
-            records,
-            dataset,
-            split,
-            alphas,
-            frame,
-            batch_size,
-            device,
-            window,
-            threshold,
-            released_compat,
+            model, records, dataset, split, alphas, frame, batch_size, device, window, extra
         )
     if model.suffix in (".onnx", ".engine"):
         from simplematch.runtime.evaluate import evaluate_runtime
@@ -53,15 +147,12 @@ def evaluate_any(
         rt_device = "cpu" if device == "auto" else device
         return evaluate_runtime(
             model, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
-            batch_size=batch_size, device=rt_device, window=window, threshold=threshold,
-            released_compat=released_compat,
+            batch_size=batch_size, device=rt_device, window=window, **extra,
         )  # fmt: skip
     raise SimpleMatchError(f"cannot evaluate {model}", "pass a checkpoint folder, a .onnx or a .engine file")
 
 
-def _evaluate_torch(
-    model_dir, records, dataset, split, alphas, frame, batch_size, device, window, threshold, released_compat
-):  # noqa: ANN001, ANN202, E501
+def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window, extra):  # noqa: ANN001, ANN202, E501
     from simplematch.extras import require
 
     require("train", "evaluating a checkpoint folder (PyTorch)")
@@ -79,7 +170,7 @@ def _evaluate_torch(
         return evaluate_model(
             net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
             batch_size=batch_size, device=dev, window=window, model_info=checkpoint_info(model_dir),
-            progress=advance, threshold=threshold, released_compat=released_compat,
+            progress=advance, **extra,
         )  # fmt: skip
 
 
@@ -119,3 +210,16 @@ def print_result(res: dict[str, Any], console: Any) -> None:
     )
     table.add_row("all (per point)", str(res["points"]), *[f"{v:.2f}" for v in res["pck_per_point"].values()])
     console.print(table)
+    conf = res.get("confidence")
+    if conf:
+        aurocs = ", ".join(f"{k} {v:.3f}" for k, v in conf["auroc"].items() if v is not None)
+        console.print(f"confidence '{conf['default']}'; AUROC of correct@{conf['alpha']:g}: {aurocs}")
+        rej = conf.get("rejection")
+        if rej:
+            prec = ", ".join(
+                f"@{a} {v:.2f}" if v is not None else f"@{a} -" for a, v in rej["precision"].items()
+            )
+            kept = "-" if rej["kept_fraction"] is None else f"{100 * rej['kept_fraction']:.1f}%"
+            console.print(
+                f"min confidence {rej['min_confidence']:g}: kept {kept} of the points, precision {prec}"
+            )

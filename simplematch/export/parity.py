@@ -90,10 +90,10 @@ def compare_features(
         ref = match_keypoints(
             torch.from_numpy(torch_feats[i : i + 1]), torch.from_numpy(torch_feats[j : j + 1]),
             torch.from_numpy(kps)[None], cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord,
-        )[0].numpy()  # fmt: skip
+        ).pred[0].numpy()  # fmt: skip
         got = np_match_keypoints(
             other_feats[i], other_feats[j], kps, cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord
-        )[0]  # noqa: E501
+        ).pred  # noqa: E501
         d = np.linalg.norm(ref.astype(np.float64) - got.astype(np.float64), axis=-1)
         agree += int((d <= AGREE_PX).sum())
         total += d.size

@@ -1,9 +1,9 @@
 """PCK of an exported model on annotated pairs with the torch-free runtime (``smatch eval MODEL.onnx``).
 
-Mirrors :func:`simplematch.evaluate.evaluate_model`: per pair, count the valid keypoints and the correct
-ones at each alpha (``d < alpha * threshold``), then :func:`simplematch.metrics.aggregate_pck`. Same
-records, same preprocessing, same matching and same thresholds give the same JSON, plus ``runtime`` and
-``provider``.
+Mirrors :func:`simplematch.evaluate.evaluate_model`: this module only *predicts* (one
+:class:`simplematch.metrics.PairPrediction` per pair); :func:`simplematch.metrics.evaluation_json` counts,
+aggregates and builds the JSON. Same records, same preprocessing, same matching and same thresholds give
+the same JSON, plus ``runtime`` and ``provider``.
 
 * ``frame="resized"``: predictions and ground truth in the model's S x S frame, threshold of that frame.
 * ``frame="original"``: predictions scaled to target-image pixels, original ground truth and threshold.
@@ -11,6 +11,7 @@ records, same preprocessing, same matching and same thresholds give the same JSO
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from simplematch.data.records import FRAMES, PairRecord, pck_threshold, released
 from simplematch.errors import SimpleMatchError
 from simplematch.image import to_model_frame
 from simplematch.io import sha256_file
-from simplematch.metrics import aggregate_pck, pck_correct
-from simplematch.runtime.matcher import Features, Matcher
+from simplematch.metrics import PairPrediction, evaluation_json, image_name
+from simplematch.runtime.matcher import Features, Matcher, check_confidence
+from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 
 DEFAULT_ALPHAS = (0.05, 0.1, 0.15)
 
@@ -33,21 +35,19 @@ def _image_key(source: Any, pair: int, side: str) -> str:
     return f"path:{Path(source)}" if isinstance(source, (str, Path)) else f"mem:{pair}:{side}"
 
 
-def pair_counts(
+def predict_pairs(
     matcher: Matcher,
     records: Sequence[PairRecord],
-    alphas: Sequence[float],
     frame: str,
     threshold_kind: str,
     *,
     batch_size: int = 8,
     window: int | None = None,
     progress: Callable[[int], Any] | None = None,
-    inclusive: bool = False,
-) -> list[dict[str, Any]]:
-    """Per pair ``{"index", "category", "valid", "correct": [per alpha]}`` (the torch evaluation's rows)."""
+) -> list[PairPrediction]:
+    """One :class:`PairPrediction` per record, in the evaluation ``frame``, with every confidence cue."""
     size = matcher.meta.img_size
-    rows: list[dict[str, Any]] = []
+    out: list[PairPrediction] = []
     # Chunks of ``batch_size`` pairs bound the memory: only their feature maps are alive at once.
     for start in range(0, len(records), batch_size):
         chunk = list(enumerate(records[start : start + batch_size], start))
@@ -61,27 +61,38 @@ def pair_counts(
             src = feats[_image_key(rec.src_image, idx, "src")]
             trg = feats[_image_key(rec.trg_image, idx, "trg")]
             valid = np.isfinite(rec.src_kps).all(axis=1) & np.isfinite(rec.trg_kps).all(axis=1)
-            res = matcher.match(src, trg, np.where(valid[:, None], rec.src_kps, 0.0), window=window)
+            src_kps = np.where(valid[:, None], rec.src_kps, 0.0)
+            res = matcher.match(src, trg, src_kps, window=window)
             if frame == "original":
-                pred, gt = res.target_kps, rec.trg_kps
+                # No min_confidence here: rejection is scored by metrics, so target_kps has no NaN.
+                pred, gt, kps_frame = res.target_kps, rec.trg_kps, src_kps
             else:
                 pred, gt = res.target_kps_model, to_model_frame(rec.trg_kps, trg.hw, size)
-            if valid.any():
-                thr = pck_threshold(rec, threshold_kind, frame, img_size=size, valid=valid)
-                correct = pck_correct(pred, gt, valid, thr, alphas, inclusive=inclusive)
-            else:
-                correct = np.zeros(len(alphas), dtype=np.int64)
-            rows.append(
-                {
-                    "index": idx,
-                    "category": rec.category,
-                    "valid": int(valid.sum()),
-                    "correct": [int(c) for c in correct],
-                }
+                kps_frame = to_model_frame(src_kps, src.hw, size)
+            thr = (
+                pck_threshold(rec, threshold_kind, frame, img_size=size, valid=valid)
+                if valid.any()
+                else float("nan")
+            )
+            out.append(
+                PairPrediction(
+                    index=idx,
+                    pair_id=str(rec.pair_id),
+                    category=rec.category,
+                    src_image=image_name(rec.src_image),
+                    trg_image=image_name(rec.trg_image),
+                    src_kps=kps_frame,
+                    gt=gt,
+                    pred=pred,
+                    valid=valid,
+                    threshold=thr,
+                    raw=res.raw,
+                    cues=res.cues,
+                )
             )
         if progress is not None:
             progress(len(chunk))
-    return rows
+    return out
 
 
 def evaluate_runtime(
@@ -99,18 +110,23 @@ def evaluate_runtime(
     allow_fallback: bool = False,
     matcher: Matcher | None = None,
     progress: Callable[[int], Any] | None = None,
+    confidence: str = DEFAULT_CONFIDENCE,
+    min_confidence: float | None = None,
+    sample: dict[str, Any] | None = None,
+    predictions: list[PairPrediction] | None = None,
     released_compat: bool = False,
 ) -> dict[str, Any]:
-    """The evaluation JSON of :func:`simplematch.evaluate.summarize`, plus ``runtime`` and ``provider``.
+    """The evaluation JSON of :func:`simplematch.metrics.evaluation_json`, plus ``runtime`` and ``provider``.
 
-    ``dataset`` defaults to the one in the model's training config; ``threshold`` (bbox | img | kps |
-    released) to that dataset's convention (:data:`simplematch.config.THRESHOLDS`); ``window`` overrides the
-    fine window.
+    ``dataset`` defaults to the one in the model's training config; ``threshold`` (bbox | img | kps) to that
+    dataset's convention (:data:`simplematch.config.THRESHOLDS`); ``window`` overrides the fine window.
+    ``predictions``, when a list, receives the per-pair predictions (for ``--predictions`` / ``--plots``).
     """
     if frame not in FRAMES:
         raise SimpleMatchError(f"unknown frame '{frame}'", f"use one of {', '.join(FRAMES)}")
     if batch_size < 1:
         raise SimpleMatchError(f"batch size {batch_size} must be >= 1", "pass a positive --batch-size")
+    check_confidence(confidence, min_confidence)
     model_path = Path(model_path)
     matcher = matcher or Matcher(
         model_path, device=device, allow_fallback=allow_fallback, batch_size=2 * batch_size
@@ -120,34 +136,31 @@ def evaluate_runtime(
     kind = resolve_threshold(
         dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
     )
-    alphas = list(alphas)
-    rows = pair_counts(
-        matcher, records, alphas, frame, kind, batch_size=batch_size, window=window, progress=progress,
-        inclusive=released_compat,
-    )  # fmt: skip
-    counts = np.array([r["correct"] for r in rows], dtype=np.int64).reshape(len(rows), len(alphas))
-    valid = np.array([r["valid"] for r in rows], dtype=np.int64)
-    agg = aggregate_pck(counts, valid, [r["category"] for r in rows], alphas)
+    preds = predict_pairs(
+        matcher, records, frame, kind, batch_size=batch_size, window=window, progress=progress
+    )
+    preds = [dataclasses.replace(p, inclusive=released_compat) for p in preds]
+    if predictions is not None:
+        predictions.extend(preds)
     config = dict(meta.config)
     if window is not None:
         config["eval_window"] = window
     if released_compat:
         config["eval_released_compat"] = True
-    return {
-        "dataset": dataset,
-        "split": split,
-        "pairs": agg["pairs"],
-        "points": agg["points"],
-        "threshold": kind,
-        "frame": frame,
-        "pck": agg["pck"],
-        "pck_per_point": agg["pck_per_point"],
-        "per_category": agg["per_category"],
-        "model": {
+    res = evaluation_json(
+        preds,
+        list(alphas),
+        dataset=dataset,
+        split=split,
+        threshold=kind,
+        frame=frame,
+        model={
             "path": str(model_path),
             "sha256": sha256_file(model_path) if model_path.is_file() else None,
         },
-        "config": config,
-        "runtime": matcher.runtime,
-        "provider": matcher.provider,
-    }
+        config=config,
+        confidence=confidence,
+        min_confidence=min_confidence,
+        sample=sample,
+    )
+    return {**res, "runtime": matcher.runtime, "provider": matcher.provider}

@@ -4,20 +4,34 @@ Everything is validated before anything is written: images readable, keypoint JS
 and inside the source image, model loadable with consistent metadata, output paths usable. Only then are
 the match computed, the picture rendered in memory and the files written, each atomically. A run that
 fails therefore leaves no output file behind.
+
+``--pairs FILE`` (:func:`run_infer_pairs`) matches many pairs: each image is encoded once, one JSONL record
+per pair is streamed into a temporary file that replaces ``--out`` at the end; a bad pair is reported and
+skipped, the others are still written, and the summary says how many failed.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from simplematch import validate
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image
-from simplematch.io import atomic_write_bytes, atomic_write_text
-from simplematch.runtime.matcher import Matcher
+from simplematch.io import atomic_path, atomic_write_bytes, atomic_write_text
+from simplematch.runtime.matcher import Features, Matcher, MatchResult, check_confidence
+from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.runtime.viz import png_bytes, render_matches
+
+# The --truth error is also given as a fraction of this PCK threshold: max(w, h) of the target image (the
+# "img" convention), the only one a bare keypoint file defines (the kps extent of one point would be 0).
+TRUTH_THRESHOLD = "img"
 
 DEFAULT_MODEL = Path("runs") / "demo" / "model.onnx"
 
@@ -33,19 +47,80 @@ def find_default_model(cwd: str | Path | None = None) -> Path:
     return path
 
 
-def read_keypoints(kps_path: str | Path, image_hw: tuple[int, int]) -> Any:
-    """Read and validate a keypoint JSON file against the source image -> (N, 2) float array."""
+def _decode_keypoints(obj: Any, image_hw: tuple[int, int] | None, what: str) -> np.ndarray:
+    """Keypoint JSON (see :func:`simplematch.keypoints.parse_keypoints_json`), ``{"target": [[x, y], ...]}``
+    (``examples/truth.json``), or an ``smatch infer --out`` report, whose *targets* become the keypoints (so
+    results chain: the next run's sources)."""
     from simplematch.keypoints import parse_keypoints_json
 
+    if isinstance(obj, dict) and set(obj) == {"target"}:
+        obj = obj["target"]  # the examples/truth.json form: {"target": [[x, y], ...]}
+    if (
+        isinstance(obj, dict)
+        and isinstance(obj.get("keypoints"), list)
+        and "target" in obj
+        and "source" in obj
+    ):
+        rows = obj["keypoints"]
+        if not all(isinstance(r, dict) and "target" in r for r in rows):
+            raise SimpleMatchError(f"{what} looks like an infer report but has rows without 'target'", None)
+        missing = [i for i, r in enumerate(rows) if r["target"] is None]
+        if missing:
+            raise SimpleMatchError(
+                f"{what}: {len(missing)} rejected matches (target null, first #{missing[0]}) cannot chain",
+                "rerun the first step without --min-confidence, or drop those points",
+            )
+        obj = [r["target"] for r in rows]
+    # image_hw None: no bounds check (a true correspondence may fall outside the target image).
+    return parse_keypoints_json(obj, image_size=None if image_hw is None else (image_hw[1], image_hw[0]))
+
+
+def read_keypoints(
+    kps_path: str | Path, image_hw: tuple[int, int] | None, what: str = "keypoint file"
+) -> Any:
+    """Read and validate a keypoint JSON file (or an infer ``--out`` report) -> (N, 2) float array."""
     path = Path(kps_path)
     if not path.is_file():
-        raise SimpleMatchError(f"keypoint file not found: {path}", "pass a JSON file of [x, y] pixel pairs")
+        raise SimpleMatchError(f"{what} not found: {path}", "pass a JSON file of [x, y] pixel pairs")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise SimpleMatchError(f"cannot read keypoint file {path} ({err})", "pass a UTF-8 JSON file") from err
-    h, w = image_hw
-    return parse_keypoints_json(text, image_size=(w, h))
+        raise SimpleMatchError(f"cannot read {what} {path} ({err})", "pass a UTF-8 JSON file") from err
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        obj = text  # let the parser produce its one-line "not valid JSON" error
+    return _decode_keypoints(obj, image_hw, what)
+
+
+def _xy(p: np.ndarray) -> list[float] | None:
+    return None if not np.isfinite(p).all() else [float(p[0]), float(p[1])]
+
+
+def keypoint_rows(
+    result: MatchResult, truth: np.ndarray | None = None, trg_hw: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """One JSON row per keypoint: ``source``, ``target`` (null when rejected), ``score`` (peak cosine),
+    ``confidence``, ``rejected``, ``cues`` (every cue in [0, 1]) and ``raw_cues``; with ``truth`` also
+    ``error_px`` and ``error_rel`` (error / max(w, h) of the target image: correct at alpha iff < alpha)."""
+    rows = []
+    thr = float(max(trg_hw)) if trg_hw is not None else None
+    for i in range(len(result.source_kps)):
+        row: dict[str, Any] = {
+            "source": _xy(result.source_kps[i]),
+            "target": _xy(result.target_kps[i]),
+            "score": float(result.score[i]),
+            "confidence": float(result.confidence[i]),
+            "rejected": bool(result.rejected[i]),
+            "cues": {k: float(v[i]) for k, v in result.cues.items()},
+            "raw_cues": {k: float(v[i]) for k, v in result.raw.items()},
+        }
+        if truth is not None and thr is not None:
+            # The error of the prediction even when rejected: rejection hides it, the error stays measurable.
+            err = float(np.linalg.norm(result.target_kps_all[i] - truth[i]))
+            row.update(error_px=err, error_rel=err / thr)
+        rows.append(row)
+    return rows
 
 
 def run_infer(
@@ -57,16 +132,21 @@ def run_infer(
     viz: str | Path | None = None,
     device: str = "cpu",
     allow_fallback: bool = False,
+    *,
+    confidence: str = DEFAULT_CONFIDENCE,
+    min_confidence: float | None = None,
+    truth: str | Path | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Match the keypoints of ``kps_path`` (source-image pixels) into the target image.
 
-    Returns (and writes to ``out`` when given) ``{"source", "target", "model", "provider", "keypoints":
-    [{"source": [x, y], "target": [x, y], "score": s}], "timing_ms": {"preprocess", "encode", "match"}}``;
-    ``viz`` gets a PNG of the matches. Raises :class:`SimpleMatchError` -- with no file written -- on any
-    invalid input.
+    Returns (and writes to ``out`` when given) ``{"source", "target", "model", "provider", "confidence",
+    "min_confidence", "keypoints": [rows of :func:`keypoint_rows`], "timing_ms": {"preprocess", "encode",
+    "match"}}`` (plus ``truth`` when given); ``viz`` gets a PNG of the matches. Raises
+    :class:`SimpleMatchError` -- with no file written -- on any invalid input.
     """
     # 1. Validate every input before doing any work or writing anything.
+    check_confidence(confidence, min_confidence)
     model_path = Path(model) if model is not None else find_default_model()
     inputs = [src, trg, kps_path, model_path]
     out_path = validate.output_file(out, "--out", suffixes=(".json",), inputs=inputs, force=force)
@@ -74,26 +154,42 @@ def run_infer(
     src_img = load_image(src)
     trg_img = load_image(trg)
     kps = read_keypoints(kps_path, src_img.shape[:2])
+    truth_kps = None
+    if truth is not None:
+        truth_kps = read_keypoints(truth, None, "--truth file")
+        if len(truth_kps) != len(kps):
+            raise SimpleMatchError(
+                f"--truth has {len(truth_kps)} points for {len(kps)} keypoints",
+                "give one target per keypoint",
+            )
     matcher = Matcher(model_path, device=device, allow_fallback=allow_fallback)
 
     # 2. Compute.
-    result = matcher.match_images(src_img, trg_img, kps)
+    result = matcher.match_images(src_img, trg_img, kps, confidence=confidence, min_confidence=min_confidence)
     report = {
         "source": str(src),
         "target": str(trg),
         "model": str(model_path),
         "provider": matcher.provider,
-        "keypoints": [
-            {"source": [float(s[0]), float(s[1])], "target": [float(t[0]), float(t[1])], "score": float(c)}
-            for s, t, c in zip(result.source_kps, result.target_kps, result.score, strict=True)
-        ],
+        "confidence": confidence,
+        "min_confidence": min_confidence,
+        "keypoints": keypoint_rows(result, truth_kps, trg_img.shape[:2]),
         "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
     }
+    if truth is not None:
+        report["truth"] = {
+            "file": str(truth),
+            "threshold": TRUTH_THRESHOLD,
+            "threshold_px": max(trg_img.shape[:2]),
+        }
     picture = None
     if viz_path is not None:
         picture = png_bytes(
-            render_matches(src_img, trg_img, result.source_kps, result.target_kps, result.score)
-        )
+            render_matches(
+                src_img, trg_img, result.source_kps, result.target_kps_all,
+                result.confidence, rejected=result.rejected,
+            )
+        )  # fmt: skip
 
     # 3. Write, each file atomically.
     if out_path is not None:
@@ -101,3 +197,164 @@ def run_infer(
     if viz_path is not None and picture is not None:
         atomic_write_bytes(viz_path, picture)
     return report
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Many pairs: --pairs FILE
+# ------------------------------------------------------------------------------------------------------------
+PAIRS_FIX = (
+    "CSV with a header src,tgt,kps (kps: a keypoint JSON file) or JSONL lines "
+    '{"src": ..., "tgt": ... or [...], "kps": FILE or [[x, y], ...]}; relative paths are relative to the file'
+)
+
+
+def read_pairs(path: str | Path) -> list[dict[str, Any]]:
+    """A pairs file -> jobs ``{"line", "src", "tgt", "kps", "truth", "error"}`` (one per target).
+
+    A structurally bad line becomes a job with ``error`` set (reported and skipped later, not fatal); a file
+    that cannot be read or has no usable header is a :class:`SimpleMatchError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SimpleMatchError(f"--pairs file not found: {path}", PAIRS_FIX)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SimpleMatchError(f"cannot read --pairs file {path} ({err})", PAIRS_FIX) from err
+    base = path.parent
+
+    def resolve(v: Any) -> Any:
+        return str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v
+
+    jobs: list[dict[str, Any]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is None or not {"src", "tgt", "kps"} <= set(reader.fieldnames):
+            raise SimpleMatchError(f"--pairs {path}: the CSV header must name src, tgt and kps", PAIRS_FIX)
+        items = [(reader.line_num, row) for row in reader]
+    elif path.suffix.lower() == ".jsonl":
+        items = []
+        for no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append((no, json.loads(line)))
+            except ValueError:
+                items.append((no, {"_error": "not valid JSON"}))
+    else:
+        raise SimpleMatchError(f"--pairs {path} must end in .csv or .jsonl", PAIRS_FIX)
+    for no, row in items:
+        if not isinstance(row, dict) or "_error" in row or not all(row.get(k) for k in ("src", "tgt", "kps")):
+            err = row.get("_error", "needs src, tgt and kps") if isinstance(row, dict) else "not an object"
+            jobs.append({"line": no, "src": None, "tgt": None, "kps": None, "truth": None, "error": err})
+            continue
+        targets = row["tgt"] if isinstance(row["tgt"], list) else [row["tgt"]]
+        for tgt in targets:
+            jobs.append(
+                {
+                    "line": no,
+                    "src": resolve(row["src"]),
+                    "tgt": resolve(tgt),
+                    "kps": resolve(row["kps"]),
+                    "truth": resolve(row.get("truth") or None),
+                    "error": None,
+                }
+            )
+    if not jobs:
+        raise SimpleMatchError(f"--pairs {path} holds no pairs", PAIRS_FIX)
+    return jobs
+
+
+def _pair_keypoints(spec: Any, hw: tuple[int, int] | None, what: str) -> np.ndarray:
+    """A keypoint file path or an inline list (JSONL) -> (N, 2)."""
+    if isinstance(spec, str):
+        return read_keypoints(spec, hw, what)
+    return _decode_keypoints(spec, hw, what)
+
+
+def run_infer_pairs(
+    pairs: str | Path,
+    out: str | Path,
+    model: str | Path | None = None,
+    device: str = "cpu",
+    allow_fallback: bool = False,
+    *,
+    confidence: str = DEFAULT_CONFIDENCE,
+    min_confidence: float | None = None,
+    progress: Callable[[int, int], Any] | None = None,
+    on_failure: Callable[[dict[str, Any]], Any] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Match every pair of a pairs file; one JSONL record per good pair, streamed, in file order.
+
+    Each image is encoded once: its features stay cached until the last pair that uses it (so one source
+    against many targets is encoded once, and memory holds only images still needed). A bad pair (missing
+    image, bad keypoints, ...) is reported through ``on_failure`` and skipped. The records go to a temporary
+    file next to ``out`` that replaces it at the end. Returns the summary ``{"pairs", "written", "failed",
+    "failures": [{"line", "src", "tgt", "error"}], "out"}``; ``progress(done, total)`` after each pair.
+    (One function on purpose: the loop, the feature cache and the failure accounting share their state.)
+    """
+    check_confidence(confidence, min_confidence)
+    model_path = Path(model) if model is not None else find_default_model()
+    out_path = validate.output_file(
+        out, "--out", suffixes=(".jsonl",), inputs=[pairs, model_path], force=force
+    )
+    jobs = read_pairs(pairs)
+    matcher = Matcher(model_path, device=device, allow_fallback=allow_fallback)
+    last_use: dict[str, int] = {}
+    for k, job in enumerate(jobs):
+        for side in ("src", "tgt"):
+            if job[side] is not None:
+                last_use[str(job[side])] = k
+    cache: dict[str, tuple[Features, tuple[int, int]]] = {}
+
+    def features(p: str) -> tuple[Features, tuple[int, int]]:
+        if p not in cache:
+            img = load_image(p)
+            cache[p] = (matcher.encode([matcher.prepare(img)])[0], img.shape[:2])
+        return cache[p]
+
+    failures: list[dict[str, Any]] = []
+    written = 0
+    with atomic_path(out_path) as tmp, open(tmp, "w") as fh:
+        for k, job in enumerate(jobs):
+            try:
+                if job["error"]:
+                    raise SimpleMatchError(f"line {job['line']}: {job['error']}", PAIRS_FIX)
+                (fs, shw), (ft, thw) = features(str(job["src"])), features(str(job["tgt"]))
+                kps = _pair_keypoints(job["kps"], shw, f"keypoints of line {job['line']}")
+                truth = _pair_keypoints(job["truth"], None, "truth") if job["truth"] is not None else None
+                if truth is not None and len(truth) != len(kps):
+                    raise SimpleMatchError(f"truth has {len(truth)} points for {len(kps)} keypoints", None)
+                res = matcher.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
+                record = {
+                    "index": k,
+                    "line": job["line"],
+                    "source": str(job["src"]),
+                    "target": str(job["tgt"]),
+                    "confidence": confidence,
+                    "min_confidence": min_confidence,
+                    "keypoints": keypoint_rows(res, truth, thw),
+                }
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()  # streamed: a reader tailing the temporary file sees each pair as it is done
+                written += 1
+            except SimpleMatchError as err:
+                fail = {"line": job["line"], "src": job["src"], "tgt": job["tgt"], "error": err.problem}
+                failures.append(fail)
+                if on_failure is not None:
+                    on_failure(fail)
+            for side in ("src", "tgt"):  # drop features after their last use
+                if job[side] is not None and last_use.get(str(job[side])) == k:
+                    cache.pop(str(job[side]), None)
+            if progress is not None:
+                progress(k + 1, len(jobs))
+    return {
+        "pairs": len(jobs),
+        "written": written,
+        "failed": len(failures),
+        "failures": failures,
+        "out": str(out_path),
+        "model": str(model_path),
+        "provider": matcher.provider,
+    }

@@ -25,7 +25,7 @@ from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image, resize_square, to_image_frame, to_model_frame, to_rgb_uint8
 from simplematch.metadata import ModelMeta
 from simplematch.runtime.backends import Backend, load_backend
-from simplematch.runtime.matching import match_keypoints
+from simplematch.runtime.matching import CUES, DEFAULT_CONFIDENCE, confidence_cues, match_keypoints
 
 ImageLike = np.ndarray | str | Path | Image.Image
 
@@ -55,7 +55,10 @@ class MatchResult:
     ``source_kps`` / ``target_kps``: (N, 2) pixels (x, y) in the source / target image;
     ``target_kps_model``: (N, 2) the same predictions in the model's S x S frame (what the PyTorch evaluation
     scores in the "resized" frame); ``score``: (N,) peak cosine similarity; ``peak_mass``: (N,) soft-argmax
-    mass of the peak cell; ``timing_ms``: filled by :meth:`Matcher.match_images` only.
+    mass of the peak cell; ``raw``: every raw cue (N,) of :class:`simplematch.runtime.matching.Matches`
+    (``cycle_px`` in S-frame pixels); ``cues``: each confidence in [0, 1]; ``confidence``: the chosen one;
+    ``rejected``: (N,) bool, ``confidence < min_confidence`` -- those rows of ``target_kps`` are NaN (the
+    prediction is still in ``target_kps_model``); ``timing_ms``: filled by :meth:`Matcher.match_images` only.
     """
 
     source_kps: np.ndarray
@@ -63,6 +66,11 @@ class MatchResult:
     target_kps_model: np.ndarray
     score: np.ndarray
     peak_mass: np.ndarray
+    target_kps_all: np.ndarray | None = None  # (N, 2) target pixels of every prediction, rejected included
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    cues: dict[str, np.ndarray] = field(default_factory=dict)
+    confidence: np.ndarray | None = None
+    rejected: np.ndarray | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -90,6 +98,16 @@ def _check_kps(kps: np.ndarray | Sequence[Sequence[float]], what: str) -> np.nda
             f"{what} must be an (N, 2) array of finite (x, y) pixels, got {arr.shape}", None
         )
     return arr
+
+
+def check_confidence(confidence: str, min_confidence: float | None) -> None:
+    """A known cue name and a ``min_confidence`` in [0, 1] (outside it every or no match would be kept)."""
+    if confidence not in CUES:
+        raise SimpleMatchError(f"unknown confidence '{confidence}'", f"use one of {', '.join(CUES)}")
+    if min_confidence is not None and not (0.0 <= float(min_confidence) <= 1.0):
+        raise SimpleMatchError(
+            f"--min-confidence {min_confidence} is outside [0, 1]", "confidences lie in [0, 1]: pass e.g. 0.5"
+        )
 
 
 class Matcher:
@@ -143,12 +161,17 @@ class Matcher:
         src_kps: np.ndarray | Sequence[Sequence[float]],
         *,
         window: int | None = None,
+        confidence: str = DEFAULT_CONFIDENCE,
+        min_confidence: float | None = None,
     ) -> MatchResult:
         """Match (N, 2) source-image pixels -> target-image pixels (plus scores), with the model's metadata.
 
         ``window`` overrides the metadata's fine window (0 = whole map), as ``smatch eval --window``.
+        ``confidence`` names the cue (:data:`simplematch.runtime.matching.CUES`); a match whose confidence
+        is below ``min_confidence`` is rejected (``rejected`` True, its ``target_kps`` row NaN).
         """
         meta = self.meta
+        check_confidence(confidence, min_confidence)
         kps = _check_kps(src_kps, "source keypoints")
         if src.map.shape != trg.map.shape:
             raise SimpleMatchError(
@@ -156,7 +179,7 @@ class Matcher:
                 "encode both images with this Matcher",
             )
         kps_model = to_model_frame(kps, src.hw, meta.img_size)
-        pred, peak, mass = match_keypoints(
+        m = match_keypoints(
             src.map,
             trg.map,
             kps_model,
@@ -165,16 +188,32 @@ class Matcher:
             meta.beta,
             meta.coord,
         )
+        cues = confidence_cues(m, meta.img_size)
+        conf = cues[confidence]
+        rejected = conf < min_confidence if min_confidence is not None else np.zeros(len(conf), bool)
+        target_all = to_image_frame(m.pred, trg.hw, meta.img_size)
+        target = np.where(rejected[:, None], np.nan, target_all)
         return MatchResult(
             source_kps=kps,
-            target_kps=to_image_frame(pred, trg.hw, meta.img_size),
-            target_kps_model=pred,
-            score=peak.astype(np.float64),
-            peak_mass=mass,
+            target_kps=target,
+            target_kps_model=m.pred,
+            target_kps_all=target_all,
+            score=m.peak_cos.astype(np.float64),
+            peak_mass=m.peak_mass,
+            raw={k: np.asarray(v, np.float64) for k, v in m._asdict().items() if k != "pred"},
+            cues=cues,
+            confidence=conf,
+            rejected=rejected,
         )
 
     def match_images(
-        self, src: ImageLike, trg: ImageLike, src_kps: np.ndarray | Sequence[Sequence[float]]
+        self,
+        src: ImageLike,
+        trg: ImageLike,
+        src_kps: np.ndarray | Sequence[Sequence[float]],
+        *,
+        confidence: str = DEFAULT_CONFIDENCE,
+        min_confidence: float | None = None,
     ) -> MatchResult:
         """prepare + encode (one batch of two) + match, with ``timing_ms`` {preprocess, encode, match}."""
         t0 = time.perf_counter()
@@ -184,7 +223,7 @@ class Matcher:
             return self._match_in_graph(*prepared, src_kps, t0, t1)
         fsrc, ftrg = self.encode(prepared)
         t2 = time.perf_counter()
-        result = self.match(fsrc, ftrg, src_kps)
+        result = self.match(fsrc, ftrg, src_kps, confidence=confidence, min_confidence=min_confidence)
         t3 = time.perf_counter()
         result.timing_ms = {
             "preprocess": (t1 - t0) * 1e3,

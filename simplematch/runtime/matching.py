@@ -10,13 +10,52 @@ Same conventions, same arithmetic order, pinned to the torch functions by ``test
 * cells -> pixels with ``i * s`` (``corner``) or ``(i + 0.5) * s`` (``center``).
 
 Everything is vectorised over batch and keypoints (no Python loop per keypoint).
+
+Confidence cues (``docs/confidence.md``), all from the two feature maps that matching already has:
+
+* ``peak_cos``: the largest cosine similarity; ``peak_mass``: the soft-argmax probability of the peak cell;
+* ``second_cos``: the best similarity *outside* the k x k window (a ratio test, best vs runner-up);
+* ``cycle_px``: match the prediction back into the source (same window soft-argmax) and measure the
+  distance to the query keypoint, in pixels of the S x S frame.
+
+:func:`confidence_cues` maps them to [0, 1] (higher = more likely correct) and forms the combinations.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 COORDS = ("corner", "center")
+# Cue names in the order of :func:`confidence_cues`; ``DEFAULT_CONFIDENCE`` was chosen by the AUROC table of
+# docs/confidence.md (PF-WILLOW and held-out synthetic pairs with the demo model).
+CUES = ("peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle")
+DEFAULT_CONFIDENCE = "mass_ratio_cycle"
+# The cycle error is expressed in units of alpha * S with alpha = 0.1 (the "img" PCK threshold of the model
+# frame): a threshold that needs no ground truth, so the confidence is the same at inference and in eval.
+CYCLE_ALPHA = 0.1
+
+
+class SoftArgmax(NamedTuple):
+    """``pos`` (B, N, 2) sub-cell positions (x, y) in cell units; ``mass`` (B, N) peak probability."""
+
+    pos: np.ndarray
+    mass: np.ndarray
+
+
+class Matches(NamedTuple):
+    """What :func:`match_keypoints` returns; every field (N, ...) or (B, N, ...) like the keypoints.
+
+    ``pred`` target pixels (x, y) in the S frame; ``peak_cos``, ``peak_mass``, ``second_cos`` (best cosine
+    outside the window; -1 when the window is the whole map) and ``cycle_px`` (see the module doc).
+    """
+
+    pred: np.ndarray
+    peak_cos: np.ndarray
+    peak_mass: np.ndarray
+    second_cos: np.ndarray
+    cycle_px: np.ndarray
 
 
 def keypoint_cells(kps: np.ndarray, stride: float, hw: tuple[int, int]) -> np.ndarray:
@@ -55,14 +94,18 @@ def window_starts(center: np.ndarray, k: int, size: int) -> np.ndarray:
     return np.clip(center - k // 2, 0, size - k)
 
 
-def window_soft_argmax(sim: np.ndarray, window: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 10-12 on (B, N, h, w) similarities -> ((B, N, 2) sub-cell positions (x, y), (B, N) peak mass).
+def window_size(window: int, h: int, w: int) -> tuple[int, int]:
+    """(ky, kx): ``window`` <= 0 or >= the side means the whole axis."""
+    return (h if window <= 0 or window >= h else window), (w if window <= 0 or window >= w else window)
+
+
+def window_soft_argmax(sim: np.ndarray, window: int, beta: float) -> SoftArgmax:
+    """Eq. 10-12 on (B, N, h, w) similarities -> SoftArgmax((B, N, 2) positions (x, y), (B, N) peak mass).
 
     The peak mass is the largest softmax probability inside the window (a confidence in (0, 1]).
     """
     b, n, h, w = sim.shape
-    ky = h if window <= 0 or window >= h else window
-    kx = w if window <= 0 or window >= w else window
+    ky, kx = window_size(window, h, w)
     flat_sim = sim.reshape(b, n, h * w)
     # numpy and torch both return the first maximal index on ties, so the coarse cell agrees exactly.
     flat_idx = flat_sim.argmax(axis=-1)
@@ -83,7 +126,24 @@ def window_soft_argmax(sim: np.ndarray, window: int, beta: float) -> tuple[np.nd
     off_y = (prob.sum(axis=3) * ar_y).sum(axis=-1)
     off_x = (prob.sum(axis=2) * ar_x).sum(axis=-1)
     pos = np.stack((x0 + off_x, y0 + off_y), axis=-1)
-    return pos, prob.reshape(b, n, ky * kx).max(axis=-1)
+    return SoftArgmax(pos, prob.reshape(b, n, ky * kx).max(axis=-1))
+
+
+def best_outside_window(sim: np.ndarray, window: int) -> np.ndarray:
+    """(B, N, h, w) similarities -> (B, N) the best one outside the k x k window around the argmax.
+
+    The window is the soft-argmax one (same clamping); where it covers the whole map the result is -1 (the
+    lowest cosine), so the ratio test then says "no competitor".
+    """
+    b, n, h, w = sim.shape
+    ky, kx = window_size(window, h, w)
+    flat_idx = sim.reshape(b, n, h * w).argmax(axis=-1)
+    y0 = window_starts(flat_idx // w, ky, h)[..., None, None]
+    x0 = window_starts(flat_idx % w, kx, w)[..., None, None]
+    ys = np.arange(h)[:, None]
+    xs = np.arange(w)[None, :]
+    inside = (ys >= y0) & (ys < y0 + ky) & (xs >= x0) & (xs < x0 + kx)  # (B, N, h, w)
+    return np.where(inside, -np.inf, sim).reshape(b, n, h * w).max(axis=-1).clip(min=-1.0)
 
 
 def cells_to_pixels(cells: np.ndarray, stride: float, coord: str = "corner") -> np.ndarray:
@@ -103,12 +163,12 @@ def match_keypoints(
     window: int,
     beta: float,
     coord: str = "corner",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Matches:
     """Sparse matching + window soft-argmax: the runtime twin of ``simplematch.matching.match_keypoints``.
 
     src_map, trg_map: (C, h, w) or (B, C, h, w) features; src_kps: (N, 2) or (B, N, 2) pixels (x, y) in the
-    ``img_size`` frame. Returns ``(pred, peak_cos, peak_mass)``: predicted target pixels (N, 2) / (B, N, 2)
-    in the same frame (float64), the peak cosine similarity and the soft-argmax peak mass, (N,) / (B, N).
+    ``img_size`` frame. Returns :class:`Matches`: predicted target pixels (N, 2) / (B, N, 2) in the same
+    frame (float64) and the raw confidence cues, (N,) / (B, N).
     """
     single = src_map.ndim == 3
     if single:
@@ -133,6 +193,37 @@ def match_keypoints(
     cells, mass = window_soft_argmax(sim, window, beta)
     pred = cells_to_pixels(cells, stride, coord)
     peak = sim.reshape(b, n, h * w).max(axis=-1)
-    if single:
-        return pred[0], peak[0], mass[0]
-    return pred, peak, mass
+    second = best_outside_window(sim, window)
+    # Cycle: the target feature at the cell nearest the prediction, matched back into the source the same
+    # way. The cell is rint(position in cell units) (both coord conventions), passed as its centre pixel so
+    # the floor inside sample_keypoint_features cannot flip on rounding.
+    back_feats = sample_keypoint_features(trg_map, (np.rint(cells) + 0.5) * stride, stride)
+    back_sim = cosine_similarity(back_feats, src_map).reshape(b, n, h, w)
+    back = cells_to_pixels(window_soft_argmax(back_sim, window, beta).pos, stride, coord)
+    cycle = np.linalg.norm(back - src_kps, axis=-1)
+    out = Matches(pred, peak, mass, second, cycle)
+    return Matches(*(f[0] for f in out)) if single else out
+
+
+def confidence_cues(m: Matches, img_size: int) -> dict[str, np.ndarray]:
+    """Raw cues -> each confidence in [0, 1] (higher = more likely correct), keyed by :data:`CUES`.
+
+    ``peak_cos`` (c + 1) / 2; ``peak_mass`` as is; ``ratio`` 1 - d1 / d2 with d = sqrt(2 - 2 cos) the
+    chordal distance of unit vectors (Lowe's ratio on the best vs the best outside the window);
+    ``cycle`` exp(-e) with e the cycle error in units of ``CYCLE_ALPHA * img_size``; the combinations are
+    geometric means (a match must score on every cue).
+    """
+    d1 = np.sqrt(np.clip(2.0 - 2.0 * np.asarray(m.peak_cos, np.float64), 0.0, None))
+    d2 = np.sqrt(np.clip(2.0 - 2.0 * np.asarray(m.second_cos, np.float64), 0.0, None))
+    ratio = np.clip(1.0 - d1 / np.maximum(d2, 1e-12), 0.0, 1.0)
+    cycle = np.exp(-np.asarray(m.cycle_px, np.float64) / (CYCLE_ALPHA * img_size))
+    mass = np.asarray(m.peak_mass, np.float64)
+    return {
+        "peak_cos": np.clip((np.asarray(m.peak_cos, np.float64) + 1.0) / 2.0, 0.0, 1.0),
+        "peak_mass": mass,
+        "ratio": ratio,
+        "cycle": cycle,
+        "mass_cycle": np.sqrt(mass * cycle),
+        "ratio_cycle": np.sqrt(ratio * cycle),
+        "mass_ratio_cycle": np.cbrt(mass * ratio * cycle),
+    }
