@@ -17,7 +17,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 WIDTH = 100  # fixed, so the output does not depend on the terminal the script runs in
 
 
-def _help(command, name: str, parent=None) -> str:  # noqa: ANN001 - click objects
+def _help(command, name: str, parent=None) -> str:
     import click
 
     width = dict(terminal_width=WIDTH, max_content_width=WIDTH)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from simplematch.data.records import PairRecord, pck_threshold
-from simplematch.metrics import aggregate_pck, pck_correct
+from simplematch.metrics import DEFAULT_ALPHAS, aggregate_pck, pck_correct
 
 SIFT_SIZE = 16.0  # descriptor support in pixels (images are ~300 px)
 GRID_STEP = 4
@@ -66,7 +66,7 @@ PREDICTORS = {"relative": predict_relative, "sift": predict_sift}
 
 
 def evaluate_baseline(
-    name: str, records: Sequence[PairRecord], kind: str, alphas: Sequence[float] = (0.05, 0.1, 0.15)
+    name: str, records: Sequence[PairRecord], kind: str, alphas: Sequence[float] = DEFAULT_ALPHAS
 ) -> dict[str, Any]:
     """PCK of a baseline in original image pixels (its natural frame) with the dataset's threshold kind."""
     predict = PREDICTORS[name]

@@ -291,7 +291,7 @@ def fixed_batch(path: Path) -> int | None:
 
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as err:  # noqa: BLE001 - protobuf decode errors have no common public type
+    except Exception as err:
         raise SimpleMatchError(f"--model {path} is not a readable ONNX file ({err})", "re-export it") from err
     dim = graph.input[0].type.tensor_type.shape.dim[0] if graph.input else None
     return int(dim.dim_value) if dim is not None and dim.dim_value > 0 else None
@@ -328,7 +328,7 @@ def _gpu_used_mib() -> float | None:
     return None
 
 
-def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: float, coord: str):  # noqa: ANN001, ANN201
+def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: float, coord: str):
     """Predicted target pixels (B, N, 2) of one head in a Table 11 mode (see TRAIN_MODES).
 
     ``dense``: (h*w)^2 correlation, full-map soft-argmax for every source cell; ``dense_window``: the same
@@ -499,7 +499,7 @@ def _check_device(device: str) -> str:
 def _tensorrt_missing() -> str | None:
     try:
         import tensorrt  # noqa: F401 - availability probe only
-    except Exception as err:  # noqa: BLE001 - ImportError, or the PyPI stub failing to load its libraries
+    except Exception as err:
         first = (str(err).splitlines() or [""])[0][:120]
         return f"tensorrt is not importable ({type(err).__name__}: {first})"
     return None

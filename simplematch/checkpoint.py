@@ -80,7 +80,7 @@ def read_checkpoint(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as fh:
             metadata = dict(fh.metadata() or {})
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise SimpleMatchError(
             f"{weights} is not a readable safetensors file ({err})",

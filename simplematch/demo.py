@@ -75,7 +75,7 @@ def run_demo(
     step(
         "train demo_cpu on synthetic pairs",
         f"smatch train --preset demo_cpu --device cpu --max-steps {cfg.max_steps} --out {ckpt}",
-    )  # noqa: E501
+    )
     from simplematch.train import train
 
     res = train(cfg, ckpt, replace=force, console=console)
@@ -127,7 +127,7 @@ def run_demo(
             "seconds": round(r["seconds"], 1),
             "size_mib": round(r["size_mib"], 2),
             **r["parity"],
-        }  # noqa: E501
+        }
         console.print(nums[f"export_{'fp16' if fp16 else 'fp32'}"])
         done()
 
@@ -170,7 +170,7 @@ def run_demo(
         warmup=2,
         iters=bench_iters,
         json_path=bench_json,
-    )  # noqa: E501
+    )
     print_bench(bench, console)
     nums["bench"] = bench
     done()
@@ -202,9 +202,10 @@ def _eval_cli(model: Path, dataset: str, root: Path | None, js: Path, console: A
     from simplematch.cli.evaluation import evaluate_any, print_result
     from simplematch.data import load_records
     from simplematch.io import write_json
+    from simplematch.metrics import DEFAULT_ALPHAS
 
     records = load_records(dataset, str(root) if root else None, "test")
-    res = evaluate_any(model, records, dataset=dataset, split="test", alphas=(0.05, 0.1, 0.15), frame="resized",  # noqa: E501
+    res = evaluate_any(model, records, dataset=dataset, split="test", alphas=DEFAULT_ALPHAS, frame="resized",
                        batch_size=8, device="cpu")  # fmt: skip
     print_result(res, console)
     write_json(js, res)
@@ -284,12 +285,12 @@ def render_report(nums: dict[str, Any], steps: list[dict[str, Any]], evals: list
         "",
         "| variant | seconds | MiB | max abs diff | mean abs diff | kp agreement (0.5 px) |",
         "|---|---|---|---|---|---|",
-    ]  # noqa: E501
+    ]
     for v in ("fp32", "fp16"):
         e = nums[f"export_{v}"]
         lines.append(
             f"| {v} | {e['seconds']} | {e['size_mib']} | {e.get('max_abs_feature_diff', float('nan')):.2e} | {e.get('mean_abs_feature_diff', float('nan')):.2e} | {e.get('keypoint_agreement', float('nan')) * 100:.2f}% |"  # noqa: E501
-        )  # noqa: E501
+        )
     lines += ["", "## Example match", "", "![matches](match.png)", ""]
     inf = nums["infer"]
     lines.append(f"Provider {inf['provider']}; timing {inf['timing_ms']} ms; {inf['keypoints']} keypoints.")
@@ -301,11 +302,11 @@ def render_report(nums: dict[str, Any], steps: list[dict[str, Any]], evals: list
         "",
         "| runtime | batch | images/s | p50 ms | p95 ms | peak MiB | match share |",
         "|---|---|---|---|---|---|---|",
-    ]  # noqa: E501
+    ]
     for r in nums["bench"]["results"]:
         lines.append(
             f"| {r['runtime']} | {r['batch']} | {r['images_per_s']:.1f} | {r['latency_ms_p50']:.1f} | {r['latency_ms_p95']:.1f} | {r['peak_mem_mib']:.0f} | {r['match_share'] * 100:.1f}% |"  # noqa: E501
-        )  # noqa: E501
+        )
     for s in nums["bench"].get("skipped", []):
         lines.append(f"\nSkipped {s['runtime']}: {s['reason']}")
     lines += ["", "## Steps and the commands that reproduce them", ""]

@@ -25,10 +25,8 @@ from simplematch import distributed as dist_utils
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data.dataset import PairDataset, collate_pairs
 from simplematch.data.records import released_threshold, resolve_threshold
-from simplematch.metrics import PairPrediction, evaluation_json, image_name
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, evaluation_json, image_name
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE, Matches, confidence_cues
-
-DEFAULT_ALPHAS = (0.05, 0.1, 0.15)
 
 
 @torch.no_grad()

@@ -26,6 +26,10 @@ CONFIDENCE_ALPHA = 0.1
 COVERAGES = tuple(round(1.0 - 0.05 * i, 2) for i in range(20))
 
 
+# The PCK thresholds reported when none are given (eval, the demo, baselines, the export's PCK check).
+DEFAULT_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.15)
+
+
 def alpha_key(alpha: float) -> str:
     """The JSON key of an alpha: ``0.1 -> "0.1"`` (``%g``, as the torch :func:`simplematch.matching.pck`)."""
     return f"{alpha:g}"

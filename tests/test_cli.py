@@ -171,7 +171,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: ANN204 - the classic pickle exploit: run code on load
+    def __reduce__(self):
         return (Path.touch, (Path("/tmp/simplematch-pwned-by-convert"),))
 
 

@@ -445,7 +445,7 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
         "missing file": (
             ["convert", str(tmp_path / "nope.pth"), "--family", "resnet101", "--img-size", "256"],
             "not found",
-        ),  # noqa: E501
+        ),
         "truncated file": (
             ["convert", str(truncated), "--family", "ibot_b16", "--img-size", "256"],
             "truncated",
@@ -453,7 +453,7 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
         "dinov2 without backbone": (
             ["convert", str(good), "--family", "dinov2_b14", "--img-size", "252"],
             "backbone",
-        ),  # noqa: E501
+        ),
         "missing backbone file": (
             [
                 "convert",
@@ -464,7 +464,7 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
                 "252",
                 "--backbone-weights",
                 str(tmp_path / "no.pth"),
-            ],  # noqa: E501
+            ],
             "not found",
         ),
         "wrong family": (["convert", str(good), "--family", "resnet101", "--img-size", "256"], "ibot_b16"),

@@ -98,7 +98,7 @@ def test_one_graph_matches_numpy_matching_of_its_features(graphs, ckpt, n_kps):
     kps[1] = kps[1][::-1]  # different keypoint order per pair
     valid = np.ones((3, n_kps), bool)
     pred, peak, mass, fsrc, ftgt = backend._run_match(src, tgt, kps, valid)
-    ref, ref_peak, ref_mass = np_match(fsrc, ftgt, kps, SIZE, cfg.fine_window, cfg.beta, cfg.coord)
+    ref, ref_peak, ref_mass, *_ = np_match(fsrc, ftgt, kps, SIZE, cfg.fine_window, cfg.beta, cfg.coord)
     assert np.abs(pred - ref).max() <= 1e-3
     assert np.abs(peak - ref_peak).max() <= 1e-5 and np.abs(mass - ref_mass).max() <= 1e-5
 
@@ -126,14 +126,22 @@ def test_matcher_uses_the_one_graph_and_agrees_with_the_features_model(graphs, m
     b = (rng.random((60, 40, 3)) * 255).astype(np.uint8)
     kps = [[10.0, 20.0], [60.0, 5.0], [35.0, 44.0]]
     one = Matcher(graphs["match"])
-    import simplematch.runtime.matcher as matcher_mod
+    # The targets are the graph's own output (the numpy twin only adds the cues the graph lacks: ratio,
+    # cycle, from the graph's `features` output), so the recorded graph run must be what is returned.
+    runs = []
+    real_run = one.backend._run_match
 
-    def no_numpy(*args, **kwargs):
-        raise AssertionError("the one-graph path must not call the numpy matching")
+    def spy(*args):
+        out = real_run(*args)
+        runs.append(out)
+        return out
 
-    monkeypatch.setattr(matcher_mod, "match_keypoints", no_numpy)
+    monkeypatch.setattr(one.backend, "_run_match", spy)
     got = one.match_images(a, b, kps)
     monkeypatch.undo()
+    assert len(runs) == 1
+    np.testing.assert_array_equal(got.target_kps_model, runs[0][0][0].astype(np.float64))
+    assert set(got.cues) >= {"peak_cos", "ratio", "cycle"} and got.confidence is not None
     ref = Matcher(graphs["features"]).match_images(a, b, kps)
     assert np.abs(got.target_kps - ref.target_kps).max() <= 1e-3
     assert np.abs(got.score - ref.score).max() <= 1e-5 and np.abs(got.peak_mass - ref.peak_mass).max() <= 1e-5

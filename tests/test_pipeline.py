@@ -106,6 +106,6 @@ def test_readme_python_snippet_runs(trained: Path, tmp_path: Path, monkeypatch: 
     snippet = text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the point is to run the README's code
+    exec(compile(snippet, "README.md", "exec"), scope)
     res = scope["res"]
     assert res.target_kps.shape == (12, 2) and res.score.shape == (12,)

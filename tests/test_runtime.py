@@ -508,8 +508,14 @@ def test_infer_out_chains_as_kps_and_truth_errors(
     # unless exactly 1; rejected rows have target null and chaining them is refused.
     with pytest.raises(SimpleMatchError, match="outside"):
         run_infer(io["src"], io["trg"], io["kps"], model=models["position"], min_confidence=1.5)
-    rej = run_infer(
-        io["src"], io["trg"], io["kps"], model=models["position"], out=io["out"], min_confidence=1.0
+    rej = run_infer(  # over the first report: --force (never silently)
+        io["src"],
+        io["trg"],
+        io["kps"],
+        model=models["position"],
+        out=io["out"],
+        min_confidence=1.0,
+        force=True,
     )
     flags = [k["rejected"] for k in rej["keypoints"]]
     assert all((k["target"] is None) == k["rejected"] for k in rej["keypoints"])

@@ -147,7 +147,7 @@ def test_nan_loss_on_a_fresh_run_leaves_nothing(tmp_path: Path, monkeypatch: pyt
 
 # --- safe loading of the resumable state -------------------------------------------------------------------
 class _Payload:
-    def __reduce__(self):  # noqa: ANN204 - the classic pickle exploit: run a command on load
+    def __reduce__(self):
         return (Path.touch, (Path("/tmp/simplematch-pwned-by-state-pt"),))
 
 
@@ -177,7 +177,7 @@ def _start(cmd: list[str], **kw: object) -> subprocess.Popen:
     )
 
 
-def _wait_for(pred, proc: subprocess.Popen, timeout: float = 120.0) -> None:  # noqa: ANN001
+def _wait_for(pred, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if pred():

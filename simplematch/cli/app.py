@@ -45,7 +45,7 @@ class Frame(str, Enum):
 Threshold = _choices("Threshold", THRESHOLD_KINDS)
 
 
-def _console():  # noqa: ANN202 - rich is imported lazily
+def _console():
     from rich.console import Console
 
     return Console(stderr=False, highlight=False)
@@ -219,8 +219,9 @@ def eval_cmd(
     from simplematch.cli.evaluation import print_result, run_eval
     from simplematch.data import load_records
     from simplematch.io import write_json
+    from simplematch.metrics import DEFAULT_ALPHAS
 
-    alphas = validate.alphas(alpha, (0.05, 0.1, 0.15))
+    alphas = validate.alphas(alpha, DEFAULT_ALPHAS)
     # Before the (slow) evaluation, not after it.
     validate.output_file(json_out, "--json", suffixes=(".json",), inputs=[model, data_root], force=force)
     records = load_records(
@@ -305,7 +306,7 @@ def export(
     ],
     fmt: Annotated[
         ExportFormat, typer.Option("--format", help="onnx, or trt (TensorRT: NOT exercised by CI).")
-    ] = ExportFormat.onnx,  # noqa: E501
+    ] = ExportFormat.onnx,
     out: Annotated[
         Path, typer.Option(help="Output (default: CHECKPOINT/model[.match|.int8|.fp16].onnx or .engine).")
     ] = None,
@@ -454,7 +455,7 @@ def infer(
 
 def _infer_pairs(
     pairs, src, tgt, kps, model, out, viz, truth, device, allow_fallback, confidence, min_conf, force
-):  # noqa: ANN001, ANN202, E501
+):
     from rich.progress import Progress
 
     from simplematch.runtime.infer import run_infer_pairs

@@ -152,7 +152,7 @@ def evaluate_any(
     raise SimpleMatchError(f"cannot evaluate {model}", "pass a checkpoint folder, a .onnx or a .engine file")
 
 
-def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window, extra):  # noqa: ANN001, ANN202, E501
+def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_size, device, window, extra):
     from simplematch.extras import require
 
     require("train", "evaluating a checkpoint folder (PyTorch)")
@@ -183,7 +183,7 @@ class _progress:
         self.bar = Progress(transient=True, disable=not enabled)
         self.total = total
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         self.bar.__enter__()
         task = self.bar.add_task("eval", total=self.total)
         return lambda n: self.bar.update(task, advance=n)

@@ -166,7 +166,7 @@ class PairDataset(Dataset):
         return kind
 
     # --- augmentation ------------------------------------------------------------------------------------
-    def _crop(self, img: np.ndarray, kps: np.ndarray, bbox: np.ndarray | None, rng: np.random.Generator):  # noqa: ANN202
+    def _crop(self, img: np.ndarray, kps: np.ndarray, bbox: np.ndarray | None, rng: np.random.Generator):
         """Random bbox-safe crop (library), resized to S x S; cut-off keypoints clipped to [0, S-1], kept."""
         pipe = (self._pipes or {})["crop"]
         pipe.set_random_seed(int(rng.integers(2**31)))
@@ -179,7 +179,7 @@ class PairDataset(Dataset):
         crop, pts = _squash(crop, pts, self.img_size)
         return crop, np.clip(pts, 0.0, self.img_size - 1.0)
 
-    def _rotate(self, img: np.ndarray, kps: np.ndarray, angle: float):  # noqa: ANN202
+    def _rotate(self, img: np.ndarray, kps: np.ndarray, angle: float):
         return _rotate(img, kps, angle, (self._pipes or {})["keypoints"])
 
     def _photometric(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -187,7 +187,7 @@ class PairDataset(Dataset):
         pipe.set_random_seed(int(rng.integers(2**31)))
         return np.ascontiguousarray(pipe(image=img)["image"])
 
-    def _augment(self, rec: PairRecord, src, src_kps, trg, trg_kps, rng: np.random.Generator):  # noqa: ANN001, ANN202
+    def _augment(self, rec: PairRecord, src, src_kps, trg, trg_kps, rng: np.random.Generator):
         """The released pipeline of this record's dataset, step by step (see the module docstring)."""
         if self._pipes is None:
             self._pipes = _build_pipelines()

@@ -23,5 +23,5 @@ def read_mat(path: Path, fix: str) -> dict[str, Any]:
     # scipy's MAT reader raises a wide, version-dependent zoo of types on corrupt input (ValueError,
     # TypeError, MatReadError, struct.error, zlib.error, OverflowError, IndexError, MemoryError, ...);
     # all of them mean "this file is not a readable annotation", so they become one user-facing error.
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise SimpleMatchError(f"cannot read MATLAB file {path} ({type(err).__name__})", fix) from err

@@ -75,7 +75,7 @@ class SyntheticPairSpec:
     offset: float
 
     @functools.cached_property
-    def _maps(self):  # noqa: ANN202 - private (ProjectiveTransform, ThinPlateSplineTransform)
+    def _maps(self):
         from skimage.transform import ProjectiveTransform, ThinPlateSplineTransform
 
         hom = ProjectiveTransform(np.asarray(self.homography, dtype=np.float64).reshape(3, 3))

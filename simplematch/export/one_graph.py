@@ -39,16 +39,11 @@ class MatchGraph(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         b = src_image.shape[0]
         feats = self.model.encode(torch.cat([src_image, tgt_image]))
-        pred, peak, mass = match_keypoints(
-            feats[:b],
-            feats[b:],
-            src_kps,
-            self.img_size,
-            self.window,
-            self.beta,
-            self.coord,
-            return_scores=True,
+        # The graph returns the two cues computed inside the match (no back-match: see docs/export.md).
+        m = match_keypoints(
+            feats[:b], feats[b:], src_kps, self.img_size, self.window, self.beta, self.coord, with_cues=False
         )
+        pred, peak, mass = m.pred, m.peak_cos, m.peak_mass
         nan = torch.full_like(pred, float("nan"))
         pred = torch.where(kps_valid.unsqueeze(-1), pred, nan)
         zero = torch.zeros_like(peak)

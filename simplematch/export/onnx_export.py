@@ -125,7 +125,7 @@ def check_opset(opset: int) -> int:
     if opset > newest:
         raise SimpleMatchError(
             f"opset {opset} is newer than the installed onnx knows", f"use --opset {MIN_OPSET}..{newest}"
-        )  # noqa: E501
+        )
     return opset
 
 
@@ -219,8 +219,33 @@ def to_fp16(model_proto: onnx.ModelProto) -> onnx.ModelProto:
     del proto.graph.value_info[:]
     converted = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32_OPS)
     del converted.graph.value_info[:]
+    drop_duplicate_producers(converted.graph)
     topological_sort(converted.graph)
     return converted
+
+
+def drop_duplicate_producers(graph: onnx.GraphProto) -> None:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, attributes and outputs), in place.
+
+    onnxruntime <= 1.31's fp16 converter (the current onnxruntime-gpu) adds one ``X_cast_to_fp32`` Cast per
+    float32-kept consumer of a float16 tensor, all with the same output name, which breaks SSA (1.32 shares
+    one Cast). The copies are identical, so keeping the first is exact. Any other name clash is an error.
+    """
+    produced: dict[str, bytes] = {}
+    kept = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        clash = [name for name in node.output if name in produced]
+        if clash and all(produced[name] == key for name in node.output):
+            continue  # an exact copy of a node already kept
+        if clash:
+            raise SimpleMatchError(
+                f"exported graph defines {clash[0]} twice with different nodes", "report this as a bug"
+            )
+        produced.update({name: key for name in node.output})
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:
@@ -282,7 +307,7 @@ def export_onnx(
         side = reference.encode(torch.zeros(1, 3, cfg.img_size, cfg.img_size)).shape[-1]
     meta = build_meta(
         cfg, stride=cfg.img_size / side, checkpoint_sha256=checkpoint_sha256, precision=precision, opset=opset
-    )  # noqa: E501
+    )
     meta.trained_img_size = trained_img_size or cfg.img_size
     if with_matching:
         from simplematch.export import one_graph

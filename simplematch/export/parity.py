@@ -18,6 +18,7 @@ import torch
 from simplematch.config import Config
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image, resize_square
+from simplematch.metrics import DEFAULT_ALPHAS
 
 FP32_MAX_ABS = 1e-4
 FP32_MIN_AGREEMENT = 0.999
@@ -93,7 +94,7 @@ def compare_features(
         ).pred[0].numpy()  # fmt: skip
         got = np_match_keypoints(
             other_feats[i], other_feats[j], kps, cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord
-        ).pred  # noqa: E501
+        ).pred
         d = np.linalg.norm(ref.astype(np.float64) - got.astype(np.float64), axis=-1)
         agree += int((d <= AGREE_PX).sum())
         total += d.size
@@ -115,7 +116,7 @@ def torch_features(model: torch.nn.Module, x: np.ndarray, chunk: int = 4) -> np.
                 model.encode(torch.from_numpy(x[i : i + chunk])).float().numpy()
                 for i in range(0, len(x), chunk)
             ]
-        )  # noqa: E501
+        )
 
 
 def run_in_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int | None) -> np.ndarray:
@@ -248,10 +249,13 @@ def match_graph_parity(
     ref_feats = torch_features(model, x)
     res = compare_features(ref_feats, fsrc, cfg, n_kps)
     args = (cfg.img_size, cfg.fine_window, cfg.beta, cfg.coord)
-    np_pred, np_peak, np_mass = np_match(fsrc, ftgt, kps, *args)
+    np_m = np_match(fsrc, ftgt, kps, *args)
+    np_pred, np_peak, np_mass = np_m.pred, np_m.peak_cos, np_m.peak_mass
     with torch.no_grad():
         ref_t = torch.from_numpy(ref_feats)
-        t_pred = match_keypoints(ref_t, torch.roll(ref_t, -1, 0), torch.from_numpy(kps), *args).numpy()
+        t_pred = match_keypoints(
+            ref_t, torch.roll(ref_t, -1, 0), torch.from_numpy(kps), *args, with_cues=False
+        ).pred.numpy()
     v = valid
     d_np = np.linalg.norm(pred[v].astype(np.float64) - np_pred[v], axis=-1)
     d_torch = np.linalg.norm(pred[v].astype(np.float64) - t_pred[v], axis=-1)
@@ -284,7 +288,7 @@ def match_graph_eval(
     onnx_path: Path,
     records: list[Any],
     *,
-    alphas: tuple[float, ...] = (0.05, 0.1, 0.15),
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
     threshold: str = "bbox",
     batch_size: int = 4,
     compare_numpy: bool = True,
@@ -323,7 +327,7 @@ def match_graph_eval(
             valid[i, :m] = ok
         pred, _, _, fsrc, ftgt = backend._run_match(np.stack(srcs), np.stack(tgts), kps, valid)
         if compare_numpy:
-            ref, _, _ = np_match(fsrc, ftgt, kps, size, meta.window, meta.beta, meta.coord)
+            ref = np_match(fsrc, ftgt, kps, size, meta.window, meta.beta, meta.coord).pred
             diffs.append(np.linalg.norm(pred[valid].astype(np.float64) - ref[valid], axis=-1))
         for i, rec in enumerate(chunk):
             m = len(rec.src_kps)

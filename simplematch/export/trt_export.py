@@ -34,7 +34,7 @@ TRT_MISSING = SimpleMatchError(
 
 def import_tensorrt() -> Any:
     try:
-        import tensorrt as trt  # noqa: PLC0415 - optional, lazy
+        import tensorrt as trt
     except Exception as err:  # ImportError, or the PyPI stub failing to load its libraries
         raise SimpleMatchError(TRT_MISSING.problem, TRT_MISSING.fix) from err  # a fresh error per call
     return trt

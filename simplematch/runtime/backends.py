@@ -131,7 +131,7 @@ class OnnxBackend:
                 ort.preload_dlls()
         if not self.path.is_file():
             raise SimpleMatchError(
-                f"model not found: {self.path}", "pass --model PATH/model.onnx or run `make demo`"
+                f"model not found: {self.path}", "pass --model PATH/model.onnx (written by `smatch export`)"
             )
         requested: list[Any] = ["CPUExecutionProvider"]
         if self.device == "cuda":
@@ -153,7 +153,7 @@ class OnnxBackend:
                 # onnxruntime warns when a requested provider is not built in; get_providers() decides below.
                 warnings.simplefilter("ignore")
                 self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=requested)
-        except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors derive from Exception only
+        except Exception as err:
             raise SimpleMatchError(
                 f"cannot load ONNX model {self.path} ({_describe(err)})",
                 "pass a model written by `smatch export` (the file may be truncated or not ONNX)",
@@ -255,7 +255,7 @@ class OnnxBackend:
                 feed = [np.concatenate([a, np.repeat(a[-1:], self.max_batch - n, axis=0)]) for a in feed]
             try:
                 outs = self.session.run(list(MATCH_OUTPUTS), dict(zip(MATCH_INPUTS, feed, strict=True)))
-            except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors derive from Exception only
+            except Exception as err:
                 raise SimpleMatchError(
                     f"onnxruntime failed on {self.path} ({_describe(err)})", "re-export the model"
                 ) from err
@@ -291,7 +291,7 @@ class OnnxBackend:
             try:
                 (out,) = self.session.run([self.meta.output_name], {self.meta.input_name: chunk})
                 out = np.asarray(out)[:n]
-            except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors derive from Exception only
+            except Exception as err:
                 raise SimpleMatchError(
                     f"onnxruntime failed on {self.path} ({_describe(err)})",
                     "check that the model was written by `smatch export` for this input size",
@@ -441,7 +441,9 @@ class TensorRTBackend:
                 "pass --device cuda, or use the .onnx model for CPU",
             )
         if not self.path.is_file():
-            raise SimpleMatchError(f"engine not found: {self.path}", "build it with `smatch export --trt`")
+            raise SimpleMatchError(
+                f"engine not found: {self.path}", "build it with `smatch export CKPT --format trt`"
+            )
         self.meta = self._read_sidecar()
         try:
             import tensorrt as trt
@@ -583,7 +585,7 @@ class TensorRTBackend:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser (interpreter shutdown)
+        except Exception:
             pass
 
 

@@ -23,11 +23,9 @@ from simplematch.data.records import FRAMES, PairRecord, pck_threshold, released
 from simplematch.errors import SimpleMatchError
 from simplematch.image import to_model_frame
 from simplematch.io import sha256_file
-from simplematch.metrics import PairPrediction, evaluation_json, image_name
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, evaluation_json, image_name
 from simplematch.runtime.matcher import Features, Matcher, check_confidence
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE
-
-DEFAULT_ALPHAS = (0.05, 0.1, 0.15)
 
 
 def _image_key(source: Any, pair: int, side: str) -> str:

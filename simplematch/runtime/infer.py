@@ -42,7 +42,7 @@ def find_default_model(cwd: str | Path | None = None) -> Path:
     if not path.is_file():
         raise SimpleMatchError(
             f"no --model given and no default model at {DEFAULT_MODEL}",
-            "pass --model PATH/model.onnx, or run `make demo` to train and export the demo model",
+            "pass --model PATH/model.onnx (written by `smatch export` or `smatch demo`)",
         )
     return path
 

@@ -220,7 +220,7 @@ class Matcher:
         prepared = [self.prepare(src), self.prepare(trg)]
         t1 = time.perf_counter()
         if getattr(self.backend, "matches", False):  # one-graph file: encode + match in one session run
-            return self._match_in_graph(*prepared, src_kps, t0, t1)
+            return self._match_in_graph(*prepared, src_kps, t0, t1, confidence, min_confidence)
         fsrc, ftrg = self.encode(prepared)
         t2 = time.perf_counter()
         result = self.match(fsrc, ftrg, src_kps, confidence=confidence, min_confidence=min_confidence)
@@ -239,26 +239,38 @@ class Matcher:
         src_kps: np.ndarray | Sequence[Sequence[float]],
         t0: float,
         t1: float,
+        confidence: str = DEFAULT_CONFIDENCE,
+        min_confidence: float | None = None,
     ) -> MatchResult:
         """:meth:`match_images` for a one-graph model (``smatch export --with-matching``): the matching runs
-        inside the ONNX graph; ``timing_ms["encode"]`` covers encoder and matching together."""
+        inside the ONNX graph, whose target keypoints are returned; ``timing_ms["encode"]`` covers encoder
+        and matching together. The confidence cues the graph does not compute (ratio, cycle) come from the
+        numpy twin on the graph's ``features`` output, so every cue and ``min_confidence`` work alike."""
         size = self.meta.img_size
         kps = _check_kps(src_kps, "source keypoints")
-        if len(kps) == 0:  # the graph's keypoint axis starts at 1; nothing to match anyway
-            empty = np.zeros((0, 2))
-            return MatchResult(kps, empty, empty, np.zeros(0), np.zeros(0), {"preprocess": (t1 - t0) * 1e3})
         kps_model = to_model_frame(kps, src.hw, size).astype(np.float32)
-        pred, peak, mass = self.backend.match_pairs(  # type: ignore[attr-defined]
+        if len(kps) == 0:  # the graph's keypoint axis starts at 1; nothing to match anyway
+            fs, ft = self.encode([src, trg])
+            result = self.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
+            result.timing_ms = {"preprocess": (t1 - t0) * 1e3, "encode": 0.0, "match": 0.0}
+            return result
+        pred, _peak, _mass, fsrc, ftrg = self.backend._run_match(  # type: ignore[attr-defined]
             src.tensor[None], trg.tensor[None], kps_model[None], np.ones((1, len(kps)), bool)
         )
         t2 = time.perf_counter()
-        pred = pred[0].astype(np.float64)
-        result = MatchResult(
-            source_kps=kps,
-            target_kps=to_image_frame(pred, trg.hw, size),
-            target_kps_model=pred,
-            score=peak[0].astype(np.float64),
-            peak_mass=mass[0].astype(np.float64),
-        )
-        result.timing_ms = {"preprocess": (t1 - t0) * 1e3, "encode": (t2 - t1) * 1e3, "match": 0.0}
+        result = self.match(
+            Features(fsrc[0], src.hw), Features(ftrg[0], trg.hw), kps,
+            confidence=confidence, min_confidence=min_confidence,
+        )  # fmt: skip
+        graph_model = pred[0].astype(np.float64)
+        graph_image = to_image_frame(graph_model, trg.hw, size)
+        result.target_kps_model = graph_model
+        result.target_kps_all = graph_image
+        result.target_kps = np.where(result.rejected[:, None], np.nan, graph_image)
+        t3 = time.perf_counter()
+        result.timing_ms = {
+            "preprocess": (t1 - t0) * 1e3,
+            "encode": (t2 - t1) * 1e3,
+            "match": (t3 - t2) * 1e3,
+        }
         return result
