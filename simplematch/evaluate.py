@@ -130,6 +130,9 @@ def evaluate_model(
     ``threshold``: PCK threshold kind (None: the dataset's convention; records.resolve_threshold).
     ``released_compat``: the released code's scoring quirks (released threshold, ``<=``; docs/recipe.md).
     """
+    from simplematch.validate import window as check_window
+
+    check_window(window, cfg.img_size // 4)
     kind = resolve_threshold(
         dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
     )

@@ -211,3 +211,16 @@ def check_memory(cfg: Any, batch: int, device: str, *, training: bool) -> None:
             f"{have / gib:.1f} GiB {what}",
             "lower --img-size or --batch-size",
         )
+
+
+def window(k: int | None, map_side: int, flag: str = "--window") -> int | None:
+    """A fine-window override: 0 (whole map) up to the feature-map side. A larger window is the whole map
+    in disguise (the clamp makes them equal), so it is refused rather than reported under its own name."""
+    if k is None:
+        return None
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= map_side:
+        raise SimpleMatchError(
+            f"{flag} {k!r} does not fit the {map_side}x{map_side} feature map",
+            f"pass 0 (whole map) to {map_side}",
+        )
+    return k

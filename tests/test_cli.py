@@ -465,6 +465,13 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
     ("eval", "--limit 0", [*E, "--dataset", "synthetic", "--limit", "0"], "'--limit'"),
     ("eval", "--limit -5", [*E, "--dataset", "synthetic", "--limit", "-5"], "'--limit'"),
     ("eval", "--window -1", [*E, "--dataset", "synthetic", "--window", "-1"], "'--window'"),
+    ("eval", "--window beyond the map", [*E, "--dataset", "synthetic", "--window", "1000"], "does not fit"),
+    (
+        "eval",
+        "--window beyond the map (runtime)",
+        ["eval", "tiny.onnx", "--dataset", "synthetic", "--window", "1000"],
+        "does not fit",
+    ),
     (
         "eval",
         "--split bogus",

@@ -574,7 +574,7 @@ def test_run_infer_rejects_bad_inputs_without_writing(
 
 def test_default_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SimpleMatchError, match="make demo"):
+    with pytest.raises(SimpleMatchError, match="smatch demo"):
         find_default_model()
     target = tmp_path / "runs" / "demo" / "model.onnx"
     target.parent.mkdir(parents=True)

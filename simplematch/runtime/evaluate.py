@@ -26,6 +26,7 @@ from simplematch.io import sha256_file
 from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, evaluation_json, image_name
 from simplematch.runtime.matcher import Features, Matcher, check_confidence
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE
+from simplematch.validate import window as validate_window
 
 
 def _image_key(source: Any, pair: int, side: str) -> str:
@@ -131,6 +132,7 @@ def evaluate_runtime(
     )
     meta = matcher.meta
     dataset = dataset or str(meta.config.get("dataset", ""))
+    validate_window(window, round(meta.img_size / meta.stride))
     kind = resolve_threshold(
         dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
     )
