@@ -189,15 +189,19 @@ def memory_lower_bound(cfg: Any, batch: int, *, training: bool) -> int:
 
 
 def available_memory(device: str) -> tuple[int, str]:
-    """(bytes available, what) on ``device`` (``cpu`` or ``cuda[:i]``)."""
+    """(bytes available now, where: the device and its total size) on ``device`` (``cpu`` or ``cuda[:i]``).
+
+    The message names the total, not the free amount, so it reads the same from run to run."""
+    gib = 2**30
     if str(device).startswith("cuda"):
         import torch
 
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free), f"free on {device}"
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free), f"{device} ({total / gib:.0f} GiB)"
     import psutil
 
-    return int(psutil.virtual_memory().available), "RAM available"
+    mem = psutil.virtual_memory()
+    return int(mem.available), f"RAM ({mem.total / gib:.0f} GiB)"
 
 
 def check_memory(cfg: Any, batch: int, device: str, *, training: bool) -> None:
@@ -207,8 +211,8 @@ def check_memory(cfg: Any, batch: int, device: str, *, training: bool) -> None:
     if need > have:
         gib = 2**30
         raise SimpleMatchError(
-            f"img_size {cfg.img_size} with batch {batch} needs at least {need / gib:.1f} GiB, "
-            f"{have / gib:.1f} GiB {what}",
+            f"img_size {cfg.img_size} with batch {batch} needs at least {need / gib:.1f} GiB,"
+            f" more than is free in {what}",
             "lower --img-size or --batch-size",
         )
 
