@@ -31,7 +31,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def _nearest_existing(path: Path) -> Path:
-    path = Path(os.path.abspath(path))
+    path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
