@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from simplematch import validate
-from simplematch.errors import SimpleMatchError
+from simplematch.errors import SimpleMatchError, first_line
 
 RUNTIMES = ("torch", "torch-amp", "onnx", "onnx-fp16", "onnx-int8", "trt", "trt-fp16")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-fp16", "trt")
@@ -283,18 +283,23 @@ def _int8_bench_options(tmp: Path) -> dict[str, Any]:
 def fixed_batch(path: Path) -> int | None:
     """The static batch of an exported ``.onnx`` (None when dynamic, or for engines: their worker checks).
 
-    Reads the graph's first input from the protobuf without the weights' external data (cheap, torch-free).
+    Asks onnxruntime (a base dependency: `onnx` is not in the runtime-only install) for the first input's
+    shape: a dynamic batch is a name (str) or None, a static one an int.
     """
     if path.suffix.lower() != ".onnx":
         return None
-    import onnx
+    import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        inputs = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_inputs()
     except Exception as err:
-        raise SimpleMatchError(f"--model {path} is not a readable ONNX file ({err})", "re-export it") from err
-    dim = graph.input[0].type.tensor_type.shape.dim[0] if graph.input else None
-    return int(dim.dim_value) if dim is not None and dim.dim_value > 0 else None
+        raise SimpleMatchError(
+            f"--model {path} is not a readable ONNX file ({first_line(err)})", "re-export it"
+        ) from err
+    dim = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def _check_fixed_batch(path: Path, batches: Sequence[int]) -> None:
