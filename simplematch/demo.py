@@ -148,7 +148,7 @@ def run_demo(
     from simplematch.runtime.infer import run_infer
 
     inf = run_infer(examples / "src.png", examples / "tgt.png", examples / "kps.json", model=out / "model.onnx",  # noqa: E501
-                    out=out / "infer.json", viz=picture)  # fmt: skip
+                    out=out / "infer.json", viz=picture, force=True)  # fmt: skip  # the demo owns --out
     nums["infer"] = {
         "provider": inf["provider"],
         "timing_ms": inf["timing_ms"],
@@ -170,6 +170,7 @@ def run_demo(
         warmup=2,
         iters=bench_iters,
         json_path=bench_json,
+        force=True,  # the demo owns its --out folder (checked with --force by the CLI)
     )
     print_bench(bench, console)
     nums["bench"] = bench
