@@ -34,6 +34,10 @@ mkdir -p "$WORK"
 step "build the wheel"
 "$FULL/pip" wheel -q --no-deps -w "$WORK/dist" . 2>&1 | grep -v '^WARNING: Location' || true
 WHEEL=$(ls "$WORK"/dist/simplematch-*.whl)
+# The export's parity photos are package data: a wheel without them exports nothing.
+n_photos=$(python3 -c "import sys, zipfile; print(sum(n.startswith('simplematch/export/parity_images/') and n.endswith('.jpg') for n in zipfile.ZipFile(sys.argv[1]).namelist()))" "$WHEEL")
+[ "$n_photos" -eq 8 ] || fail "the wheel holds $n_photos of the 8 parity photos"
+echo "parity photos in the wheel: $n_photos"
 
 step "fresh venv, pip install $WHEEL (no extras)"
 python3 -m venv "$RT"

@@ -258,7 +258,7 @@ def _check_types(cfg: Config) -> None:
             )
 
 
-# One line per preset: the authors' released configs (issue 13 table). Where the paper's text (section 4.1)
+# One line per preset: the authors' released configs. Where the paper's text (section 4.1)
 # says otherwise, the released code wins and PAPER_TEXT_DIFFERS says where (shown by `smatch presets`).
 _VIT_B14 = dict(backbone="vit_base_patch14_dinov2", finetune="lora", windows=[0, 15, 45], multiscale=False)
 _IBOT_B16 = dict(backbone="vit_base_patch16_224", finetune="full", windows=[0, 15, 45], multiscale=False)

@@ -214,7 +214,7 @@ def test_dynamic_batch_1_and_3_match_torch(exports, name):
 def test_fp32_parity_meets_the_gate(exports, name):
     parity = exports[name]["meta"].parity
     assert parity["precision"] == "fp32" and parity["runtime"] == "onnxruntime-cpu"
-    assert parity["data"] == "synthetic pairs" and parity["images"] >= 2 and parity["keypoints"] >= 30
+    assert parity["data"] == "bundled photo pairs" and parity["images"] >= 2 and parity["keypoints"] >= 30
     assert parity["max_abs_feature_diff"] <= FP32_MAX_ABS
     assert parity["mean_abs_feature_diff"] <= FP32_MAX_ABS / 10
     assert parity["keypoint_agreement"] >= FP32_MIN_AGREEMENT
@@ -451,3 +451,36 @@ def test_trt_build_and_parity(ckpts, tmp_path, fp16):
             assert feats.shape == (n, 32, VIT_SIZE // 4, VIT_SIZE // 4)
     finally:
         backend.close()
+
+
+def test_topological_sort_orders_a_shuffled_graph_and_refuses_a_cycle():
+    from onnx import TensorProto, helper
+
+    from simplematch.export.onnx_export import topological_sort
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])
+    first, second = helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"])
+    graph = helper.make_graph([second, first], "g", [x], [y])  # consumer before its producer
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(helper.make_model(graph))
+    topological_sort(graph)
+    assert [n.op_type for n in graph.node] == ["Relu", "Neg"]
+    onnx.checker.check_model(helper.make_model(graph))
+    cycle = helper.make_graph(
+        [helper.make_node("Relu", ["w"], ["v"]), helper.make_node("Neg", ["v"], ["w"])], "c", [x], [y]
+    )
+    with pytest.raises(SimpleMatchError, match="not sortable"):
+        topological_sort(cycle)
+
+
+def test_bundled_parity_images_are_four_pairs_of_one_scene_each():
+    from simplematch.export.parity import bundled_images
+
+    images = bundled_images()
+    assert len(images) == 8 and all(im.dtype == np.uint8 and im.ndim == 3 for im in images)
+    # consecutive images are two crops of one photo: far more alike than images of different photos
+    means = np.array([im.reshape(-1, 3).mean(0) for im in images])
+    same = [np.abs(means[i] - means[i + 1]).sum() for i in range(0, 8, 2)]
+    other = [np.abs(means[i] - means[j]).sum() for i in range(0, 8, 2) for j in range(0, 8, 2) if i != j]
+    assert max(same) < min(other)

@@ -22,7 +22,7 @@ def default_output(
     """``runs/demo/checkpoint`` -> ``runs/demo/checkpoint/model.onnx``: *inside* the checkpoint folder.
 
     The export belongs to the checkpoint it was made from (its sha256 is in the metadata); writing into the
-    checkpoint's parent mixed exports of different checkpoints of one run folder (issue 11).
+    checkpoint's parent mixed exports of different checkpoints of one run folder.
     """
     name = "model" + (".match" if with_matching else "") + (".int8" if int8 else ".fp16" if fp16 else "")
     return Path(ckpt_dir).absolute() / (name + (".engine" if fmt == "trt" else ".onnx"))
@@ -232,11 +232,11 @@ def _export_int8(
         quantize,
     )
     from simplematch.export.onnx_export import export_onnx, publish, set_metadata
-    from simplematch.export.parity import images_from_dir, synthetic_images
+    from simplematch.export.parity import bundled_images, images_from_dir
     from simplematch.metadata import ModelMeta
 
     t0 = time.time()
-    check_images = images if images is not None else synthetic_images()
+    check_images = images if images is not None else bundled_images()
     # Same folder for calibration and check: calibrate on the images after the check ones (both are taken
     # round-robin over sub-folders), so the gate is measured on images the calibration never saw.
     same = check_data is not None and Path(check_data).resolve() == Path(calib_data).resolve()

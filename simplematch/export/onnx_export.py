@@ -251,26 +251,15 @@ def drop_duplicate_producers(graph: onnx.GraphProto) -> None:
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so every input is produced before use (in place).
 
-    onnxruntime's fp16 converter appends the input Cast nodes (keep_io_types) after their consumers,
-    which onnx.checker rejects; neither onnx nor onnxruntime ships a sort for a GraphProto, so this is a
-    plain Kahn sort (stable: keeps the original order among ready nodes).
+    onnxruntime's fp16 converter appends the input Cast nodes (keep_io_types) after their consumers, which
+    onnx.checker rejects. onnxruntime's own graph tools sort it (stable among ready nodes).
     """
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise SimpleMatchError("exported graph has a cycle or a dangling input", "report this as a bug")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    try:
+        OnnxModel.graph_topological_sort(graph)
+    except RuntimeError as err:  # onnxruntime raises a plain RuntimeError for a cycle or a dangling input
+        raise SimpleMatchError(f"exported graph is not sortable ({err})", "report this as a bug") from err
 
 
 def export_onnx(

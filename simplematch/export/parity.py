@@ -1,4 +1,4 @@
-"""The export parity check: PyTorch vs onnxruntime (or TensorRT) features on real or synthetic images.
+"""The export parity check: PyTorch vs onnxruntime (or TensorRT) features on real or bundled images.
 
 Reports max / mean absolute feature difference and the fraction of keypoint predictions that agree within
 0.5 px after matching (torch matching on the torch features, the runtime's numpy matching on the exported
@@ -52,6 +52,19 @@ def images_from_dir(root: Path, limit: int = 8) -> list[np.ndarray]:
             f"fewer than 2 images under {root}", "point --check-data at a folder with images"
         )
     return [load_image(p) for p in paths]
+
+
+PARITY_IMAGES = Path(__file__).with_name("parity_images")
+BUNDLED_SOURCE = "bundled photo pairs"
+
+
+def bundled_images() -> list[np.ndarray]:
+    """The export's own parity set: 4 pairs of overlapping photo crops shipped with the package (SOURCE.txt).
+
+    Its own small set, so export needs neither a dataset nor the training-data code; consecutive images are
+    the two views of one scene, which :func:`compare_features` pairs.
+    """
+    return [load_image(p) for p in sorted(PARITY_IMAGES.glob("*.jpg"))]
 
 
 def synthetic_images(limit: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -142,12 +155,12 @@ def parity_check(
     precision: str = "fp32",
     batch: int | None = None,
 ) -> dict[str, Any]:
-    """Torch vs onnxruntime (CPU) on ``images`` (default: synthetic pairs). Raises on an fp32 failure."""
+    """Torch vs onnxruntime (CPU) on ``images`` (default: the bundled photo pairs); raises on an fp32 fail."""
     import onnxruntime as ort
 
     source = f"{len(images)} real images" if images is not None else ""
     if images is None:
-        images, source = synthetic_images(), "synthetic pairs"
+        images, source = bundled_images(), BUNDLED_SOURCE
     x = np.stack([resize_square(im, cfg.img_size) for im in images])
     ref = torch_features(model, x)
     opts = ort.SessionOptions()
@@ -236,7 +249,7 @@ def match_graph_parity(
 
     source = f"{len(images)} real images" if images is not None else ""
     if images is None:
-        images, source = synthetic_images(), "synthetic pairs"
+        images, source = bundled_images(), BUNDLED_SOURCE
     x = np.stack([resize_square(im, cfg.img_size) for im in images])
     y = np.roll(x, -1, axis=0)  # image i is matched into image i + 1
     kps = np.repeat(grid_keypoints(cfg.img_size, n_kps)[None], len(x), axis=0)

@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from simplematch.config import Config
-from simplematch.export.parity import compare_features, enforce, run_in_batches, synthetic_images
+from simplematch.export.parity import (
+    BUNDLED_SOURCE,
+    bundled_images,
+    compare_features,
+    enforce,
+    run_in_batches,
+)
 from simplematch.image import resize_square
 
 
@@ -27,7 +33,7 @@ def engine_parity(
 
     source = f"{len(images)} real images" if images is not None else ""
     if images is None:
-        images, source = synthetic_images(), "synthetic pairs"
+        images, source = bundled_images(), BUNDLED_SOURCE
     x = np.stack([resize_square(im, cfg.img_size) for im in images])
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ref = run_in_batches(lambda b: sess.run(None, {sess.get_inputs()[0].name: b})[0], x, batch)

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,38 @@ def keypoint_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything one ``smatch infer`` run reads, validated, before any work or write."""
+
+    model: Path
+    out: Path | None
+    viz: Path | None
+    src_img: np.ndarray
+    trg_img: np.ndarray
+    kps: np.ndarray
+    truth: np.ndarray | None
+
+
+def _read_inputs(src, trg, kps_path, model, out, viz, truth, force: bool) -> _Inputs:
+    model_path = Path(model) if model is not None else find_default_model()
+    inputs = [src, trg, kps_path, model_path]
+    out_path = validate.output_file(out, "--out", suffixes=(".json",), inputs=inputs, force=force)
+    viz_path = validate.output_file(viz, "--viz", suffixes=(".png",), inputs=[*inputs, out], force=force)
+    src_img = load_image(src)  # decoded once: its size bounds the keypoints, then the matcher encodes it
+    trg_img = load_image(trg)
+    kps = read_keypoints(kps_path, src_img.shape[:2])
+    truth_kps = None
+    if truth is not None:
+        truth_kps = read_keypoints(truth, None, "--truth file")
+        if len(truth_kps) != len(kps):
+            raise SimpleMatchError(
+                f"--truth has {len(truth_kps)} points for {len(kps)} keypoints",
+                "give one target per keypoint",
+            )
+    return _Inputs(model_path, out_path, viz_path, src_img, trg_img, kps, truth_kps)
+
+
 def run_infer(
     src: str | Path,
     trg: str | Path,
@@ -147,55 +180,43 @@ def run_infer(
     """
     # 1. Validate every input before doing any work or writing anything.
     check_confidence(confidence, min_confidence)
-    model_path = Path(model) if model is not None else find_default_model()
-    inputs = [src, trg, kps_path, model_path]
-    out_path = validate.output_file(out, "--out", suffixes=(".json",), inputs=inputs, force=force)
-    viz_path = validate.output_file(viz, "--viz", suffixes=(".png",), inputs=[*inputs, out], force=force)
-    src_img = load_image(src)
-    trg_img = load_image(trg)
-    kps = read_keypoints(kps_path, src_img.shape[:2])
-    truth_kps = None
-    if truth is not None:
-        truth_kps = read_keypoints(truth, None, "--truth file")
-        if len(truth_kps) != len(kps):
-            raise SimpleMatchError(
-                f"--truth has {len(truth_kps)} points for {len(kps)} keypoints",
-                "give one target per keypoint",
-            )
-    matcher = Matcher(model_path, device=device, allow_fallback=allow_fallback)
+    ins = _read_inputs(src, trg, kps_path, model, out, viz, truth, force)
+    matcher = Matcher(ins.model, device=device, allow_fallback=allow_fallback)
 
-    # 2. Compute.
-    result = matcher.match_images(src_img, trg_img, kps, confidence=confidence, min_confidence=min_confidence)
+    # 2. Compute (the picture in memory too, so a failed render writes nothing).
+    result = matcher.match_images(
+        ins.src_img, ins.trg_img, ins.kps, confidence=confidence, min_confidence=min_confidence
+    )
     report = {
         "source": str(src),
         "target": str(trg),
-        "model": str(model_path),
+        "model": str(ins.model),
         "provider": matcher.provider,
         "confidence": confidence,
         "min_confidence": min_confidence,
-        "keypoints": keypoint_rows(result, truth_kps, trg_img.shape[:2]),
+        "keypoints": keypoint_rows(result, ins.truth, ins.trg_img.shape[:2]),
         "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
     }
     if truth is not None:
         report["truth"] = {
             "file": str(truth),
             "threshold": TRUTH_THRESHOLD,
-            "threshold_px": max(trg_img.shape[:2]),
+            "threshold_px": max(ins.trg_img.shape[:2]),
         }
     picture = None
-    if viz_path is not None:
+    if ins.viz is not None:
         picture = png_bytes(
             render_matches(
-                src_img, trg_img, result.source_kps, result.target_kps_all,
+                ins.src_img, ins.trg_img, result.source_kps, result.target_kps_all,
                 result.confidence, rejected=result.rejected,
             )
         )  # fmt: skip
 
     # 3. Write, each file atomically.
-    if out_path is not None:
-        atomic_write_text(out_path, json.dumps(report, indent=2) + "\n")
-    if viz_path is not None and picture is not None:
-        atomic_write_bytes(viz_path, picture)
+    if ins.out is not None:
+        atomic_write_text(ins.out, json.dumps(report, indent=2) + "\n")
+    if ins.viz is not None and picture is not None:
+        atomic_write_bytes(ins.viz, picture)
     return report
 
 
@@ -272,6 +293,51 @@ def _pair_keypoints(spec: Any, hw: tuple[int, int] | None, what: str) -> np.ndar
     return _decode_keypoints(spec, hw, what)
 
 
+class _FeatureCache:
+    """Each image encoded once; its features dropped after the last job that uses it (bounded memory)."""
+
+    def __init__(self, matcher: Matcher, jobs: list[dict[str, Any]]) -> None:
+        self.matcher = matcher
+        self.last_use = {
+            str(job[side]): k for k, job in enumerate(jobs) for side in ("src", "tgt") if job[side]
+        }
+        self.cache: dict[str, tuple[Features, tuple[int, int]]] = {}
+
+    def get(self, path: str) -> tuple[Features, tuple[int, int]]:
+        """(features, image (h, w)) of one image."""
+        if path not in self.cache:
+            img = load_image(path)
+            self.cache[path] = (self.matcher.encode([self.matcher.prepare(img)])[0], img.shape[:2])
+        return self.cache[path]
+
+    def release(self, job: dict[str, Any], k: int) -> None:
+        """Drop the features of ``job``'s images whose last use is job ``k``."""
+        for side in ("src", "tgt"):
+            if job[side] is not None and self.last_use.get(str(job[side])) == k:
+                self.cache.pop(str(job[side]), None)
+
+
+def _match_job(job: dict[str, Any], k: int, cache: _FeatureCache, confidence: str, min_confidence) -> dict:
+    """One pairs-file job -> its JSONL record; a bad job raises :class:`SimpleMatchError`."""
+    if job["error"]:
+        raise SimpleMatchError(f"line {job['line']}: {job['error']}", PAIRS_FIX)
+    (fs, shw), (ft, thw) = cache.get(str(job["src"])), cache.get(str(job["tgt"]))
+    kps = _pair_keypoints(job["kps"], shw, f"keypoints of line {job['line']}")
+    truth = _pair_keypoints(job["truth"], None, "truth") if job["truth"] is not None else None
+    if truth is not None and len(truth) != len(kps):
+        raise SimpleMatchError(f"truth has {len(truth)} points for {len(kps)} keypoints", None)
+    res = cache.matcher.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
+    return {
+        "index": k,
+        "line": job["line"],
+        "source": str(job["src"]),
+        "target": str(job["tgt"]),
+        "confidence": confidence,
+        "min_confidence": min_confidence,
+        "keypoints": keypoint_rows(res, truth, thw),
+    }
+
+
 def run_infer_pairs(
     pairs: str | Path,
     out: str | Path,
@@ -292,7 +358,6 @@ def run_infer_pairs(
     image, bad keypoints, ...) is reported through ``on_failure`` and skipped. The records go to a temporary
     file next to ``out`` that replaces it at the end. Returns the summary ``{"pairs", "written", "failed",
     "failures": [{"line", "src", "tgt", "error"}], "out"}``; ``progress(done, total)`` after each pair.
-    (One function on purpose: the loop, the feature cache and the failure accounting share their state.)
     """
     check_confidence(confidence, min_confidence)
     model_path = Path(model) if model is not None else find_default_model()
@@ -301,42 +366,13 @@ def run_infer_pairs(
     )
     jobs = read_pairs(pairs)
     matcher = Matcher(model_path, device=device, allow_fallback=allow_fallback)
-    last_use: dict[str, int] = {}
-    for k, job in enumerate(jobs):
-        for side in ("src", "tgt"):
-            if job[side] is not None:
-                last_use[str(job[side])] = k
-    cache: dict[str, tuple[Features, tuple[int, int]]] = {}
-
-    def features(p: str) -> tuple[Features, tuple[int, int]]:
-        if p not in cache:
-            img = load_image(p)
-            cache[p] = (matcher.encode([matcher.prepare(img)])[0], img.shape[:2])
-        return cache[p]
-
+    cache = _FeatureCache(matcher, jobs)
     failures: list[dict[str, Any]] = []
     written = 0
     with atomic_path(out_path) as tmp, open(tmp, "w") as fh:
         for k, job in enumerate(jobs):
             try:
-                if job["error"]:
-                    raise SimpleMatchError(f"line {job['line']}: {job['error']}", PAIRS_FIX)
-                (fs, shw), (ft, thw) = features(str(job["src"])), features(str(job["tgt"]))
-                kps = _pair_keypoints(job["kps"], shw, f"keypoints of line {job['line']}")
-                truth = _pair_keypoints(job["truth"], None, "truth") if job["truth"] is not None else None
-                if truth is not None and len(truth) != len(kps):
-                    raise SimpleMatchError(f"truth has {len(truth)} points for {len(kps)} keypoints", None)
-                res = matcher.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
-                record = {
-                    "index": k,
-                    "line": job["line"],
-                    "source": str(job["src"]),
-                    "target": str(job["tgt"]),
-                    "confidence": confidence,
-                    "min_confidence": min_confidence,
-                    "keypoints": keypoint_rows(res, truth, thw),
-                }
-                fh.write(json.dumps(record) + "\n")
+                fh.write(json.dumps(_match_job(job, k, cache, confidence, min_confidence)) + "\n")
                 fh.flush()  # streamed: a reader tailing the temporary file sees each pair as it is done
                 written += 1
             except SimpleMatchError as err:
@@ -344,9 +380,7 @@ def run_infer_pairs(
                 failures.append(fail)
                 if on_failure is not None:
                     on_failure(fail)
-            for side in ("src", "tgt"):  # drop features after their last use
-                if job[side] is not None and last_use.get(str(job[side])) == k:
-                    cache.pop(str(job[side]), None)
+            cache.release(job, k)
             if progress is not None:
                 progress(k + 1, len(jobs))
     return {
