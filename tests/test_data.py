@@ -129,6 +129,23 @@ def test_pfpascal_missing_and_malformed_mat(tmp_path: Path) -> None:
         load_records("pfpascal", root, "val")
 
 
+def test_pfpascal_refuses_keypoints_outside_a_present_image(tmp_path: Path) -> None:
+    src = np.array([[1.0, 2.0], [40.0, 30.0]])
+    trg = np.array([[11.0, 12.0], [17.0, 18.0]])
+    root = _pascal_root(tmp_path, src, trg, csv_kps=True)
+    assert len(load_records("pfpascal", root, "test")) == 1  # no images: read as annotations only
+    images = root / "PF-dataset-PASCAL" / "JPEGImages"
+    images.mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(images / "a.jpg")  # x = 40, y = 30 on the border: accepted
+    Image.new("RGB", (16, 20)).save(images / "b.jpg")  # x = 17 > 16: outside
+    with pytest.raises(
+        SimpleMatchError, match=r"line 2 \(b.jpg\): keypoint \(17, 18\) lies outside its 16x20"
+    ):
+        load_records("pfpascal", root, "test")
+    Image.new("RGB", (17, 20)).save(images / "b.jpg")
+    assert len(load_records("pfpascal", root, "test")) == 1
+
+
 # --- SPair-71k (real sample files) --------------------------------------------------------------------------
 def _spair_root(tmp: Path) -> Path:
     need(SPAIR / "Layout")
@@ -210,6 +227,21 @@ def test_ap10k_generated_fixture(tmp_path: Path) -> None:
         load_records("ap10k", root, "test", ap10k_split="cross-family")
     (root / "ImageAnnotation" / "canidae" / "dog" / "002.json").write_text('{"bbox": [1, 2, 3, 4]}')
     with pytest.raises(SimpleMatchError, match="002.json"):
+        load_records("ap10k", root, "test")
+
+
+def test_ap10k_refuses_labelled_keypoints_outside_the_stated_size(tmp_path: Path) -> None:
+    root = _ap10k_root(tmp_path)
+    ann = root / "ImageAnnotation" / "canidae" / "dog" / "002.json"
+    data = json.loads(ann.read_text())
+    data["keypoints"][1 * 3 : 1 * 3 + 2] = [500.0, 5.0]  # keypoint 1 is unlabelled (v = 0): ignored
+    ann.write_text(json.dumps(data))
+    assert load_records("ap10k", root, "test")[0].n_kps == 14
+    data["keypoints"][2 * 3 + 1] = 121.0  # a labelled y beyond the 120 px height
+    ann.write_text(json.dumps(data))
+    with pytest.raises(
+        SimpleMatchError, match=r"002.json: keypoint \(.*, 121\) lies outside its 100x120 image"
+    ):
         load_records("ap10k", root, "test")
 
 

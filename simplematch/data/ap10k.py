@@ -15,7 +15,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from simplematch.data.records import PairRecord, finite_number, normalise_split, read_json_file
+from simplematch.data.records import (
+    PairRecord,
+    check_points_inside,
+    finite_number,
+    normalise_split,
+    read_json_file,
+)
 from simplematch.errors import SimpleMatchError
 
 FIX = "prepare AP-10K with GeoAware-SC's script and pass the ap-10k folder (ImageAnnotation/, PairAnnotation/) as --data-root"  # noqa: E501
@@ -58,6 +64,8 @@ def parse_ap10k_image(
         if not (ok(w) and ok(h) and w > 0 and h > 0 and float(w).is_integer() and float(h).is_integer()):
             raise SimpleMatchError(f"{where}: 'width'/'height' must be positive integers", FIX)
         size = (int(w), int(h))
+        # labelled keypoints outside the stated image size: a corrupt or mismatched annotation
+        check_points_inside(arr[arr[:, 2] > 0, :2], *size, where, FIX)
     bbox = np.array([box[0], box[1], box[0] + box[2], box[1] + box[3]], dtype=np.float64)
     return arr[:, :2], arr[:, 2], size, bbox
 

@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from simplematch.data.matfile import read_mat
-from simplematch.data.records import PairRecord, mutual_valid, normalise_split, read_text_file
+from simplematch.data.records import (
+    PairRecord,
+    check_points_inside,
+    image_size,
+    mutual_valid,
+    normalise_split,
+    read_text_file,
+)
 from simplematch.errors import SimpleMatchError
 
 FIX = "re-download PF-PASCAL; pass the folder holding <split>_pairs.csv and PF-dataset-PASCAL/ as --data-root"
@@ -81,25 +88,8 @@ def read_pascal_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return kps, box
 
 
-def parse_pfpascal_csv(
-    text: str,
-    path: Path,
-    root: Path,
-    kps_source: str = "auto",
-    *,
-    image_dir: Path | None = None,
-    ann_dir: Path | None = None,
-    released: bool = False,
-) -> list[PairRecord]:
-    """Decoded CSV text -> records (the .mat files are read only when needed or present).
-
-    ``image_dir``: None = CSV image paths relative to ``root`` (CATs / NC-Net); a folder = basenames inside
-    it (released code / HPF). ``ann_dir``: the Annotations folder (default
-    ``root/PF-dataset-PASCAL/Annotations``). ``released``: the released code's pairing (see
-    :func:`released_pairing`), keypoints from the .mat files.
-    """
-    if released:
-        kps_source = "mat"
+def _read_header(text: str, path: Path, kps_source: str) -> tuple[list[list[str]], dict[str, int], bool]:
+    """(rows, column index by name, whether the keypoints come from the CSV) of a pair list."""
     if kps_source not in KPS_SOURCES:
         raise SimpleMatchError(
             f"unknown PF-PASCAL keypoint source '{kps_source}'", f"use {', '.join(KPS_SOURCES)}"
@@ -118,7 +108,68 @@ def parse_pfpascal_csv(
     use_csv = kps_source == "csv" or (kps_source == "auto" and has_csv_kps)
     if use_csv and not has_csv_kps:
         raise SimpleMatchError(f"{path}: no XA/YA/XB/YB keypoint columns", "use kps_source='mat'")
-    col = {name: header.index(name) for name in header}
+    return rows, {name: header.index(name) for name in header}, use_csv
+
+
+def _row_names(row: list[str], col: dict[str, int], where: str) -> tuple[str, str, str]:
+    """(source image, target image, class name) of one CSV row."""
+    if len(row) != len(col):
+        raise SimpleMatchError(f"{where}: {len(row)} fields, header has {len(col)}", FIX)
+    src_name, trg_name = row[col["source_image"]].strip(), row[col["target_image"]].strip()
+    if not src_name or not trg_name or ".." in Path(src_name).parts or ".." in Path(trg_name).parts:
+        raise SimpleMatchError(f"{where}: bad image path", FIX)
+    try:
+        cls_id = int(row[col["class"]])
+    except ValueError as err:
+        raise SimpleMatchError(f"{where}: class must be an integer 1..20", FIX) from err
+    if not 1 <= cls_id <= len(CLASSES):
+        raise SimpleMatchError(f"{where}: class {cls_id} outside 1..20", FIX)
+    return src_name, trg_name, CLASSES[cls_id - 1]
+
+
+def _row_keypoints(
+    row: list[str], col: dict[str, int], where: str, mats: list[Path], use_csv: bool
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
+    """(source kps, target kps, [source bbox, target bbox]) from the CSV columns or the two .mat files."""
+    if not use_csv:
+        (src, src_box), (trg, trg_box) = read_pascal_mat(mats[0]), read_pascal_mat(mats[1])
+        if len(src) != len(trg):
+            raise SimpleMatchError(f"{mats[0]} and {mats[1]} hold different numbers of keypoints", FIX)
+        return src, trg, [src_box, trg_box]
+    xa, ya = _floats(row[col["XA"]], where), _floats(row[col["YA"]], where)
+    xb, yb = _floats(row[col["XB"]], where), _floats(row[col["YB"]], where)
+    if not len(xa) == len(ya) == len(xb) == len(yb):
+        raise SimpleMatchError(f"{where}: XA, YA, XB, YB hold different numbers of values", FIX)
+    boxes = [read_pascal_mat(m)[1] if m.is_file() else None for m in mats]  # optional with CSV kps
+    return np.stack([xa, ya], axis=1), np.stack([xb, yb], axis=1), boxes
+
+
+def _check_inside_when_present(kps: np.ndarray, image: Path, where: str) -> None:
+    """Refuse keypoints outside their image when the image is there; the annotation lists ship without
+    images (a missing image is reported when it is loaded)."""
+    if image.is_file():
+        check_points_inside(kps, *image_size(image), f"{where} ({image.name})", FIX)
+
+
+def parse_pfpascal_csv(
+    text: str,
+    path: Path,
+    root: Path,
+    kps_source: str = "auto",
+    *,
+    image_dir: Path | None = None,
+    ann_dir: Path | None = None,
+    released: bool = False,
+) -> list[PairRecord]:
+    """Decoded CSV text -> records (the .mat files are read only when needed or present).
+
+    ``image_dir``: None = CSV image paths relative to ``root`` (CATs / NC-Net); a folder = basenames inside
+    it (released code / HPF). ``ann_dir``: the Annotations folder (default
+    ``root/PF-dataset-PASCAL/Annotations``). ``released``: the released code's pairing (see
+    :func:`released_pairing`), keypoints from the .mat files. Keypoints outside an image that is present
+    are refused (a corrupt or mismatched annotation).
+    """
+    rows, col, use_csv = _read_header(text, path, "mat" if released else kps_source)
     ann_dir = ann_dir if ann_dir is not None else root / "PF-dataset-PASCAL" / "Annotations"
 
     def image(name: str) -> Path:
@@ -129,33 +180,11 @@ def parse_pfpascal_csv(
         if not row or all(not c.strip() for c in row):
             continue
         where = f"{path} line {line}"
-        if len(row) != len(header):
-            raise SimpleMatchError(f"{where}: {len(row)} fields, header has {len(header)}", FIX)
-        src_name, trg_name = row[col["source_image"]].strip(), row[col["target_image"]].strip()
-        if not src_name or not trg_name or ".." in Path(src_name).parts or ".." in Path(trg_name).parts:
-            raise SimpleMatchError(f"{where}: bad image path", FIX)
-        try:
-            cls_id = int(row[col["class"]])
-        except ValueError as err:
-            raise SimpleMatchError(f"{where}: class must be an integer 1..20", FIX) from err
-        if not 1 <= cls_id <= len(CLASSES):
-            raise SimpleMatchError(f"{where}: class {cls_id} outside 1..20", FIX)
-        cls = CLASSES[cls_id - 1]
+        src_name, trg_name, cls = _row_names(row, col, where)
         mats = [ann_dir / cls / (Path(n).stem + ".mat") for n in (src_name, trg_name)]
-        boxes: list[np.ndarray | None] = [None, None]
-        if use_csv:
-            xa, ya = _floats(row[col["XA"]], where), _floats(row[col["YA"]], where)
-            xb, yb = _floats(row[col["XB"]], where), _floats(row[col["YB"]], where)
-            if not len(xa) == len(ya) == len(xb) == len(yb):
-                raise SimpleMatchError(f"{where}: XA, YA, XB, YB hold different numbers of values", FIX)
-            src, trg = np.stack([xa, ya], axis=1), np.stack([xb, yb], axis=1)
-            for i, m in enumerate(mats):
-                if m.is_file():
-                    boxes[i] = read_pascal_mat(m)[1]
-        else:
-            (src, boxes[0]), (trg, boxes[1]) = read_pascal_mat(mats[0]), read_pascal_mat(mats[1])
-            if len(src) != len(trg):
-                raise SimpleMatchError(f"{mats[0]} and {mats[1]} hold different numbers of keypoints", FIX)
+        src, trg, boxes = _row_keypoints(row, col, where, mats, use_csv)
+        _check_inside_when_present(src, image(src_name), where)
+        _check_inside_when_present(trg, image(trg_name), where)
         src, trg = released_pairing(src, trg) if released else mutual_valid(src, trg)
         records.append(
             PairRecord(
