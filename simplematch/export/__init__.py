@@ -62,34 +62,26 @@ def check_output_path(out: Path, fmt: str = "onnx", *, force: bool = False) -> P
     return out
 
 
-def export_checkpoint(
+def _check_options(
     ckpt_dir: Path,
+    fmt: str,
+    out: Path | None,
     *,
-    fmt: str = "onnx",
-    out: Path | None = None,
-    fp16: bool = False,
-    batch: int | None = None,
-    opset: int | None = None,
-    check: bool = True,
-    check_data: Path | None = None,
-    with_matching: bool = False,
-    force: bool = False,
-    int8: bool = False,
-    calib_data: Path | None = None,
-    calib_method: str = "minmax",
-    int8_min_agreement: float | None = None,
-    img_size: int | None = None,
-) -> dict[str, Any]:
-    """Export one checkpoint; returns ``{"path", "precision", "seconds", "size_mib", "parity", ...}``.
-
-    Every argument is validated before the (slow) export starts, and nothing is left at ``out`` unless the
-    whole export, including the parity check, succeeded.
-    """
+    fp16: bool,
+    batch: int | None,
+    opset: int | None,
+    with_matching: bool,
+    force: bool,
+    int8: bool,
+    calib_data: Path | None,
+    calib_method: str,
+    img_size: int | None,
+) -> tuple[int, Path]:
+    """Every export option checked before any work: -> (opset, output path)."""
     from simplematch.export.onnx_export import DEFAULT_OPSET, check_opset
 
     if fmt not in FORMATS:
         raise SimpleMatchError(f"unknown export format '{fmt}'", "use --format onnx or --format trt")
-    ckpt_dir = Path(ckpt_dir)
     # Checked before the output folder is created: with the default --out a missing checkpoint folder
     # would otherwise be created (empty) by ensure_writable_dir.
     if not (ckpt_dir / "model.safetensors").is_file():
@@ -119,6 +111,37 @@ def export_checkpoint(
     opset = check_opset(DEFAULT_OPSET if opset is None else opset)
     default = default_output(ckpt_dir, fmt, fp16, with_matching=with_matching, int8=int8)
     out = check_output_path(Path(out) if out else default, fmt, force=force)
+    return opset, out
+
+
+def export_checkpoint(
+    ckpt_dir: Path,
+    *,
+    fmt: str = "onnx",
+    out: Path | None = None,
+    fp16: bool = False,
+    batch: int | None = None,
+    opset: int | None = None,
+    check: bool = True,
+    check_data: Path | None = None,
+    with_matching: bool = False,
+    force: bool = False,
+    int8: bool = False,
+    calib_data: Path | None = None,
+    calib_method: str = "minmax",
+    int8_min_agreement: float | None = None,
+    img_size: int | None = None,
+) -> dict[str, Any]:
+    """Export one checkpoint; returns ``{"path", "precision", "seconds", "size_mib", "parity", ...}``.
+
+    Every argument is validated before the (slow) export starts, and nothing is left at ``out`` unless the
+    whole export, including the parity check, succeeded.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    opset, out = _check_options(
+        ckpt_dir, fmt, out, fp16=fp16, batch=batch, opset=opset, with_matching=with_matching, force=force,
+        int8=int8, calib_data=calib_data, calib_method=calib_method, img_size=img_size,
+    )  # fmt: skip
 
     from simplematch.checkpoint import load_checkpoint
     from simplematch.export.onnx_export import checkpoint_sha, export_onnx
