@@ -7,6 +7,7 @@ exercise it (scripts/gpu_check.sh runs it on a GPU machine).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -86,10 +87,10 @@ def test_tensorrt_device_without_the_provider_is_one_line_and_leaves_nothing(tmp
     cfg = Config(backbone="resnet18", img_size=64, align_dim=16, finetune="full")
     save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ck")
     path = export_checkpoint(tmp_path / "ck", check=False)["path"]
-    import onnxruntime as ort
-
-    if "TensorrtExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has the TensorRT EP")
+    # onnxruntime-gpu lists the TensorRT EP as available even without TensorRT's libraries; the session
+    # then falls back, which is the case this test is for. Only a real TensorRT install can make it run.
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the EP may really run here")
     with pytest.raises(SimpleMatchError, match="TensorRT requested but onnxruntime runs") as e:
         backends.OnnxBackend(path, device="tensorrt")
     assert "\n" not in str(e.value)
