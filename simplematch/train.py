@@ -233,6 +233,7 @@ def train(
     are known to be valid (just before the first write), so no stale checkpoint can be resumed later.
     """
     from simplematch.model import SimpleMatch
+    from simplematch.weights import load_backbone_weights
 
     t0 = time.time()
     out = Path(out_dir)
@@ -268,7 +269,10 @@ def train(
     # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
     progress = _progress(console, show_progress and dist_utils.is_main())
     seed_everything(cfg.seed + dist_utils.rank())
-    model = SimpleMatch(cfg).to(device)
+    model = SimpleMatch(cfg)
+    if cfg.weights:
+        load_backbone_weights(model, cfg.weights)
+    model = model.to(device)
     created = not out.exists()
     if replace and not resume and not created:
         clear_run(out)
