@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -607,6 +608,43 @@ def plan_run(
         )
     validate.check_memory(cfg, cfg.batch_size, _memory_device(cfg.device), training=True)
     return cfg, run
+
+
+# `smatch train` options that a resumed run keeps from its saved config, in the order a refusal names them
+# (only --max-steps and --device may change on --resume).
+_FIXED_ON_RESUME = (
+    "out preset dataset data_root backbone weights img_size window batch_size epochs lr seed ap10k_split"
+    " config force amp"
+).split()
+
+
+def plan_from_flags(
+    *,
+    out: Path | None,
+    resume: Path | None,
+    preset: str | None,
+    config: Path | None,
+    window: int | None,
+    max_steps: int | None,
+    device: str | None,
+    force: bool,
+    **options: Any,
+) -> tuple[Config, Path]:
+    """:func:`plan_run` from ``smatch train``'s options as the CLI parsed them (``None``: not given).
+
+    ``options`` are the config overrides (``dataset``, ``data_root``, ..., ``amp``): choice enums become
+    their value, paths strings, and ``amp=False`` (the flag's default) means "not given".
+    """
+    overrides = {k: v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
+                 for k, v in options.items()}  # fmt: skip
+    overrides["amp"] = True if overrides.get("amp") else None
+    given = {**overrides, "out": out, "preset": preset, "window": window, "config": config}
+    given["force"] = force or None
+    return plan_run(
+        out=out, resume=resume, preset=preset, config_path=config, overrides=overrides, window=window,
+        max_steps=max_steps, device=device, force=force,
+        changed_flags=[f"--{k.replace('_', '-')}" for k in _FIXED_ON_RESUME if given.get(k) is not None],
+    )  # fmt: skip
 
 
 def _plan_resume(
