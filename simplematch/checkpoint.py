@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from simplematch.config import Config
 from simplematch.errors import SimpleMatchError
 from simplematch.io import atomic_path, ensure_writable_dir
+from simplematch.weights import describe_keys
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -72,21 +75,25 @@ def save_checkpoint(
     return weights
 
 
-def read_checkpoint(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read our ``model.safetensors`` -> (state dict, header metadata). Corrupt files raise one line."""
+@contextmanager
+def _open_weights(weights: Path) -> Iterator[Any]:
+    """The one reader of our ``model.safetensors`` (tensors and header); corrupt files raise one line."""
     from safetensors import SafetensorError, safe_open
 
-    weights = Path(weights)
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as fh:
-            metadata = dict(fh.metadata() or {})
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
+            yield fh
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise SimpleMatchError(
             f"{weights} is not a readable safetensors file ({err})",
             "the file is corrupt or truncated; retrain or copy it again",
         ) from err
-    return state, metadata
+
+
+def read_checkpoint(weights: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read our ``model.safetensors`` -> (state dict, header metadata). Corrupt files raise one line."""
+    with _open_weights(Path(weights)) as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
 
 
 def load_model_weights(model: torch.nn.Module, weights: str | Path) -> dict[str, str]:
@@ -94,6 +101,8 @@ def load_model_weights(model: torch.nn.Module, weights: str | Path) -> dict[str,
     state, metadata = read_checkpoint(weights)
     module = getattr(model, "module", model)
     own = module.state_dict()
+    # Key sets compared before loading (not load_state_dict(strict=False)'s missing_keys/unexpected_keys,
+    # which exist only after tensors were copied): a checkpoint that does not fit loads nothing.
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     reshaped = [
@@ -105,8 +114,7 @@ def load_model_weights(model: torch.nn.Module, weights: str | Path) -> dict[str,
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", reshaped)):
             if keys:
-                shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-                parts.append(f"{label}: {shown}")
+                parts.append(f"{label}: {describe_keys(keys, 6)}")
         raise SimpleMatchError(
             f"{weights} does not fit this model ({'; '.join(parts)})",
             "the checkpoint was made with another backbone, img_size or finetune mode; "
@@ -138,13 +146,6 @@ def load_checkpoint(
 
 
 def _read_header(weights: Path) -> tuple[list[str], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as fh:
-            return list(fh.keys()), dict(fh.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise SimpleMatchError(
-            f"{weights} is not a readable safetensors file ({err})",
-            "the file is corrupt or truncated; retrain or copy it again",
-        ) from err
+    """(tensor names, header metadata) without reading the tensors."""
+    with _open_weights(weights) as fh:
+        return list(fh.keys()), dict(fh.metadata() or {})

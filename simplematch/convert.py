@@ -1,9 +1,9 @@
-"""Import and export the released SimpleMatch ``best_model.pth`` checkpoints (issue 7).
+"""Import and export the released SimpleMatch ``best_model.pth`` checkpoints.
 
-Layouts are those of ``/work/shared/reference/official-checkpoint-layout.md`` (hailong23-jin/SimpleMatch
-``e3d6a4d``). Their loader is ``load_state_dict(strict=False)`` and silently keeps random weights on a name
-mismatch; ours does strict key accounting instead: every key of the file is either consumed or ignored for a
-stated reason, anything else is an error listing the keys.
+Layouts are those of the released code (hailong23-jin/SimpleMatch ``e3d6a4d``). Their loader is
+``load_state_dict(strict=False)`` and silently keeps random weights on a name mismatch; ours does strict key
+accounting instead: every key of the file is either consumed or ignored for a stated reason, anything else is
+an error listing the keys.
 
 Families:
 
@@ -24,7 +24,8 @@ import torch
 
 from simplematch.config import Config, resolve_config
 from simplematch.errors import SimpleMatchError
-from simplematch.model import SimpleMatch, read_state_dict, resample_pos_embed_released
+from simplematch.model import SimpleMatch, resample_pos_embed_released
+from simplematch.weights import load_backbone_weights, read_state_dict
 
 FAMILIES = ("dinov2_b14", "ibot_b16", "resnet101")
 PRESET_OF = {
@@ -207,10 +208,12 @@ def convert_official(
         note = "backbone weights not used: this family's file holds the whole fine-tuned backbone"
     cfg = official_config(family, img_size, overrides)
     model = SimpleMatch(cfg, backbone_kwargs=backbone_kwargs)
+    # DINOv2: the frozen backbone comes from backbone_weights, loaded (and accounted for) first.
+    pretrained = load_backbone_weights(model, cfg.weights) if cfg.weights else None
     report = load_official_state(model, sd, family)
     report["file"] = str(best_model_pth)
-    if model.pretrained_report is not None:  # DINOv2: accounting of the backbone_weights file too
-        report["backbone_weights"] = {"file": str(backbone_weights), **model.pretrained_report}
+    if pretrained is not None:
+        report["backbone_weights"] = {"file": str(backbone_weights), **pretrained}
     if note:
         report["note"] = note
     return model.eval(), cfg, report

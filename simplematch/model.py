@@ -1,9 +1,10 @@
 """The SimpleMatch network (paper section 3.2, Fig. 2-3): a timm encoder and a lightweight upsampling decoder.
 
 One definition serves training, evaluation, export and the official-checkpoint converter. The file reads top
-to bottom: pure helpers -> pretrained-weight loading -> LoRA -> encoders -> decoders -> :class:`SimpleMatch`.
+to bottom: pure helpers -> LoRA -> encoders -> decoders -> :class:`SimpleMatch`. Nothing here reads a file:
+``cfg.weights`` (a pretrained backbone) is loaded after construction by :mod:`simplematch.weights`.
 
-Fidelity notes (see ``/work/shared/reference/official-checkpoint-layout.md``):
+Fidelity notes (the released code, hailong23-jin/SimpleMatch ``e3d6a4d``, and its checkpoint layout):
 
 * ViT features are the last block's patch tokens **before** the final LayerNorm, prefix tokens dropped.
 * The ViT is built at ``cfg.img_size`` (fixed grid, no resize in ``forward``, so the graph exports cleanly).
@@ -17,10 +18,6 @@ Fidelity notes (see ``/work/shared/reference/official-checkpoint-layout.md``):
 from __future__ import annotations
 
 import math
-import pickle
-import re
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -29,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from simplematch.config import Config
-from simplematch.errors import SimpleMatchError, first_line
+from simplematch.errors import SimpleMatchError
 from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
 from simplematch.matching import Matches, match_keypoints
 
@@ -68,88 +65,6 @@ def resample_pos_embed_released(pos_embed: torch.Tensor, grid: int, num_prefix: 
         )
     table = table.permute(0, 2, 3, 1).reshape(1, grid * grid, c).to(pos_embed.dtype)
     return torch.cat((prefix, table), dim=1)
-
-
-def _describe_keys(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` tensor file safely into a flat state dict.
-
-    ``.pth`` files are opened only with ``torch.load(weights_only=True)``: a pickle that would run code is
-    refused. Wrappers ``{"state_dict"|"model"|"teacher": {...}}`` (iBOT, training scripts) are unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SimpleMatchError(
-            f"weights file not found: {path}", "check the path (weights are never downloaded)"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise SimpleMatchError(
-                f"cannot read {path} as safetensors ({err})", "re-download or re-save the file"
-            ) from err
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise SimpleMatchError(
-            f"refused to load {path}: it holds Python objects other than tensors (weights_only=True)",
-            "use a plain state-dict file from a trusted source, or convert it to .safetensors",
-        ) from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise SimpleMatchError(
-            f"cannot read {path} as a torch file ({type(err).__name__}: {first_line(err)})",
-            "the file is truncated or not a checkpoint; re-download it",
-        ) from err
-    for key in ("state_dict", "model", "teacher"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise SimpleMatchError(f"{path} is not a state dict of tensors", "pass a backbone state-dict file")
-    return {str(k): v for k, v in obj.items()}
-
-
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Drop DDP ``module.`` prefixes; keep only ``backbone.*`` when present (iBOT/DINO teacher files)."""
-    ignored: dict[str, str] = {}
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if any(k.startswith("backbone.") for k in sd):
-        out = {}
-        for k, v in sd.items():
-            if k.startswith("backbone."):
-                out[k.removeprefix("backbone.")] = v
-            else:
-                ignored[k] = "not part of the backbone (self-supervised projection head)"
-        sd = out
-    return sd, ignored
-
-
-# Keys of pretrained files the model deliberately does not use, with the reason (strict key accounting).
-_UNUSED_PRETRAINED = (
-    (re.compile(r"^mask_token$"), "DINOv2 masked-modeling token, unused for features"),
-    (
-        re.compile(r"^norm\.(weight|bias)$"),
-        "final LayerNorm: the decoder reads pre-norm tokens (released code)",
-    ),
-    (re.compile(r"^fc_norm\.(weight|bias)$"), "pooled-feature norm of the classifier, unused"),
-    (re.compile(r"^head\.(weight|bias)$"), "classification head, unused"),
-    (re.compile(r"^fc\.(weight|bias)$"), "ResNet classifier, unused"),
-)
-
-
-def unused_pretrained_reason(key: str) -> str | None:
-    """Why a pretrained-backbone key is deliberately ignored, or ``None`` when it must be used."""
-    for pattern, reason in _UNUSED_PRETRAINED:
-        if pattern.match(key):
-            return reason
-    return None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -423,18 +338,15 @@ class SimpleMatch(nn.Module):
         if cfg.finetune == "lora":
             self._add_lora()
         self.lora_merged = False
-        # Key accounting of the pretrained backbone load ({"loaded": n, "ignored": {key: reason}}), if any.
-        self.pretrained_report: dict[str, Any] | None = None
-        if cfg.weights:
-            self.pretrained_report = self.load_backbone_weights(cfg.weights)
         self._set_trainable()
 
     # ---- construction helpers -----------------------------------------------------------------------
-    def _backbone_module(self) -> nn.Module:
+    def backbone_module(self) -> nn.Module:
+        """The timm network inside the encoder (what a pretrained backbone file fills)."""
         return self.encoder.vit if isinstance(self.encoder, ViTEncoder) else self.encoder.body
 
     def _add_lora(self) -> None:
-        root = self._backbone_module()
+        root = self.backbone_module()
         for name in self.encoder.lora_targets(self.cfg.lora_blocks):
             parent_name, _, child = name.rpartition(".")
             parent = root.get_submodule(parent_name)
@@ -458,57 +370,6 @@ class SimpleMatch(nn.Module):
             # A non-fine-tuned backbone keeps its pretrained behaviour (ResNet BN statistics stay fixed).
             self.encoder.eval()
         return self
-
-    def load_backbone_weights(self, path: str | Path) -> dict[str, Any]:
-        """Load a pretrained backbone file into the encoder with strict key accounting.
-
-        Accepts official DINOv2 ``.pth``, iBOT teacher ``{"state_dict": ...}`` (``module.``/``backbone.``
-        prefixes), torchvision ResNet ``.pth`` and timm ``.safetensors``/``.pth``. Returns a report
-        ``{"loaded": n, "ignored": {key: reason}}``; any unexplained or missing key raises.
-        """
-        sd, ignored = _strip_prefixes(read_state_dict(path))
-        return self._load_backbone_state(sd, ignored, source=str(path))
-
-    def _load_backbone_state(
-        self, sd: dict[str, torch.Tensor], ignored: dict[str, str], source: str
-    ) -> dict[str, Any]:
-        target = self._backbone_module()
-        own = target.state_dict()
-        use: dict[str, torch.Tensor] = {}
-        unexpected = []
-        for key, value in sd.items():
-            if key in own:
-                use[key] = value
-            elif (reason := unused_pretrained_reason(key)) is not None:
-                ignored[key] = reason
-            else:
-                unexpected.append(key)
-        # LoRA factors are new parameters: never in a pretrained backbone file.
-        missing = sorted(k for k in own if k not in use and "lora_A" not in k and "lora_B" not in k)
-        if unexpected or missing:
-            parts = []
-            if unexpected:
-                parts.append(f"unexpected keys {_describe_keys(sorted(unexpected))}")
-            if missing:
-                parts.append(f"missing keys {_describe_keys(missing)}")
-            raise SimpleMatchError(
-                f"{source} does not match backbone {self.cfg.backbone}: {'; '.join(parts)}",
-                "pass weights of the same architecture as --backbone (e.g. dinov2_vitb14_pretrain.pth for "
-                "vit_base_patch14_dinov2)",
-            )
-        use = self.encoder.adapt_pretrained(use)
-        bad = [
-            f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
-            for k, v in use.items()
-            if v.shape != own[k].shape
-        ]
-        if bad:
-            raise SimpleMatchError(
-                f"{source}: tensor shapes differ from backbone {self.cfg.backbone}: {_describe_keys(bad, 4)}",
-                "pass weights of the same model size (small/base/large) as --backbone",
-            )
-        target.load_state_dict(use, strict=False)
-        return {"loaded": len(use), "ignored": ignored}
 
     # ---- forward paths ------------------------------------------------------------------------------
     def _maps(

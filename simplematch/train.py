@@ -31,8 +31,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -218,6 +219,31 @@ def _truncate_metrics(out: Path, step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in keep))
 
 
+@dataclass
+class _Run:
+    """One training run: what setup builds, and the counters a checkpoint saves and a resume restores."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    train_ds: PairDataset
+    val_records: list
+    created: bool  # the run made ``out`` (so a failed start may remove the whole folder)
+    t0: float
+    use_amp: bool  # mixed precision: asked for and on CUDA
+    ddp_model: torch.nn.Module  # ``model`` itself, or its DDP wrapper once wrapped
+    total: int  # steps of the whole run
+    eval_every: int  # steps between validations (and resumable checkpoints)
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: dict[str, Any] | None = None
+
+
 def train(
     cfg: Config,
     out_dir: str | Path,
@@ -232,15 +258,38 @@ def train(
     ``replace`` (``--force``): ``out_dir`` holds an earlier run, whose files are removed once the inputs
     are known to be valid (just before the first write), so no stale checkpoint can be resumed later.
     """
-    from simplematch.model import SimpleMatch
-
     t0 = time.time()
     out = Path(out_dir)
+    device = _setup_device(cfg)
+    check_writable_dir(out)  # fail before the slow set-up; the folder itself is created once inputs are valid
+    train_records, val_records = _load_splits(cfg)
+    # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams do
+    # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
+    progress = _progress(console, show_progress and dist_utils.is_main())
+    seed_everything(cfg.seed + dist_utils.rank())
+    run = _setup(cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0)
+    if resume:
+        _restore(run)
+    else:
+        _start_fresh(run)
+    _wrap_ddp(run)
+    flag = _StopFlag()
+    with _catch_signals(flag), progress as bar, _clean_up_failed_start(out, not resume, run.created):
+        task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"))
+        status = _train_loop(run, flag, lambda loss: bar.update(task, completed=run.step, loss=loss))
+    return TrainResult(status=status, step=run.step, best=run.best, out_dir=out, seconds=time.time() - t0)
+
+
+# ---- setup ---------------------------------------------------------------------------------------------
+def _setup_device(cfg: Config) -> torch.device:
+    """The device of this process (its own GPU under torchrun), after joining the process group."""
     device = select_device(cfg.device)
     dist_utils.init_from_env(device)
-    device = dist_utils.local_device(device)
-    check_writable_dir(out)  # fail before the slow set-up; the folder itself is created once inputs are valid
+    return dist_utils.local_device(device)
 
+
+def _load_splits(cfg: Config) -> tuple[list, list]:
+    """(training records, validation records); refuses a dataset or batch size that cannot train."""
     if cfg.dataset == "pfwillow":
         raise SimpleMatchError(
             "PF-WILLOW has no training split", "train on spair or pfpascal, evaluate on pfwillow"
@@ -263,47 +312,21 @@ def train(
         raise SimpleMatchError(
             f"only {len(train_records)} training pairs for batch size {cfg.batch_size}", "lower --batch-size"
         )
+    return train_records, val_records
 
-    # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams do
-    # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
-    progress = _progress(console, show_progress and dist_utils.is_main())
-    seed_everything(cfg.seed + dist_utils.rank())
-    model = SimpleMatch(cfg).to(device)
-    created = not out.exists()
-    if replace and not resume and not created:
-        clear_run(out)
-    ensure_writable_dir(out)
-    opt, sched = build_optimizer(model, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    step, epoch, batch_in_epoch, best = 0, 0, 0, None
-    if resume:
-        ckpt, state = load_resume_state(out)
-        load_model_weights(model, ckpt / "model.safetensors")
-        try:
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            step, epoch, batch_in_epoch = (
-                int(state["step"]),
-                int(state["epoch"]),
-                int(state["batch_in_epoch"]),
-            )
-            best = json.loads(state["best"]) if state.get("best") else None
-            set_rng_state(state["rng"][min(dist_utils.rank(), len(state["rng"]) - 1)])
-        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
-            raise SimpleMatchError(
-                f"{ckpt / 'state.pt'} does not fit this run ({type(err).__name__}: {err})",
-                "resume with the config.json saved in the run folder, or restart without --resume",
-            ) from err
-        _truncate_metrics(out, step)
-        if dist_utils.is_main():  # the run's config now carries the new --max-steps target
-            cfg.save(out / "config.json")
-    elif dist_utils.is_main():
-        cfg.save(out / "config.json")
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+def _setup(
+    cfg: Config, out: Path, device: torch.device, train_records: list, val_records: list, *, clear: bool,
+    t0: float,
+) -> _Run:  # fmt: skip
+    """Model (+ pretrained backbone), run folder, optimiser, scheduler, grad scaler and training set."""
+    from simplematch.model import SimpleMatch
+    from simplematch.weights import load_backbone_weights
 
+    model = SimpleMatch(cfg)
+    if cfg.weights:
+        load_backbone_weights(model, cfg.weights)
+    model = model.to(device)
     train_ds = PairDataset(
         train_records,
         cfg.img_size,
@@ -312,122 +335,180 @@ def train(
         threshold_kind=THRESHOLDS[cfg.dataset],
         transforms=train_transforms(cfg.dataset, cfg.backbone),  # the released pipeline of this dataset
     )
-    ddp_model: torch.nn.Module = model
-    if dist_utils.is_distributed():
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
+    created = not out.exists()
+    if clear and not created:
+        clear_run(out)
+    ensure_writable_dir(out)
+    opt, sched = build_optimizer(model, cfg)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps_per_epoch = len(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, 0))
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    eval_every = cfg.eval_every or steps_per_epoch
-    flag = _StopFlag()
+    return _Run(
+        cfg, out, device, model, opt, sched, scaler, train_ds, val_records, created, t0, use_amp, model,
+        total=cfg.max_steps or cfg.epochs * steps_per_epoch, eval_every=cfg.eval_every or steps_per_epoch,
+    )  # fmt: skip
 
-    def save_state() -> None:
-        rngs = dist_utils.gather_objects(rng_state())
-        if dist_utils.is_main():
-            state = {
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "best": json.dumps(best) if best else "",
-                "rng": rngs,
-            }
-            _save_resumable(out, model, cfg, state, step)
-        dist_utils.barrier()
 
-    def validate() -> dict[str, Any]:
-        nonlocal best
-        res = evaluate_model(
-            model,
-            cfg,
-            val_records,
-            dataset=cfg.dataset,
-            split=VAL_SPLIT,
-            batch_size=cfg.batch_size,
-            device=device,
+def _wrap_ddp(run: _Run) -> None:
+    """Under torchrun, gradients are all-reduced by DDP (wrapped after a resume loaded the weights)."""
+    if dist_utils.is_distributed():
+        run.ddp_model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None
         )
-        row = {"step": step, "epoch": epoch, "val_pck": res["pck"], "val_pairs": res["pairs"]}
-        _log(out, row)
-        score = res["pck"].get("0.1", float("nan"))
-        if best is None or (not math.isnan(score) and score > best["pck"]["0.1"]):
-            best = {"step": step, "epoch": epoch, "pck": res["pck"], "pairs": res["pairs"]}
-            if dist_utils.is_main():
-                save_checkpoint(model, cfg, out)
-                atomic_write_text(out / "best.json", json.dumps(best, indent=2) + "\n")
-        return res
 
-    status = "finished"
+
+# ---- restore -------------------------------------------------------------------------------------------
+def _start_fresh(run: _Run) -> None:
+    if dist_utils.is_main():
+        run.cfg.save(run.out / "config.json")
+        (run.out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _restore(run: _Run) -> None:
+    """Weights, optimiser, scheduler, scaler, counters and RNG states of the run's last checkpoint."""
+    ckpt, state = load_resume_state(run.out)
+    load_model_weights(run.model, ckpt / "model.safetensors")
+    try:
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.step, run.epoch = int(state["step"]), int(state["epoch"])
+        run.batch_in_epoch = int(state["batch_in_epoch"])
+        run.best = json.loads(state["best"]) if state.get("best") else None
+        set_rng_state(state["rng"][min(dist_utils.rank(), len(state["rng"]) - 1)])
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+        raise SimpleMatchError(
+            f"{ckpt / 'state.pt'} does not fit this run ({type(err).__name__}: {err})",
+            "resume with the config.json saved in the run folder, or restart without --resume",
+        ) from err
+    _truncate_metrics(run.out, run.step)
+    if dist_utils.is_main():  # the run's config now carries the new --max-steps target
+        run.cfg.save(run.out / "config.json")
+
+
+# ---- loop and step -------------------------------------------------------------------------------------
+def _train_loop(run: _Run, flag: _StopFlag, show: Any) -> str:
+    """Epochs of steps, validating and checkpointing every ``eval_every``; "finished" or "interrupted"."""
     stop = False
-    with _catch_signals(flag), progress as bar, _clean_up_failed_start(out, not resume, created):
-        task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
-        while step < total:
-            batches = epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch)
-            if hasattr(train_ds, "set_epoch"):
-                train_ds.set_epoch(epoch)
-            # Own generator: creating a DataLoader iterator draws a base seed, and drawing it from the global
-            # torch RNG (which dropout uses) would make a resumed run diverge from an uninterrupted one.
-            loader = DataLoader(
-                train_ds, batch_sampler=batches[batch_in_epoch:], num_workers=cfg.num_workers,
-                collate_fn=collate_pairs, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
-            )  # fmt: skip
-            ddp_model.train()
-            for batch in loader:
-                src = batch["src_img"].to(device, non_blocking=True)
-                trg = batch["trg_img"].to(device, non_blocking=True)
-                src_kps = batch["src_kps"].to(device)
-                trg_kps = batch["trg_kps"].to(device)
-                valid = batch["valid"].to(device)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    preds = ddp_model(src, trg, src_kps)
-                loss, losses = multiscale_loss(preds, trg_kps, valid)
-                # One all-reduce carries the loss and the stop request, before backward: every rank then
-                # sees the same NaN and the same Ctrl-C, so all stop at the same step instead of some
-                # waiting forever in DDP's gradient all-reduce.
-                loss_sum, stops = dist_utils.all_reduce_sum(
-                    [float(loss.detach()), float(flag.signum is not None)], device
-                )
-                loss_avg = loss_sum / dist_utils.world_size()
-                if not math.isfinite(loss_avg):
-                    last = _last_checkpoint(out)
-                    kept = (
-                        f"the last good checkpoint {last} is intact"
-                        if last
-                        else "no checkpoint was saved yet"
-                    )
-                    raise SimpleMatchError(
-                        f"loss became {loss_avg} at step {step + 1}; {kept}",
-                        "lower --lr (or check the data), then resume with `smatch train --resume` or restart",
-                    )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                step += 1
-                batch_in_epoch += 1
-                stop = stop or stops > 0
-                bar.update(task, completed=step, loss=loss_avg)
-                if step % 10 == 0 or step == 1:
-                    heads = [float(x.detach()) for x in losses]
-                    _log(out, {"step": step, "epoch": epoch, "loss": loss_avg, "lr": sched.get_last_lr()[0],
-                               "head_losses": heads, "time": round(time.time() - t0, 2)})  # fmt: skip
-                if step % eval_every == 0 or step == total:
-                    validate()
-                    save_state()
-                if stop or step >= total:
-                    break
-            if stop:
-                if step % eval_every != 0 and step != total:
-                    save_state()
-                status = "interrupted"
+    while run.step < run.total:
+        batches = epoch_batches(len(run.train_ds), run.cfg.batch_size, run.cfg.seed, run.epoch)
+        for batch in _epoch_loader(run, batches):
+            loss, heads, stop_requested = _step(run, batch, flag)
+            stop = stop or stop_requested
+            show(loss)
+            if run.step % 10 == 0 or run.step == 1:
+                _log_step(run, loss, heads)
+            if run.step % run.eval_every == 0 or run.step == run.total:
+                _validate(run)
+                _save_state(run)
+            if stop or run.step >= run.total:
                 break
-            if step < total and batch_in_epoch >= len(batches):
-                epoch, batch_in_epoch = epoch + 1, 0
-    return TrainResult(status=status, step=step, best=best, out_dir=out, seconds=time.time() - t0)
+        if stop:
+            return _interrupt(run)
+        if run.step < run.total and run.batch_in_epoch >= len(batches):
+            run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+    return "finished"
+
+
+def _epoch_loader(run: _Run, batches: list[list[int]]) -> DataLoader:
+    """The rest of this epoch's batches (all of them unless resuming mid-epoch); model in train mode."""
+    if hasattr(run.train_ds, "set_epoch"):
+        run.train_ds.set_epoch(run.epoch)
+    # Own generator: creating a DataLoader iterator draws a base seed, and drawing it from the global
+    # torch RNG (which dropout uses) would make a resumed run diverge from an uninterrupted one.
+    loader = DataLoader(
+        run.train_ds, batch_sampler=batches[run.batch_in_epoch :], num_workers=run.cfg.num_workers,
+        collate_fn=collate_pairs, generator=torch.Generator().manual_seed(run.cfg.seed * 100_003 + run.epoch),
+    )  # fmt: skip
+    run.ddp_model.train()
+    return loader
+
+
+def _step(run: _Run, batch: dict[str, Any], flag: _StopFlag) -> tuple[float, list[torch.Tensor], bool]:
+    """One optimisation step (amp autocast, scaled backward) -> (mean loss over ranks, per-head losses,
+    whether any rank was asked to stop). A non-finite loss raises before the weights change."""
+    device = run.device
+    src = batch["src_img"].to(device, non_blocking=True)
+    trg = batch["trg_img"].to(device, non_blocking=True)
+    src_kps, trg_kps, valid = (batch[k].to(device) for k in ("src_kps", "trg_kps", "valid"))
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.use_amp):
+        preds = run.ddp_model(src, trg, src_kps)
+    loss, losses = multiscale_loss(preds, trg_kps, valid)
+    # One all-reduce carries the loss and the stop request, before backward: every rank then sees the same
+    # NaN and the same Ctrl-C, so all stop at the same step instead of some waiting forever in DDP's
+    # gradient all-reduce.
+    loss_sum, stops = dist_utils.all_reduce_sum(
+        [float(loss.detach()), float(flag.signum is not None)], device
+    )
+    loss_avg = loss_sum / dist_utils.world_size()
+    if not math.isfinite(loss_avg):
+        _refuse_non_finite(run, loss_avg)
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+    run.step += 1
+    run.batch_in_epoch += 1
+    return loss_avg, losses, stops > 0
+
+
+def _log_step(run: _Run, loss: float, heads: list[torch.Tensor]) -> None:
+    row = {"step": run.step, "epoch": run.epoch, "loss": loss, "lr": run.sched.get_last_lr()[0]}
+    row.update(head_losses=[float(x.detach()) for x in heads], time=round(time.time() - run.t0, 2))
+    _log(run.out, row)
+
+
+def _refuse_non_finite(run: _Run, loss: float) -> NoReturn:
+    last = _last_checkpoint(run.out)
+    kept = f"the last good checkpoint {last} is intact" if last else "no checkpoint was saved yet"
+    raise SimpleMatchError(
+        f"loss became {loss} at step {run.step + 1}; {kept}",
+        "lower --lr (or check the data), then resume with `smatch train --resume` or restart",
+    )
+
+
+# ---- validate, save, interrupt -------------------------------------------------------------------------
+def _validate(run: _Run) -> dict[str, Any]:
+    """Validation PCK, logged; a new best (by PCK@0.1) is saved as the run's model + best.json."""
+    cfg = run.cfg
+    res = evaluate_model(
+        run.model, cfg, run.val_records, dataset=cfg.dataset, split=VAL_SPLIT, batch_size=cfg.batch_size,
+        device=run.device,
+    )  # fmt: skip
+    _log(run.out, {"step": run.step, "epoch": run.epoch, "val_pck": res["pck"], "val_pairs": res["pairs"]})
+    score = res["pck"].get("0.1", float("nan"))
+    if run.best is None or (not math.isnan(score) and score > run.best["pck"]["0.1"]):
+        run.best = {"step": run.step, "epoch": run.epoch, "pck": res["pck"], "pairs": res["pairs"]}
+        if dist_utils.is_main():
+            save_checkpoint(run.model, cfg, run.out)
+            atomic_write_text(run.out / "best.json", json.dumps(run.best, indent=2) + "\n")
+    return res
+
+
+def _save_state(run: _Run) -> None:
+    """A resumable checkpoint of this step (every rank's RNG states, gathered on the main rank)."""
+    rngs = dist_utils.gather_objects(rng_state())
+    if dist_utils.is_main():
+        state = {
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "step": run.step,
+            "epoch": run.epoch,
+            "batch_in_epoch": run.batch_in_epoch,
+            "best": json.dumps(run.best) if run.best else "",
+            "rng": rngs,
+        }
+        _save_resumable(run.out, run.model, run.cfg, state, run.step)
+    dist_utils.barrier()
+
+
+def _interrupt(run: _Run) -> str:
+    """SIGINT/SIGTERM: save a resumable checkpoint of the step just finished (unless one was just saved)."""
+    if run.step % run.eval_every != 0 and run.step != run.total:
+        _save_state(run)
+    return "interrupted"
 
 
 def _last_checkpoint(out: Path) -> str | None:
@@ -527,6 +608,43 @@ def plan_run(
         )
     validate.check_memory(cfg, cfg.batch_size, _memory_device(cfg.device), training=True)
     return cfg, run
+
+
+# `smatch train` options that a resumed run keeps from its saved config, in the order a refusal names them
+# (only --max-steps and --device may change on --resume).
+_FIXED_ON_RESUME = (
+    "out preset dataset data_root backbone weights img_size window batch_size epochs lr seed ap10k_split"
+    " config force amp"
+).split()
+
+
+def plan_from_flags(
+    *,
+    out: Path | None,
+    resume: Path | None,
+    preset: str | None,
+    config: Path | None,
+    window: int | None,
+    max_steps: int | None,
+    device: str | None,
+    force: bool,
+    **options: Any,
+) -> tuple[Config, Path]:
+    """:func:`plan_run` from ``smatch train``'s options as the CLI parsed them (``None``: not given).
+
+    ``options`` are the config overrides (``dataset``, ``data_root``, ..., ``amp``): choice enums become
+    their value, paths strings, and ``amp=False`` (the flag's default) means "not given".
+    """
+    overrides = {k: v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
+                 for k, v in options.items()}  # fmt: skip
+    overrides["amp"] = True if overrides.get("amp") else None
+    given = {**overrides, "out": out, "preset": preset, "window": window, "config": config}
+    given["force"] = force or None
+    return plan_run(
+        out=out, resume=resume, preset=preset, config_path=config, overrides=overrides, window=window,
+        max_steps=max_steps, device=device, force=force,
+        changed_flags=[f"--{k.replace('_', '-')}" for k in _FIXED_ON_RESUME if given.get(k) is not None],
+    )  # fmt: skip
 
 
 def _plan_resume(

@@ -27,6 +27,7 @@ from simplematch.convert import (
 )
 from simplematch.errors import SimpleMatchError
 from simplematch.model import SimpleMatch, resample_pos_embed_released
+from simplematch.weights import load_backbone_weights
 
 TINY_VIT = dict(depth=2, embed_dim=64, num_heads=2)
 TINY_RESNET = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))  # bottleneck outputs 32/64/128/256
@@ -346,6 +347,7 @@ def test_dinov2_round_trip_ours_official_ours(tmp_path: Path):
     cfg = official_config("dinov2_b14", 56, {"weights": str(backbone)})
     torch.manual_seed(2)
     ours = SimpleMatch(cfg, backbone_kwargs=TINY_VIT).eval()
+    load_backbone_weights(ours, backbone)  # the frozen backbone the official file leaves out
     with torch.no_grad():
         ours.encoder.vit.blocks[1].mlp.fc2.lora_B.normal_()
         for m in ours.modules():

@@ -20,7 +20,7 @@ from simplematch.cli.app import main
 from simplematch.data import load_records
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluate import evaluate_model
-from simplematch.train import load_resume_state, train
+from simplematch.train import load_resume_state, plan_from_flags, train
 
 
 def _last(out: Path) -> tuple[Path, dict]:
@@ -106,6 +106,26 @@ def test_cli_train_outputs_best_checkpoint_and_resume(tmp_path: Path, capsys: py
     assert main(["train", "--resume", str(out), "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--lr cannot be changed" in err
+
+
+def test_resume_refusal_names_every_changed_flag_in_cli_order(tmp_path: Path) -> None:
+    """plan_from_flags (what `smatch train` calls) turns given options into the --resume refusal; defaults
+    (amp=False, force=False) and --max-steps / --device count as not given."""
+    from simplematch.cli.app import Dataset
+
+    none = dict(dataset=None, data_root=None, backbone=None, weights=None, img_size=None, batch_size=None,
+                epochs=None, lr=None, seed=None, ap10k_split=None)  # fmt: skip
+    common = dict(out=None, preset=None, config=None, window=None, resume=tmp_path)
+    given = {**none, "lr": 0.0, "data_root": tmp_path, "dataset": Dataset("synthetic")}
+    with pytest.raises(SimpleMatchError) as info:
+        plan_from_flags(**common, **given, max_steps=9, device="cpu", force=True, amp=True)
+    assert info.value.problem == (
+        "--resume continues a run with its saved config;"
+        " --dataset, --data-root, --lr, --force, --amp cannot be changed"
+    )
+    with pytest.raises(SimpleMatchError, match="run folder not found"):  # nothing given: resume proceeds
+        plan_from_flags(**{**common, "resume": tmp_path / "nope"}, **none, max_steps=9, device="cpu",
+                        force=False, amp=False)  # fmt: skip
 
 
 def test_library_train_validates_before_writing(tmp_path: Path) -> None:

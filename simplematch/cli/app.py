@@ -112,25 +112,14 @@ def train(
     from simplematch.extras import require
 
     require("train", "`smatch train`")
-    from simplematch.train import plan_run
+    from simplematch.train import plan_from_flags
     from simplematch.train import train as run_train
 
-    run_flags = {
-        "--out": out, "--preset": preset, "--dataset": dataset, "--data-root": data_root,
-        "--backbone": backbone, "--weights": weights, "--img-size": img_size, "--window": window,
-        "--batch-size": batch_size, "--epochs": epochs, "--lr": lr, "--seed": seed,
-        "--ap10k-split": ap10k_split, "--config": config, "--force": force or None, "--amp": amp or None,
-    }  # fmt: skip
-    overrides = dict(
-        dataset=dataset.value if dataset else None, data_root=str(data_root) if data_root else None,
-        backbone=backbone, weights=str(weights) if weights else None, img_size=img_size,
-        batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
-        ap10k_split=ap10k_split.value if ap10k_split else None, amp=True if amp else None,
-    )  # fmt: skip
-    cfg, out = plan_run(
-        out=out, resume=resume, preset=preset, config_path=config, overrides=overrides, window=window,
-        max_steps=max_steps, device=device, force=force,
-        changed_flags=[flag for flag, value in run_flags.items() if value is not None],
+    cfg, out = plan_from_flags(
+        out=out, resume=resume, preset=preset, config=config, window=window, max_steps=max_steps,
+        device=device, force=force, dataset=dataset, data_root=data_root, backbone=backbone, weights=weights,
+        img_size=img_size, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed, ap10k_split=ap10k_split,
+        amp=amp,
     )  # fmt: skip
     main_rank = _is_main_process()
     console = _console()
