@@ -27,12 +27,19 @@ Coord = Literal["corner", "center"]
 DatasetName = Literal["spair", "pfpascal", "pfwillow", "ap10k", "synthetic"]
 Ap10kSplit = Literal["intra", "cross-species", "cross-family"]
 LoraBlocks = Literal["last_half", "all"]
+# PCK normalisers: target bbox, image side, keypoint extent, and the released code's PF-WILLOW computation.
+ThresholdKind = Literal["bbox", "img", "kps", "released"]
+Frame = Literal["resized", "original"]  # evaluation in the model's S x S frame or in original pixels
+ExportFormat = Literal["onnx", "trt"]
+OfficialFamily = Literal["dinov2_b14", "ibot_b16", "resnet101"]  # the authors' released checkpoints
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
 COORD_CONVENTIONS: tuple[str, ...] = typing.get_args(Coord)
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 AP10K_SPLITS: tuple[str, ...] = typing.get_args(Ap10kSplit)
-# PCK normalisers: target bbox, image side, keypoint extent, and the released code's PF-WILLOW computation.
-THRESHOLD_KINDS: tuple[str, ...] = ("bbox", "img", "kps", "released")
+THRESHOLD_KINDS: tuple[str, ...] = typing.get_args(ThresholdKind)
+FRAMES: tuple[str, ...] = typing.get_args(Frame)
+EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
+OFFICIAL_FAMILIES: tuple[str, ...] = typing.get_args(OfficialFamily)
 THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img"}
 
 

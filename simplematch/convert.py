@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from simplematch.config import Config, resolve_config
+from simplematch.config import OFFICIAL_FAMILIES, Config, resolve_config
 from simplematch.errors import SimpleMatchError
 from simplematch.model import SimpleMatch, resample_pos_embed_released
 from simplematch.weights import load_backbone_weights, read_state_dict
 
-FAMILIES = ("dinov2_b14", "ibot_b16", "resnet101")
+FAMILIES = OFFICIAL_FAMILIES
 PRESET_OF = {
     "dinov2_b14": "dinov2_b14_252_spair",
     "ibot_b16": "ibot_b16_256_spair",

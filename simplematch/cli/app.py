@@ -15,7 +15,14 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from simplematch.config import AP10K_SPLITS, DATASETS, THRESHOLD_KINDS
+from simplematch.config import (
+    AP10K_SPLITS,
+    DATASETS,
+    EXPORT_FORMATS,
+    FRAMES,
+    OFFICIAL_FAMILIES,
+    THRESHOLD_KINDS,
+)
 from simplematch.errors import SimpleMatchError
 
 app = typer.Typer(
@@ -37,12 +44,10 @@ Dataset = _choices("Dataset", DATASETS)
 Ap10kSplit = _choices("Ap10kSplit", AP10K_SPLITS)
 
 
-class Frame(str, Enum):
-    resized = "resized"
-    original = "original"
-
-
+Frame = _choices("Frame", FRAMES)
 Threshold = _choices("Threshold", THRESHOLD_KINDS)
+ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
+Family = _choices("Family", OFFICIAL_FAMILIES)
 
 
 def _console():
@@ -283,11 +288,6 @@ def presets(
 
 
 # ------------------------------------------------------------------------------------------------------
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    trt = "trt"
-
-
 @app.command()
 def export(
     checkpoint: Annotated[
@@ -472,12 +472,6 @@ def _infer_pairs(
     console.print(f"{s['written']} of {s['pairs']} pairs written to {s['out']}, {s['failed']} failed")
     if summary["failed"]:
         raise typer.Exit(code=1)
-
-
-class Family(str, Enum):
-    dinov2_b14 = "dinov2_b14"
-    ibot_b16 = "ibot_b16"
-    resnet101 = "resnet101"
 
 
 @app.command()

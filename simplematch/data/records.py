@@ -16,7 +16,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from simplematch.config import THRESHOLD_KINDS
+from simplematch.config import FRAMES, THRESHOLD_KINDS
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image
 
@@ -29,7 +29,6 @@ ImageSource = Union[str, Path, np.ndarray, Callable[[], np.ndarray]]  # noqa: UP
 # the padding stretches the extent down to -1 on both axes (about 1.8x the clean keypoint extent). It exists
 # in the resized frame only.
 RELEASED_PAD = -1.0
-FRAMES = ("original", "resized")
 
 
 @dataclass

@@ -8,10 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simplematch.config import EXPORT_FORMATS as FORMATS
 from simplematch.errors import SimpleMatchError
-
-FORMATS = ("onnx", "trt")
-
 
 SUFFIXES = {"onnx": (".onnx",), "trt": (".engine", ".plan")}
 
