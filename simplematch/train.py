@@ -48,6 +48,7 @@ from simplematch.errors import SimpleMatchError
 from simplematch.evaluate import evaluate_model
 from simplematch.io import atomic_path, atomic_write_text, check_writable_dir, ensure_writable_dir
 from simplematch.matching import keypoint_loss
+from simplematch.progress import progress_bar
 
 TRAIN_SPLIT = "trn"
 VAL_SPLIT = "val"
@@ -265,7 +266,12 @@ def train(
     train_records, val_records = _load_splits(cfg)
     # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams do
     # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
-    progress = _progress(console, show_progress and dist_utils.is_main())
+    progress = progress_bar(
+        console,
+        enabled=show_progress and dist_utils.is_main(),
+        transient=False,
+        extra="loss {task.fields[loss]:.3f}",
+    )
     seed_everything(cfg.seed + dist_utils.rank())
     run = _setup(cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0)
     if resume:
@@ -534,29 +540,6 @@ def _clean_up_failed_start(out: Path, fresh: bool, created: bool) -> Iterator[No
                 for name in ("config.json", "metrics.jsonl"):
                     (out / name).unlink(missing_ok=True)
         raise
-
-
-def _progress(console: Any, enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -445,8 +445,7 @@ def infer(
 def _infer_pairs(
     pairs, src, tgt, kps, model, out, viz, truth, device, allow_fallback, confidence, min_conf, force
 ):
-    from rich.progress import Progress
-
+    from simplematch.progress import progress_bar
     from simplematch.runtime.infer import run_infer_pairs
 
     if src is not None or tgt is not None or kps is not None or viz is not None or truth is not None:
@@ -457,7 +456,7 @@ def _infer_pairs(
     if out is None:
         raise SimpleMatchError("--pairs needs --out FILE.jsonl", "pass e.g. --out matches.jsonl")
     console = _console()
-    with Progress(console=console, transient=True) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task("pairs", total=None)
 
         def skipped(f: dict) -> None:
