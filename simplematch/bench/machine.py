@@ -1,6 +1,6 @@
 """What a number was measured on (device, versions) and how much memory this process holds.
 
-torch is imported only on the ``--device cuda`` paths: it is the library that names the GPU here.
+torch-free: the ``--device cuda`` paths ask :mod:`simplematch.bench.cuda` (torch) about the GPU.
 """
 
 from __future__ import annotations
@@ -58,12 +58,10 @@ def environment(device: str) -> tuple[str, dict[str, Any]]:
     }
     desc = f"cpu ({versions['cpu']}, {versions['cpu_cores']} cores)"
     if device == "cuda":
-        import torch
+        from simplematch.bench.cuda import gpu_versions
 
-        name = torch.cuda.get_device_name(0)
-        versions["gpu"] = name
-        versions["cuda"] = torch.version.cuda
-        desc = f"cuda ({name})"
+        versions.update(gpu_versions())
+        desc = f"cuda ({versions['gpu']})"
     return desc, versions
 
 
@@ -72,9 +70,9 @@ def check_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise SimpleMatchError(f"unknown device {device!r}", "use --device cpu or --device cuda")
     if device == "cuda":
-        import torch
+        from simplematch.bench.cuda import cuda_available
 
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise SimpleMatchError("--device cuda but torch sees no CUDA GPU", "use --device cpu")
     return device
 
