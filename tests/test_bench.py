@@ -64,7 +64,7 @@ def test_trt_skipped_with_reason(tiny_bench: tuple[dict, Path]) -> None:
     res, _ = tiny_bench
     trt = [s for s in res["skipped"] if s["runtime"] == "trt"]
     assert len(trt) == 1 and trt[0]["reason"]
-    if bench._tensorrt_missing():
+    if bench.tensorrt_missing():
         assert "tensorrt" in trt[0]["reason"].lower()
     assert all(r["runtime"] != "trt" for r in res["results"])
 

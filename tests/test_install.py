@@ -83,7 +83,16 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
                      "simplematch/keypoints.py", "simplematch/metadata.py", "simplematch/cli/app.py",
                      "simplematch/extras.py", "simplematch/io.py", "simplematch/config.py",
                      "simplematch/data/records.py", "simplematch/data/pfwillow.py",
-                     "simplematch/data/matfile.py")  # fmt: skip
+                     "simplematch/data/matfile.py",
+                     # `smatch bench --model m.onnx`: every bench module but the torch ones (executors
+                     # torch_eager / train, cuda, random_model), which only torch paths import.
+                     "simplematch/bench/__init__.py", "simplematch/bench/__main__.py",
+                     "simplematch/bench/options.py", "simplematch/bench/machine.py",
+                     "simplematch/bench/plan.py", "simplematch/bench/measure.py",
+                     "simplematch/bench/worker.py", "simplematch/bench/report.py",
+                     "simplematch/bench/run.py", "simplematch/bench/profile.py",
+                     "simplematch/bench/executors/__init__.py", "simplematch/bench/executors/base.py",
+                     "simplematch/bench/executors/runtime_backends.py")  # fmt: skip
     optional = {"tensorrt", "cuda"}  # the TensorRT backend imports them lazily and says [trt] when absent
     dists = md.packages_distributions()
     base = {d for d, extra in _declared().items() if extra == ""}
