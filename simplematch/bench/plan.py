@@ -298,16 +298,14 @@ def _export(runtime: str, ckpt_dir: Path, workdir: Path, say: Log) -> Path:
 
 
 def _int8_bench_options(workdir: Path) -> dict[str, Any]:
-    """``onnx-int8`` for throughput: calibrated on 16 synthetic images written under ``workdir`` (speed does
-    not depend on what the ranges were calibrated on) and with the accuracy gate off -- a random-init model's
-    flat similarity maps make agreement meaningless; ``smatch export --int8`` is where accuracy is gated."""
-    import numpy as np
-    from PIL import Image
+    """``onnx-int8`` for throughput: calibrated on the export's bundled photos copied under ``workdir``
+    (speed does not depend on what the ranges were calibrated on) and with the accuracy gate off -- a
+    random-init model's flat similarity maps make agreement meaningless; ``smatch export --int8`` is where
+    accuracy is gated."""
+    import shutil
 
-    from simplematch.export.parity import synthetic_images
+    from simplematch.export.parity import PARITY_IMAGES
 
     calib = workdir / "calib"
-    calib.mkdir(exist_ok=True)
-    for i, im in enumerate(synthetic_images(16, seed=1)):
-        Image.fromarray(np.asarray(im, dtype=np.uint8)).save(calib / f"{i:02d}.png")
+    shutil.copytree(PARITY_IMAGES, calib, dirs_exist_ok=True)
     return {"int8": True, "calib_data": calib, "int8_min_agreement": 0.0}

@@ -67,16 +67,6 @@ def bundled_images() -> list[np.ndarray]:
     return [load_image(p) for p in sorted(PARITY_IMAGES.glob("*.jpg"))]
 
 
-def synthetic_images(limit: int = 8, seed: int = 0) -> list[np.ndarray]:
-    """Images of held-out synthetic pairs (source and target of each pair)."""
-    from simplematch.data import load_records
-
-    out: list[np.ndarray] = []
-    for rec in load_records("synthetic", None, "test", seed=seed, n_pairs=(limit + 1) // 2):
-        out.extend([rec.load("src"), rec.load("trg")])
-    return out[:limit]
-
-
 def grid_keypoints(img_size: int, n: int = 30) -> np.ndarray:
     """``n`` source keypoints spread over the image (6 x 5 grid for 30), in model-frame pixels."""
     cols = int(np.ceil(np.sqrt(n * 1.2)))
