@@ -100,6 +100,11 @@ def _check_kps(kps: np.ndarray | Sequence[Sequence[float]], what: str) -> np.nda
     return arr
 
 
+def _timing_ms(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:
+    """``timing_ms`` of a match from its four ``perf_counter`` marks: preprocess, encode, match."""
+    return {"preprocess": (t1 - t0) * 1e3, "encode": (t2 - t1) * 1e3, "match": (t3 - t2) * 1e3}
+
+
 def check_confidence(confidence: str, min_confidence: float | None) -> None:
     """A known cue name and a ``min_confidence`` in [0, 1] (outside it every or no match would be kept)."""
     if confidence not in CUES:
@@ -225,11 +230,7 @@ class Matcher:
         t2 = time.perf_counter()
         result = self.match(fsrc, ftrg, src_kps, confidence=confidence, min_confidence=min_confidence)
         t3 = time.perf_counter()
-        result.timing_ms = {
-            "preprocess": (t1 - t0) * 1e3,
-            "encode": (t2 - t1) * 1e3,
-            "match": (t3 - t2) * 1e3,
-        }
+        result.timing_ms = _timing_ms(t0, t1, t2, t3)
         return result
 
     def _match_in_graph(
@@ -252,7 +253,7 @@ class Matcher:
         if len(kps) == 0:  # the graph's keypoint axis starts at 1; nothing to match anyway
             fs, ft = self.encode([src, trg])
             result = self.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
-            result.timing_ms = {"preprocess": (t1 - t0) * 1e3, "encode": 0.0, "match": 0.0}
+            result.timing_ms = _timing_ms(t0, t1, t1, t1)
             return result
         pred, _peak, _mass, fsrc, ftrg = self.backend._run_match(  # type: ignore[attr-defined]
             src.tensor[None], trg.tensor[None], kps_model[None], np.ones((1, len(kps)), bool)
@@ -268,9 +269,5 @@ class Matcher:
         result.target_kps_all = graph_image
         result.target_kps = np.where(result.rejected[:, None], np.nan, graph_image)
         t3 = time.perf_counter()
-        result.timing_ms = {
-            "preprocess": (t1 - t0) * 1e3,
-            "encode": (t2 - t1) * 1e3,
-            "match": (t3 - t2) * 1e3,
-        }
+        result.timing_ms = _timing_ms(t0, t1, t2, t3)
         return result
