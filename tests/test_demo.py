@@ -90,7 +90,7 @@ def test_report_prose_follows_the_config() -> None:
     nums = {
         "total_seconds": 1.0, "train": {"steps": 3, "seconds": 1.0, "peak_rss_mib": 10},
         "synthetic_before": pck, "baselines": {"relative": pck, "sift": pck},
-        **{f"{m}_{d}": ev for m in ("torch", "model.onnx", "model.fp16.onnx") for d in ("synthetic", "pfwillow")},
+        **{f"{m}_{d}": ev for m in ("torch", "model.onnx", "model.fp16.onnx") for d in ("synthetic", "pfwillow")},  # noqa: E501
         "export_fp32": {"seconds": 1, "size_mib": 1}, "export_fp16": {"seconds": 1, "size_mib": 1},
         "infer": {"provider": "cpu", "timing_ms": {}, "keypoints": 3}, "bench": {"results": []},
     }  # fmt: skip
