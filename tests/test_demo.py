@@ -84,13 +84,16 @@ def test_eval_steps_make_the_call_their_command_makes(
     assert len(calls) == 12
 
 
+MODELS = ("torch", "model.onnx", "model.fp16.onnx")
+
+
 def test_report_prose_follows_the_config() -> None:
     pck = {"0.05": 1.0, "0.1": 2.0, "0.15": 3.0}
     ev = {"pck": pck, "pck_per_point": pck}
     nums = {
         "total_seconds": 1.0, "train": {"steps": 3, "seconds": 1.0, "peak_rss_mib": 10},
         "synthetic_before": pck, "baselines": {"relative": pck, "sift": pck},
-        **{f"{m}_{d}": ev for m in ("torch", "model.onnx", "model.fp16.onnx") for d in ("synthetic", "pfwillow")},  # noqa: E501
+        **{f"{m}_{d}": ev for m in MODELS for d in ("synthetic", "pfwillow")},
         "export_fp32": {"seconds": 1, "size_mib": 1}, "export_fp16": {"seconds": 1, "size_mib": 1},
         "infer": {"provider": "cpu", "timing_ms": {}, "keypoints": 3}, "bench": {"results": []},
     }  # fmt: skip
