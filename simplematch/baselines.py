@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from simplematch.data.records import PairRecord, pck_threshold
-from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, image_name, pck_tables
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, pck_tables
 
 SIFT_SIZE = 16.0  # descriptor support in pixels (images are ~300 px)
 GRID_STEP = 4
@@ -71,12 +71,9 @@ def evaluate_baseline(
     """PCK of a baseline in original image pixels (its natural frame) with the dataset's threshold kind."""
     predict = PREDICTORS[name]
     preds = [
-        PairPrediction(
-            index=i,
-            pair_id=str(rec.pair_id),
-            category=rec.category,
-            src_image=image_name(rec.src_image),
-            trg_image=image_name(rec.trg_image),
+        PairPrediction.of_record(
+            i,
+            rec,
             src_kps=rec.src_kps,
             gt=rec.trg_kps,
             pred=predict(rec),

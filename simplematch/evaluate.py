@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from simplematch import distributed as dist_utils
 from simplematch.config import Config
 from simplematch.data.dataset import PairDataset, collate_pairs
-from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, image_name, score_predictions
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE, Matches, confidence_cues
 
 
@@ -74,21 +74,13 @@ def predict_pairs(
             n = int(batch["n_kps"][i])  # the batch is zero-padded to its largest N
             v = valid[i, :n].astype(bool)
             out.append(
-                PairPrediction(
-                    index=indices[pos + i],
-                    pair_id=str(batch["pair_id"][i]),
-                    category=batch["category"][i],
-                    src_image=image_name(rec.src_image),
-                    trg_image=image_name(rec.trg_image),
-                    src_kps=skps[:n],
-                    gt=gt[i, :n],
-                    pred=pred[i, :n],
-                    valid=v,
+                PairPrediction.of_record(
+                    indices[pos + i], rec, src_kps=skps[:n], gt=gt[i, :n], pred=pred[i, :n], valid=v,
                     threshold=float(thr[i]) if v.any() else float("nan"),
                     raw={k: x[i, :n] for k, x in m._asdict().items() if k != "pred"},
                     cues={k: c[i, :n] for k, c in cues.items()},
                 )
-            )
+            )  # fmt: skip
         pos += pred.shape[0]
         if progress is not None:
             progress(pred.shape[0])
@@ -138,21 +130,11 @@ def evaluate_model(
         model, ds, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress
     )
     return score_predictions(
-        gather_predictions(local),
-        alphas,
-        config=cfg.to_dict(),
-        window=window,
-        released_compat=released_compat,
-        predictions=predictions,
-        dataset=dataset,
-        split=split,
-        threshold=kind,
-        frame=frame,
-        model=model_info or {"path": None, "sha256": None},
-        confidence=confidence,
-        min_confidence=min_confidence,
-        sample=sample,
-    )
+        gather_predictions(local), alphas, config=cfg.to_dict(), threshold=kind,
+        model=model_info or {"path": None, "sha256": None}, window=window, released_compat=released_compat,
+        predictions=predictions, dataset=dataset, split=split, frame=frame, confidence=confidence,
+        min_confidence=min_confidence, sample=sample,
+    )  # fmt: skip
 
 
 def checkpoint_info(ckpt_dir: str | Path) -> dict[str, Any]:

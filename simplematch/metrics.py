@@ -165,6 +165,19 @@ class PairPrediction:
     # released code's torch.le), else strict ``<``. Carried here so every table and plot counts alike.
     inclusive: bool = False
 
+    @classmethod
+    def of_record(cls, index: int, record: Any, **arrays: Any) -> PairPrediction:
+        """The prediction of a :class:`simplematch.data.records.PairRecord`: its id, category and image
+        names from the record, ``arrays`` (src_kps, gt, pred, valid, threshold, raw, cues) as given."""
+        return cls(
+            index=index,
+            pair_id=str(record.pair_id),
+            category=record.category,
+            src_image=image_name(record.src_image),
+            trg_image=image_name(record.trg_image),
+            **arrays,
+        )
+
 
 def image_name(source: Any) -> str | None:
     """An image source as JSON: its path, or None for in-memory / generated images."""

@@ -301,7 +301,7 @@ def match_graph_eval(
     """
     from simplematch.data.records import pck_threshold
     from simplematch.image import to_model_frame
-    from simplematch.metrics import PairPrediction, image_name, pck_tables
+    from simplematch.metrics import PairPrediction, pck_tables
     from simplematch.runtime.backends import OnnxBackend
     from simplematch.runtime.matching import match_keypoints as np_match
 
@@ -335,12 +335,9 @@ def match_graph_eval(
             ok = valid[i, :m]
             thr = pck_threshold(rec, threshold, "resized", img_size=size, valid=ok) if ok.any() else np.nan
             preds.append(
-                PairPrediction(
-                    index=start + i, pair_id=str(rec.pair_id), category=rec.category,
-                    src_image=image_name(rec.src_image), trg_image=image_name(rec.trg_image),
-                    src_kps=kps[i, :m], gt=to_model_frame(rec.trg_kps, hws[i][1], size),
-                    pred=np.nan_to_num(pred[i, :m]),
-                    valid=ok, threshold=float(thr),
+                PairPrediction.of_record(
+                    start + i, rec, src_kps=kps[i, :m], gt=to_model_frame(rec.trg_kps, hws[i][1], size),
+                    pred=np.nan_to_num(pred[i, :m]), valid=ok, threshold=float(thr),
                 )
             )  # fmt: skip
     agg = pck_tables(preds, alphas)

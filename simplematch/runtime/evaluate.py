@@ -22,7 +22,7 @@ from simplematch.errors import SimpleMatchError
 from simplematch.evaluation import threshold_kind
 from simplematch.image import to_model_frame
 from simplematch.io import sha256_file
-from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, image_name, score_predictions
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
 from simplematch.runtime.matcher import Features, Matcher, check_confidence
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.validate import window as validate_window
@@ -73,21 +73,11 @@ def predict_pairs(
                 else float("nan")
             )
             out.append(
-                PairPrediction(
-                    index=idx,
-                    pair_id=str(rec.pair_id),
-                    category=rec.category,
-                    src_image=image_name(rec.src_image),
-                    trg_image=image_name(rec.trg_image),
-                    src_kps=kps_frame,
-                    gt=gt,
-                    pred=pred,
-                    valid=valid,
-                    threshold=thr,
-                    raw=res.raw,
+                PairPrediction.of_record(
+                    idx, rec, src_kps=kps_frame, gt=gt, pred=pred, valid=valid, threshold=thr, raw=res.raw,
                     cues=res.cues,
                 )
-            )
+            )  # fmt: skip
         if progress is not None:
             progress(len(chunk))
     return out
@@ -136,23 +126,13 @@ def evaluate_runtime(
     preds = predict_pairs(
         matcher, records, frame, kind, batch_size=batch_size, window=window, progress=progress
     )
+    model_info = {
+        "path": str(model_path),
+        "sha256": sha256_file(model_path) if model_path.is_file() else None,
+    }
     res = score_predictions(
-        preds,
-        alphas,
-        config=meta.config,
-        window=window,
-        released_compat=released_compat,
-        predictions=predictions,
-        dataset=dataset,
-        split=split,
-        threshold=kind,
-        frame=frame,
-        model={
-            "path": str(model_path),
-            "sha256": sha256_file(model_path) if model_path.is_file() else None,
-        },
-        confidence=confidence,
-        min_confidence=min_confidence,
-        sample=sample,
-    )
+        preds, alphas, config=meta.config, threshold=kind, model=model_info, window=window,
+        released_compat=released_compat, predictions=predictions, dataset=dataset, split=split, frame=frame,
+        confidence=confidence, min_confidence=min_confidence, sample=sample,
+    )  # fmt: skip
     return {**res, "runtime": matcher.runtime, "provider": matcher.provider}
