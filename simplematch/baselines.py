@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from simplematch.data.records import PairRecord, pck_threshold
-from simplematch.metrics import DEFAULT_ALPHAS, aggregate_pck, pck_correct
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, pck_tables
 
 SIFT_SIZE = 16.0  # descriptor support in pixels (images are ~300 px)
 GRID_STEP = 4
@@ -70,12 +70,16 @@ def evaluate_baseline(
 ) -> dict[str, Any]:
     """PCK of a baseline in original image pixels (its natural frame) with the dataset's threshold kind."""
     predict = PREDICTORS[name]
-    counts, valid, cats = [], [], []
-    for rec in records:
-        pred = predict(rec)
-        ok = np.isfinite(rec.trg_kps).all(axis=1)
-        thr = pck_threshold(rec, kind, "original")
-        counts.append(pck_correct(pred[None], rec.trg_kps[None], ok[None], np.array([thr]), alphas)[0])
-        valid.append(int(ok.sum()))
-        cats.append(rec.category)
-    return aggregate_pck(np.array(counts), np.array(valid), cats, alphas)
+    preds = [
+        PairPrediction.of_record(
+            i,
+            rec,
+            src_kps=rec.src_kps,
+            gt=rec.trg_kps,
+            pred=predict(rec),
+            valid=np.isfinite(rec.trg_kps).all(axis=1),
+            threshold=pck_threshold(rec, kind, "original"),
+        )  # fmt: skip
+        for i, rec in enumerate(records)
+    ]
+    return pck_tables(preds, alphas)

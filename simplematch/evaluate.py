@@ -1,7 +1,7 @@
 """PCK evaluation of a PyTorch model (``smatch eval CHECKPOINT_DIR``).
 
 This module only *predicts*: one :class:`simplematch.metrics.PairPrediction` per pair (keypoints, ground
-truth, prediction, threshold, confidence cues). :func:`simplematch.metrics.evaluation_json` counts
+truth, prediction, threshold, confidence cues). :func:`simplematch.metrics.score_predictions` counts
 (``d < alpha * threshold``), aggregates (per-image mean, pooled per point, per category), measures the
 confidence and builds the JSON -- the same function the runtime evaluation (``smatch eval MODEL.onnx``)
 feeds, which is what makes "the runtime reproduces the PyTorch PCK" a like-for-like comparison.
@@ -12,7 +12,6 @@ per-pair arrays, no float reduction) so the totals equal the single-process numb
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from simplematch import distributed as dist_utils
-from simplematch.config import THRESHOLDS, Config
+from simplematch.config import Config
 from simplematch.data.dataset import PairDataset, collate_pairs
-from simplematch.data.records import released_threshold, resolve_threshold
-from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, evaluation_json, image_name
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE, Matches, confidence_cues
 
 
@@ -76,21 +74,13 @@ def predict_pairs(
             n = int(batch["n_kps"][i])  # the batch is zero-padded to its largest N
             v = valid[i, :n].astype(bool)
             out.append(
-                PairPrediction(
-                    index=indices[pos + i],
-                    pair_id=str(batch["pair_id"][i]),
-                    category=batch["category"][i],
-                    src_image=image_name(rec.src_image),
-                    trg_image=image_name(rec.trg_image),
-                    src_kps=skps[:n],
-                    gt=gt[i, :n],
-                    pred=pred[i, :n],
-                    valid=v,
+                PairPrediction.of_record(
+                    indices[pos + i], rec, src_kps=skps[:n], gt=gt[i, :n], pred=pred[i, :n], valid=v,
                     threshold=float(thr[i]) if v.any() else float("nan"),
                     raw={k: x[i, :n] for k, x in m._asdict().items() if k != "pred"},
                     cues={k: c[i, :n] for k, c in cues.items()},
                 )
-            )
+            )  # fmt: skip
         pos += pred.shape[0]
         if progress is not None:
             progress(pred.shape[0])
@@ -130,37 +120,21 @@ def evaluate_model(
     ``threshold``: PCK threshold kind (None: the dataset's convention; records.resolve_threshold).
     ``released_compat``: the released code's scoring quirks (released threshold, ``<=``; docs/recipe.md).
     """
+    from simplematch.evaluation import threshold_kind
     from simplematch.validate import window as check_window
 
     check_window(window, cfg.img_size // 4)
-    kind = resolve_threshold(
-        dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
-    )
+    kind = threshold_kind(dataset, threshold, frame, released_compat)
     ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
     local = predict_pairs(
         model, ds, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress
     )
-    preds = [dataclasses.replace(p, inclusive=released_compat) for p in gather_predictions(local)]
-    if predictions is not None:
-        predictions.extend(preds)
-    conf = cfg.to_dict()
-    if window is not None:
-        conf = {**conf, "eval_window": window}
-    if released_compat:
-        conf = {**conf, "eval_released_compat": True}
-    return evaluation_json(
-        preds,
-        list(alphas),
-        dataset=dataset,
-        split=split,
-        threshold=kind,
-        frame=frame,
-        model=model_info or {"path": None, "sha256": None},
-        config=conf,
-        confidence=confidence,
-        min_confidence=min_confidence,
-        sample=sample,
-    )
+    return score_predictions(
+        gather_predictions(local), alphas, config=cfg.to_dict(), threshold=kind,
+        model=model_info or {"path": None, "sha256": None}, window=window, released_compat=released_compat,
+        predictions=predictions, dataset=dataset, split=split, frame=frame, confidence=confidence,
+        min_confidence=min_confidence, sample=sample,
+    )  # fmt: skip
 
 
 def checkpoint_info(ckpt_dir: str | Path) -> dict[str, Any]:

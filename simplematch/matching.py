@@ -1,7 +1,8 @@
-"""Sparse matching, window-based soft-argmax localisation, loss and PCK (paper section 3.3, 3.4, 4.1).
+"""Sparse matching, window-based soft-argmax localisation and loss (paper section 3.3, 3.4).
 
 Pure functions on tensors, used by training, evaluation and the export parity check. The numpy twins in
-``simplematch/runtime/matching.py`` are pinned to these by parity tests.
+``simplematch/runtime/matching.py`` are pinned to these by parity tests. PCK is not counted here: every
+evaluator hands numpy predictions to :mod:`simplematch.metrics`, which holds the one rule.
 
 Conventions
 -----------
@@ -15,7 +16,6 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -172,47 +172,6 @@ def keypoint_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> 
     dist = torch.linalg.vector_norm(pred.float() - gt.float(), dim=-1)
     mask = valid.float()
     return (dist * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def pck_correct(
-    pred: torch.Tensor,
-    gt: torch.Tensor,
-    valid: torch.Tensor,
-    threshold: torch.Tensor,
-    alphas: Sequence[float],
-    inclusive: bool = False,
-) -> torch.Tensor:
-    """Per-pair counts of correct keypoints: ``d < alpha * threshold`` (strict, as the paper's formula).
-
-    ``inclusive``: ``d <= alpha * threshold``, the released code's ``torch.le`` (``--released-compat``).
-
-    pred, gt: (B, N, 2); valid: (B, N) bool; threshold: (B,) -> (B, len(alphas)) long.
-    """
-    dist = torch.linalg.vector_norm(pred.double() - gt.double(), dim=-1)  # (B, N)
-    thr = threshold.double().view(-1, 1, 1) * torch.tensor(
-        list(alphas), dtype=torch.float64, device=dist.device
-    )
-    d, t = dist.unsqueeze(-1), thr.view(-1, 1, len(alphas))
-    ok = ((d <= t) if inclusive else (d < t)) & valid.unsqueeze(-1)
-    return ok.sum(dim=1)
-
-
-def pck(
-    pred: torch.Tensor,
-    gt: torch.Tensor,
-    valid: torch.Tensor,
-    threshold: torch.Tensor,
-    alphas: Sequence[float],
-) -> dict[str, float]:
-    """PCK in percent, per-image mean (the paper's convention) per alpha; pairs without valid kps skipped."""
-    counts = pck_correct(pred, gt, valid, threshold, alphas).double()
-    nvalid = valid.sum(dim=1).double()
-    keep = nvalid > 0
-    per_pair = counts[keep] / nvalid[keep].unsqueeze(-1)
-    return {
-        f"{a:g}": float(per_pair[:, i].mean() * 100) if keep.any() else float("nan")
-        for i, a in enumerate(alphas)
-    }
 
 
 def dense_soft_argmax_loss_inputs(src_map: torch.Tensor, trg_map: torch.Tensor, beta: float) -> torch.Tensor:

@@ -1,18 +1,25 @@
-"""The evaluation stack shared by the PyTorch and the runtime evaluation (torch-free module).
+"""The evaluation stack (torch-free): the one PCK rule, its counting and aggregation, and the result JSON.
 
-Both evaluators only *predict*: each produces one :class:`PairPrediction` per pair (keypoints, ground
-truth, prediction, threshold and the confidence cues, all in the evaluation frame) and hands the list to
-:func:`evaluation_tables`, which counts, aggregates, measures the confidence (AUROC, precision-coverage,
-rejection) and builds the result JSON; :func:`prediction_record` is the ``--predictions`` JSONL line.
+Everything that turns predictions into numbers lives here and is shared by every caller: the PyTorch
+evaluation (:mod:`simplematch.evaluate`, also training's validation), the runtime evaluation
+(:mod:`simplematch.runtime.evaluate`), the training-free baselines, the export's one-graph PCK check and
+the plots. Callers only *predict*: each makes one :class:`PairPrediction` per pair (keypoints, ground
+truth, prediction, threshold and the confidence cues, all in the evaluation frame).
 
-Counting reduces every pair to integers -- how many of its valid keypoints are correct at each alpha
-(``d < alpha * threshold``, strict, as the paper's formula) and how many are valid -- and hand those to
-:func:`aggregate_pck`. The same integers give the same percentages, so "the runtime reproduces the PyTorch
-PCK" is a like-for-like comparison.
+The rule, written once in :func:`correct_points`: a keypoint is correct at ``alpha`` when it is valid and
+``d < alpha * threshold`` (strict, the paper's formula; ``<=`` under ``inclusive``, the released code's
+``torch.le``). Counting reduces every pair to integers (correct keypoints per alpha, valid keypoints) and
+:func:`aggregate_pck` turns them into percentages: the per-image mean (mean over pairs of correct / valid,
+the paper's number), pooled per point, and per category; pairs without a valid keypoint are counted but
+skipped by every mean. :func:`evaluation_json` adds the confidence measures (AUROC, precision-coverage,
+rejection) and builds the result JSON, :func:`score_predictions` is the evaluators' shared last step and
+:func:`prediction_record` the ``--predictions`` JSONL line. The same integers give the same percentages,
+so "the runtime reproduces the PyTorch PCK" is a like-for-like comparison.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +38,31 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.15)
 
 
 def alpha_key(alpha: float) -> str:
-    """The JSON key of an alpha: ``0.1 -> "0.1"`` (``%g``, as the torch :func:`simplematch.matching.pck`)."""
+    """The JSON key of an alpha: ``0.1 -> "0.1"`` (``%g``)."""
     return f"{alpha:g}"
+
+
+def correct_points(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    valid: np.ndarray,
+    threshold: np.ndarray | float,
+    alphas: Sequence[float],
+    inclusive: bool = False,
+) -> np.ndarray:
+    """THE PCK rule: each keypoint is correct at each alpha when valid and ``d < alpha * threshold``.
+
+    ``inclusive``: ``d <= alpha * threshold``, the released code's ``torch.le`` (``--released-compat``).
+
+    pred, gt: (..., N, 2); valid: (..., N) bool; threshold: (...) one per pair -> (..., N, len(alphas))
+    bool. Distances in float64.
+    """
+    diff = np.asarray(pred, dtype=np.float64) - np.asarray(gt, dtype=np.float64)
+    dist = np.linalg.norm(diff, axis=-1)[..., None]  # (..., N, 1)
+    radius = np.asarray(threshold, dtype=np.float64)[..., None, None] * np.asarray(alphas, dtype=np.float64)
+    # NaN distances (missing keypoints) compare False, but ``valid`` is what decides: invalid never counts.
+    ok = (dist <= radius) if inclusive else (dist < radius)
+    return ok & np.asarray(valid, dtype=bool)[..., None]
 
 
 def pck_correct(
@@ -43,25 +73,12 @@ def pck_correct(
     alphas: Sequence[float],
     inclusive: bool = False,
 ) -> np.ndarray:
-    """Counts of correct keypoints: ``d < alpha * threshold`` (strict), valid keypoints only.
+    """Counts of correct keypoints (:func:`correct_points` summed over the keypoints).
 
-    ``inclusive``: ``d <= alpha * threshold``, the released code's ``torch.le`` (``--released-compat``).
-
-    pred, gt: (B, N, 2) or (N, 2); valid: (B, N) / (N,) bool; threshold: (B,) / scalar
-    -> (B, len(alphas)) / (len(alphas),) int64. Distances in float64 like the torch twin.
+    pred, gt: (B, N, 2) or (N, 2); valid: (B, N) / (N,); threshold: (B,) / scalar
+    -> (B, len(alphas)) / (len(alphas),) int64.
     """
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    valid = np.asarray(valid, dtype=bool)
-    single = pred.ndim == 2
-    if single:
-        pred, gt, valid = pred[None], gt[None], valid[None]
-    dist = np.linalg.norm(pred - gt, axis=-1)  # (B, N)
-    thr = np.asarray(threshold, dtype=np.float64).reshape(-1, 1, 1) * np.asarray(alphas, dtype=np.float64)
-    # NaN distances (missing keypoints) compare False, but ``valid`` is what decides: invalid never counts.
-    ok = ((dist[..., None] <= thr) if inclusive else (dist[..., None] < thr)) & valid[..., None]
-    counts = ok.sum(axis=1).astype(np.int64)
-    return counts[0] if single else counts
+    return correct_points(pred, gt, valid, threshold, alphas, inclusive).sum(axis=-2).astype(np.int64)
 
 
 def _percent(correct: np.ndarray, valid: np.ndarray) -> list[float | None]:
@@ -148,6 +165,19 @@ class PairPrediction:
     # released code's torch.le), else strict ``<``. Carried here so every table and plot counts alike.
     inclusive: bool = False
 
+    @classmethod
+    def of_record(cls, index: int, record: Any, **arrays: Any) -> PairPrediction:
+        """The prediction of a :class:`simplematch.data.records.PairRecord`: its id, category and image
+        names from the record, ``arrays`` (src_kps, gt, pred, valid, threshold, raw, cues) as given."""
+        return cls(
+            index=index,
+            pair_id=str(record.pair_id),
+            category=record.category,
+            src_image=image_name(record.src_image),
+            trg_image=image_name(record.trg_image),
+            **arrays,
+        )
+
 
 def image_name(source: Any) -> str | None:
     """An image source as JSON: its path, or None for in-memory / generated images."""
@@ -155,12 +185,21 @@ def image_name(source: Any) -> str | None:
 
 
 def correct_mask(p: PairPrediction, alphas: Sequence[float]) -> np.ndarray:
-    """(N, A) bool: valid and ``d < alpha * threshold`` (``<=`` if ``p.inclusive``): :func:`pck_correct`
-    per point."""
-    dist = np.linalg.norm(np.asarray(p.pred, np.float64) - np.asarray(p.gt, np.float64), axis=-1)
-    thr = float(p.threshold) * np.asarray(alphas, dtype=np.float64)
-    ok = (dist[:, None] <= thr[None, :]) if p.inclusive else (dist[:, None] < thr[None, :])
-    return ok & np.asarray(p.valid, bool)[:, None]
+    """(N, A) bool: :func:`correct_points` of one pair, by the pair's own rule (``p.inclusive``)."""
+    return correct_points(p.pred, p.gt, p.valid, p.threshold, alphas, p.inclusive)
+
+
+def pair_counts(preds: Sequence[PairPrediction], alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pair integers: (P, A) correct keypoints per alpha and (P,) valid keypoints."""
+    counts = np.array([correct_mask(p, alphas).sum(axis=0) for p in preds], dtype=np.int64)
+    valid = np.array([int(np.asarray(p.valid, bool).sum()) for p in preds], dtype=np.int64)
+    return counts.reshape(len(preds), len(alphas)), valid
+
+
+def pck_tables(preds: Sequence[PairPrediction], alphas: Sequence[float]) -> dict[str, Any]:
+    """Per-pair predictions -> the PCK tables of :func:`aggregate_pck` (no confidence measures)."""
+    counts, valid = pair_counts(preds, list(alphas))
+    return aggregate_pck(counts, valid, [p.category for p in preds], list(alphas))
 
 
 def _floats(a: np.ndarray) -> list[float | None]:
@@ -303,13 +342,10 @@ def evaluation_tables(
     confidence: str,
     min_confidence: float | None = None,
 ) -> dict[str, Any]:
-    """Per-pair predictions -> the PCK tables (:func:`aggregate_pck`) plus ``"confidence"``."""
-    alphas = list(alphas)
-    counts = np.array([correct_mask(p, alphas).sum(axis=0) for p in preds], dtype=np.int64)
-    valid = np.array([int(np.asarray(p.valid, bool).sum()) for p in preds], dtype=np.int64)
-    agg = aggregate_pck(counts.reshape(len(preds), len(alphas)), valid, [p.category for p in preds], alphas)
+    """Per-pair predictions -> the PCK tables (:func:`pck_tables`) plus ``"confidence"``."""
+    agg = pck_tables(preds, alphas)
     agg["confidence"] = confidence_tables(
-        preds, confidence=confidence, min_confidence=min_confidence, alphas=alphas
+        preds, confidence=confidence, min_confidence=min_confidence, alphas=list(alphas)
     )
     return agg
 
@@ -347,3 +383,28 @@ def evaluation_json(
     if sample is not None:
         out["sample"] = sample
     return out
+
+
+def score_predictions(
+    preds: Sequence[PairPrediction],
+    alphas: Sequence[float],
+    *,
+    config: dict[str, Any],
+    window: int | None,
+    released_compat: bool,
+    predictions: list[PairPrediction] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The last step of both evaluators, once their predictions are made: judge every pair by the rule of
+    ``released_compat``, hand the predictions to ``predictions`` (a list, for ``--predictions`` and
+    ``--plots``), record the evaluation overrides in the config and build :func:`evaluation_json`
+    (``fields``: its remaining keyword arguments)."""
+    judged = [dataclasses.replace(p, inclusive=released_compat) for p in preds]
+    if predictions is not None:
+        predictions.extend(judged)
+    config = dict(config)
+    if window is not None:
+        config["eval_window"] = window
+    if released_compat:
+        config["eval_released_compat"] = True
+    return evaluation_json(judged, list(alphas), config=config, **fields)

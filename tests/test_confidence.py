@@ -168,7 +168,7 @@ def test_rejection_precision_and_kept_fraction_by_hand() -> None:
 
 
 def test_limit_samples_across_categories() -> None:
-    from simplematch.cli.evaluation import sample_pairs
+    from simplematch.evaluation import sample_pairs
 
     class R:
         def __init__(self, cat: str) -> None:

@@ -136,17 +136,6 @@ def test_keypoint_loss_euclidean_masked() -> None:
     assert float(M.keypoint_loss(pred, gt, valid)) == pytest.approx(2.5)
 
 
-def test_pck_per_image_mean_and_strict_threshold() -> None:
-    pred = torch.tensor([[[0.0, 0.0], [10.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
-    gt = torch.zeros(2, 2, 2)
-    valid = torch.tensor([[True, True], [True, False]])
-    thr = torch.tensor([100.0, 100.0])
-    # alpha 0.1 -> radius 10: the point at exactly 10 px is NOT correct (strict "<").
-    res = M.pck(pred, gt, valid, thr, [0.1, 0.2])
-    assert res["0.1"] == pytest.approx((0.5 + 1.0) / 2 * 100)
-    assert res["0.2"] == pytest.approx(100.0)
-
-
 def test_gradients_flow_through_window() -> None:
     torch.manual_seed(0)
     src = torch.randn(1, 8, 10, 10, requires_grad=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import types
@@ -569,17 +570,21 @@ def test_released_pairing_filters_each_image_alone() -> None:
     np.testing.assert_array_equal(t, [[11, 11], [-1, -1], [-1, -1]])  # padded as the released code
 
 
-def test_inclusive_comparison_in_both_twins() -> None:
-    from simplematch.matching import pck_correct as torch_pck
+def test_inclusive_comparison_in_every_path() -> None:
+    from simplematch.metrics import PairPrediction, correct_mask
     from simplematch.metrics import pck_correct as numpy_pck
 
     pred, gt = np.array([[[3.0, 4.0], [0.0, 1.0]]]), np.zeros((1, 2, 2))  # distances 5 and 1
     valid, thr = np.ones((1, 2), bool), np.array([50.0])
     assert numpy_pck(pred, gt, valid, thr, [0.1]).tolist() == [[1]]  # 5 < 5 is false
     assert numpy_pck(pred, gt, valid, thr, [0.1], inclusive=True).tolist() == [[2]]
-    args = (torch.tensor(pred), torch.tensor(gt), torch.tensor(valid), torch.tensor(thr), [0.1])
-    assert torch_pck(*args).tolist() == [[1]]
-    assert torch_pck(*args, inclusive=True).tolist() == [[2]]
+    # A pair carries its rule (--released-compat sets inclusive): the tables and plots count through it.
+    pair = PairPrediction(
+        index=0, pair_id="0", category="c", src_image=None, trg_image=None, src_kps=gt[0], gt=gt[0],
+        pred=pred[0], valid=valid[0], threshold=50.0,
+    )  # fmt: skip
+    assert correct_mask(pair, [0.1])[:, 0].tolist() == [False, True]
+    assert correct_mask(dataclasses.replace(pair, inclusive=True), [0.1])[:, 0].tolist() == [True, True]
 
 
 def test_released_compat_eval(tmp_path: Path) -> None:

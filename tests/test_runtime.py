@@ -222,29 +222,6 @@ def test_window_stays_inside_map_and_peak_is_exact() -> None:
         npm.cells_to_pixels(np.zeros(2), 4.0, "middle")
 
 
-def test_pck_counts_and_aggregation_match_torch() -> None:
-    torch = pytest.importorskip("torch")
-    from simplematch import matching as tm
-
-    rng = np.random.default_rng(0)
-    pred = rng.uniform(0, 100, (5, 9, 2))
-    gt = pred + rng.normal(0, 8, (5, 9, 2))
-    valid = rng.random((5, 9)) > 0.3
-    valid[4] = False  # a pair without valid keypoints: skipped by the means
-    thr = rng.uniform(50, 120, 5)
-    alphas = (0.05, 0.1, 0.15)
-    counts = pck_correct(pred, gt, valid, thr, alphas)
-    t_counts = tm.pck_correct(
-        torch.from_numpy(pred), torch.from_numpy(gt), torch.from_numpy(valid), torch.from_numpy(thr), alphas
-    )
-    np.testing.assert_array_equal(counts, t_counts.numpy())
-    agg = aggregate_pck(counts, valid.sum(1), ["a", "b", "a", "b", "c"], alphas)
-    t_pck = tm.pck(
-        torch.from_numpy(pred), torch.from_numpy(gt), torch.from_numpy(valid), torch.from_numpy(thr), alphas
-    )
-    assert agg["pck"] == pytest.approx(t_pck, abs=1e-9)
-
-
 def test_aggregate_pck_by_hand() -> None:
     agg = aggregate_pck([[2, 4], [2, 2], [0, 0]], [4, 2, 0], ["cat", "dog", "dog"], [0.05, 0.1])
     assert agg["pairs"] == 3 and agg["points"] == 6

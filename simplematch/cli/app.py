@@ -209,38 +209,22 @@ def eval_cmd(
     ] = None,
 ) -> None:
     """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
-    from simplematch import validate
-    from simplematch.cli.evaluation import print_result, run_eval
-    from simplematch.data import load_records
-    from simplematch.io import write_json
-    from simplematch.metrics import DEFAULT_ALPHAS
+    from simplematch.evaluation import EvalOutputs, EvalRequest, print_result, run_evaluation
 
-    alphas = validate.alphas(alpha, DEFAULT_ALPHAS)
-    # Before the (slow) evaluation, not after it.
-    validate.output_file(json_out, "--json", suffixes=(".json",), inputs=[model, data_root], force=force)
-    records = load_records(
-        dataset.value, str(data_root) if data_root else None, split, ap10k_split=ap10k_split.value, seed=seed,
-        released=released_compat,
+    request = EvalRequest(
+        dataset=dataset.value, data_root=data_root, split=split, alphas=alpha, frame=frame.value,
+        batch_size=batch_size, device=device, window=window, ap10k_split=ap10k_split.value, limit=limit,
+        seed=seed, threshold=threshold.value if threshold else None, released_compat=released_compat,
+        confidence=confidence, min_confidence=min_confidence,
     )  # fmt: skip
+    outputs = EvalOutputs(json=json_out, predictions=predictions, plots=plots, force=force)
     try:
-        res = run_eval(
-            model, records, limit=limit, seed=seed, predictions_out=predictions, dataset=dataset.value,
-            split=split, alphas=alphas, frame=frame.value, batch_size=batch_size, device=device,
-            window=window, confidence=confidence, min_confidence=min_confidence, plots_out=plots,
-            threshold=threshold.value if threshold else None, released_compat=released_compat, force=force,
+        run_evaluation(
+            model, request, outputs, main_process=_is_main_process(),
+            show=lambda res: print_result(res, _console()),
         )  # fmt: skip
     finally:
         _cleanup_distributed()
-    # Every option that changes the number, so two result files can be compared.
-    res["options"] = {
-        "dataset": dataset.value, "split": split, "alphas": list(alphas), "frame": frame.value,
-        "window": window, "limit": limit, "seed": seed, "threshold": res["threshold"],
-        "released_compat": released_compat, "confidence": confidence, "min_confidence": min_confidence,
-        "ap10k_split": ap10k_split.value if dataset is Dataset.ap10k else None,
-    }  # fmt: skip
-    if _is_main_process():  # under torchrun every rank holds the gathered totals; one prints and writes
-        print_result(res, _console())
-        write_json(json_out, res)
 
 
 # ------------------------------------------------------------------------------------------------------

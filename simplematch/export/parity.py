@@ -304,14 +304,15 @@ def match_graph_eval(
     """
     from simplematch.data.records import pck_threshold
     from simplematch.image import to_model_frame
-    from simplematch.metrics import aggregate_pck, pck_correct
+    from simplematch.metrics import PairPrediction, pck_tables
     from simplematch.runtime.backends import OnnxBackend
     from simplematch.runtime.matching import match_keypoints as np_match
 
     backend = OnnxBackend(onnx_path)
     meta = backend.meta
     size = meta.img_size
-    counts, nvalid, cats, diffs = [], [], [], []
+    preds: list[PairPrediction] = []
+    diffs = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         srcs, tgts, hws = [], [], []
@@ -335,15 +336,14 @@ def match_graph_eval(
         for i, rec in enumerate(chunk):
             m = len(rec.src_kps)
             ok = valid[i, :m]
-            gt = to_model_frame(rec.trg_kps, hws[i][1], size)
-            if ok.any():
-                thr = pck_threshold(rec, threshold, "resized", img_size=size, valid=ok)
-                counts.append(pck_correct(np.nan_to_num(pred[i, :m]), gt, ok, thr, alphas))
-            else:
-                counts.append(np.zeros(len(alphas), np.int64))
-            nvalid.append(int(ok.sum()))
-            cats.append(rec.category)
-    agg = aggregate_pck(np.array(counts), np.array(nvalid), cats, list(alphas))
+            thr = pck_threshold(rec, threshold, "resized", img_size=size, valid=ok) if ok.any() else np.nan
+            preds.append(
+                PairPrediction.of_record(
+                    start + i, rec, src_kps=kps[i, :m], gt=to_model_frame(rec.trg_kps, hws[i][1], size),
+                    pred=np.nan_to_num(pred[i, :m]), valid=ok, threshold=float(thr),
+                )
+            )  # fmt: skip
+    agg = pck_tables(preds, alphas)
     out: dict[str, Any] = {"pck": agg["pck"], "pairs": agg["pairs"], "points": agg["points"]}
     if diffs:
         d = np.concatenate(diffs)

@@ -1,7 +1,7 @@
 """PCK of an exported model on annotated pairs with the torch-free runtime (``smatch eval MODEL.onnx``).
 
 Mirrors :func:`simplematch.evaluate.evaluate_model`: this module only *predicts* (one
-:class:`simplematch.metrics.PairPrediction` per pair); :func:`simplematch.metrics.evaluation_json` counts,
+:class:`simplematch.metrics.PairPrediction` per pair); :func:`simplematch.metrics.score_predictions` counts,
 aggregates and builds the JSON. Same records, same preprocessing, same matching and same thresholds give
 the same JSON, plus ``runtime`` and ``provider``.
 
@@ -11,19 +11,18 @@ the same JSON, plus ``runtime`` and ``provider``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from simplematch.config import THRESHOLDS
-from simplematch.data.records import FRAMES, PairRecord, pck_threshold, released_threshold, resolve_threshold
+from simplematch.data.records import FRAMES, PairRecord, pck_threshold
 from simplematch.errors import SimpleMatchError
+from simplematch.evaluation import threshold_kind
 from simplematch.image import to_model_frame
 from simplematch.io import sha256_file
-from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, evaluation_json, image_name
+from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
 from simplematch.runtime.matcher import Features, Matcher, check_confidence
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.validate import window as validate_window
@@ -74,21 +73,11 @@ def predict_pairs(
                 else float("nan")
             )
             out.append(
-                PairPrediction(
-                    index=idx,
-                    pair_id=str(rec.pair_id),
-                    category=rec.category,
-                    src_image=image_name(rec.src_image),
-                    trg_image=image_name(rec.trg_image),
-                    src_kps=kps_frame,
-                    gt=gt,
-                    pred=pred,
-                    valid=valid,
-                    threshold=thr,
-                    raw=res.raw,
+                PairPrediction.of_record(
+                    idx, rec, src_kps=kps_frame, gt=gt, pred=pred, valid=valid, threshold=thr, raw=res.raw,
                     cues=res.cues,
                 )
-            )
+            )  # fmt: skip
         if progress is not None:
             progress(len(chunk))
     return out
@@ -133,34 +122,17 @@ def evaluate_runtime(
     meta = matcher.meta
     dataset = dataset or str(meta.config.get("dataset", ""))
     validate_window(window, round(meta.img_size / meta.stride))
-    kind = resolve_threshold(
-        dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
-    )
+    kind = threshold_kind(dataset, threshold, frame, released_compat)
     preds = predict_pairs(
         matcher, records, frame, kind, batch_size=batch_size, window=window, progress=progress
     )
-    preds = [dataclasses.replace(p, inclusive=released_compat) for p in preds]
-    if predictions is not None:
-        predictions.extend(preds)
-    config = dict(meta.config)
-    if window is not None:
-        config["eval_window"] = window
-    if released_compat:
-        config["eval_released_compat"] = True
-    res = evaluation_json(
-        preds,
-        list(alphas),
-        dataset=dataset,
-        split=split,
-        threshold=kind,
-        frame=frame,
-        model={
-            "path": str(model_path),
-            "sha256": sha256_file(model_path) if model_path.is_file() else None,
-        },
-        config=config,
-        confidence=confidence,
-        min_confidence=min_confidence,
-        sample=sample,
-    )
+    model_info = {
+        "path": str(model_path),
+        "sha256": sha256_file(model_path) if model_path.is_file() else None,
+    }
+    res = score_predictions(
+        preds, alphas, config=meta.config, threshold=kind, model=model_info, window=window,
+        released_compat=released_compat, predictions=predictions, dataset=dataset, split=split, frame=frame,
+        confidence=confidence, min_confidence=min_confidence, sample=sample,
+    )  # fmt: skip
     return {**res, "runtime": matcher.runtime, "provider": matcher.provider}
