@@ -120,7 +120,7 @@ def evaluate_model(
     ``threshold``: PCK threshold kind (None: the dataset's convention; records.resolve_threshold).
     ``released_compat``: the released code's scoring quirks (released threshold, ``<=``; docs/recipe.md).
     """
-    from simplematch.evaluation import threshold_kind
+    from simplematch.data.records import threshold_kind
     from simplematch.validate import window as check_window
 
     check_window(window, cfg.img_size // 4)

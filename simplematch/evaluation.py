@@ -55,16 +55,6 @@ class EvalOutputs:
     force: bool = False
 
 
-def threshold_kind(dataset: str, threshold: str | None, frame: str, released_compat: bool) -> str:
-    """The PCK threshold kind both evaluators score with (``threshold`` None: the dataset's convention)."""
-    from simplematch.config import THRESHOLDS
-    from simplematch.data.records import released_threshold, resolve_threshold
-
-    return resolve_threshold(
-        dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
-    )
-
-
 def run_evaluation(
     model: Path,
     request: EvalRequest,

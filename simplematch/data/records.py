@@ -16,7 +16,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from simplematch.config import FRAMES, THRESHOLD_KINDS
+from simplematch.config import FRAMES, THRESHOLD_KINDS, THRESHOLDS
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image
 
@@ -191,6 +191,13 @@ def released_threshold(dataset: str, kind: str | None, released_compat: bool) ->
             "drop --threshold, or drop --released-compat",
         )
     return "released"
+
+
+def threshold_kind(dataset: str, threshold: str | None, frame: str, released_compat: bool) -> str:
+    """The PCK threshold kind both evaluators score with (``threshold`` None: the dataset's convention)."""
+    return resolve_threshold(
+        dataset, released_threshold(dataset, threshold, released_compat), frame, THRESHOLDS
+    )
 
 
 def resolve_threshold(dataset: str, kind: str | None, frame: str, conventions: Mapping[str, str]) -> str:

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from simplematch.data.records import FRAMES, PairRecord, pck_threshold
+from simplematch.data.records import FRAMES, PairRecord, pck_threshold, threshold_kind
 from simplematch.errors import SimpleMatchError
-from simplematch.evaluation import threshold_kind
 from simplematch.image import to_model_frame
 from simplematch.io import sha256_file
 from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
