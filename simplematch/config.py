@@ -32,6 +32,12 @@ ThresholdKind = Literal["bbox", "img", "kps", "released"]
 Frame = Literal["resized", "original"]  # evaluation in the model's S x S frame or in original pixels
 ExportFormat = Literal["onnx", "trt"]
 OfficialFamily = Literal["dinov2_b14", "ibot_b16", "resnet101"]  # the authors' released checkpoints
+# Match confidence cues, in the order the runtime computes them (simplematch.runtime.matching); the default
+# was chosen by the AUROC table of docs/confidence.md (PF-WILLOW and held-out synthetic pairs, demo model).
+ConfidenceCue = Literal[
+    "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle"
+]
+DEFAULT_CONFIDENCE: ConfidenceCue = "mass_ratio_cycle"
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
 COORD_CONVENTIONS: tuple[str, ...] = typing.get_args(Coord)
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
@@ -40,6 +46,7 @@ THRESHOLD_KINDS: tuple[str, ...] = typing.get_args(ThresholdKind)
 FRAMES: tuple[str, ...] = typing.get_args(Frame)
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 OFFICIAL_FAMILIES: tuple[str, ...] = typing.get_args(OfficialFamily)
+CONFIDENCE_CUES: tuple[str, ...] = typing.get_args(ConfidenceCue)
 THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img"}
 
 

@@ -251,6 +251,7 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
     from simplematch import distributed as dist_utils
     from simplematch.checkpoint import load_checkpoint
     from simplematch.evaluate import checkpoint_info, evaluate_model
+    from simplematch.progress import progress_bar
     from simplematch.train import select_device
 
     dev = select_device(device)
@@ -258,30 +259,13 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
     dist_utils.init_from_env(dev)
     dev = dist_utils.local_device(dev)
     net, cfg = load_checkpoint(model_dir, device=dev)
-    with _progress(len(records), enabled=dist_utils.is_main()) as advance:
+    with progress_bar(enabled=dist_utils.is_main()) as bar:
+        task = bar.add_task("eval", total=len(records))
         return evaluate_model(
             net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
             batch_size=batch_size, device=dev, window=window, model_info=checkpoint_info(model_dir),
-            progress=advance, **extra,
+            progress=lambda n: bar.update(task, advance=n), **extra,
         )  # fmt: skip
-
-
-class _progress:
-    """A rich progress bar over pairs; yields a callback ``advance(n)``."""
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True, disable=not enabled)
-        self.total = total
-
-    def __enter__(self):
-        self.bar.__enter__()
-        task = self.bar.add_task("eval", total=self.total)
-        return lambda n: self.bar.update(task, advance=n)
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
 
 
 def print_result(res: dict[str, Any], console: Any) -> None:

@@ -17,7 +17,9 @@ from typer.exceptions import TyperException
 
 from simplematch.config import (
     AP10K_SPLITS,
+    CONFIDENCE_CUES,
     DATASETS,
+    DEFAULT_CONFIDENCE,
     EXPORT_FORMATS,
     FRAMES,
     OFFICIAL_FAMILIES,
@@ -47,6 +49,10 @@ Ap10kSplit = _choices("Ap10kSplit", AP10K_SPLITS)
 Frame = _choices("Frame", FRAMES)
 Threshold = _choices("Threshold", THRESHOLD_KINDS)
 ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
+# A plain string, not a choice type: an unknown cue gets the library's one-line message (check_confidence).
+ConfidenceOption = Annotated[
+    str, typer.Option(help=f"Confidence cue: {' | '.join(CONFIDENCE_CUES)} (docs/confidence.md).")
+]
 Family = _choices("Family", OFFICIAL_FAMILIES)
 
 
@@ -193,13 +199,7 @@ def eval_cmd(
             " threshold (docs/recipe.md).",
         ),
     ] = False,
-    confidence: Annotated[
-        str,
-        typer.Option(
-            help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ratio_cycle |"
-            " mass_ratio_cycle (docs/confidence.md)."
-        ),
-    ] = "mass_ratio_cycle",  # = simplematch.runtime.matching.DEFAULT_CONFIDENCE (a test pins it)
+    confidence: ConfidenceOption = DEFAULT_CONFIDENCE,
     min_confidence: Annotated[
         float, typer.Option(help="Also report precision and the fraction kept at this confidence.")
     ] = None,
@@ -374,13 +374,7 @@ def infer(
     pairs: Annotated[
         Path, typer.Option(help="CSV (src,tgt,kps) or JSONL of many pairs; needs --out FILE.jsonl.")
     ] = None,
-    confidence: Annotated[
-        str,
-        typer.Option(
-            help="Confidence cue: peak_cos | peak_mass | ratio | cycle | mass_cycle | ratio_cycle |"
-            " mass_ratio_cycle (docs/confidence.md)."
-        ),
-    ] = "mass_ratio_cycle",  # = simplematch.runtime.matching.DEFAULT_CONFIDENCE (a test pins it)
+    confidence: ConfidenceOption = DEFAULT_CONFIDENCE,
     min_confidence: Annotated[
         float, typer.Option(help="Reject matches below this confidence (target null, rejected true).")
     ] = None,

@@ -27,11 +27,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-COORDS = ("corner", "center")
-# Cue names in the order of :func:`confidence_cues`; ``DEFAULT_CONFIDENCE`` was chosen by the AUROC table of
-# docs/confidence.md (PF-WILLOW and held-out synthetic pairs with the demo model).
-CUES = ("peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle")
-DEFAULT_CONFIDENCE = "mass_ratio_cycle"
+from simplematch import config
+
+# The runtime's names for the config's choices (defined once there).
+COORDS = config.COORD_CONVENTIONS
+CUES = config.CONFIDENCE_CUES  # in the order of :func:`confidence_cues`
+DEFAULT_CONFIDENCE = config.DEFAULT_CONFIDENCE
+
 # The cycle error is expressed in units of alpha * S with alpha = 0.1 (the "img" PCK threshold of the model
 # frame): a threshold that needs no ground truth, so the confidence is the same at inference and in eval.
 CYCLE_ALPHA = 0.1
