@@ -1,6 +1,6 @@
 """Layering: no import cycle between the package's modules (lazy imports inside functions included, since
-a cycle through a lazy import is still two modules that each need the other), and the library never
-imports the CLI (the CLI is a thin layer over it)."""
+a cycle through a lazy import is still two modules that each need the other), each module imports only
+from its own layer or the ones below (README, "Architecture map"), and the library never imports the CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +8,29 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "simplematch"
+# Lowest first; the README's architecture map lists the same layers. A name covers its sub-modules.
+LAYERS = [
+    ["config", "validate", "errors", "io", "extras", "progress", "keypoints", "image", "metadata"],
+    ["data"],
+    ["metrics"],
+    ["model", "weights", "checkpoint", "matching", "runtime.matching"],
+    ["runtime"],
+    ["distributed", "evaluate", "train"],
+    ["export"],
+    ["evaluation", "plots", "baselines", "convert", "bench", "demo"],
+    ["cli"],
+]
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest name covering ``module`` (``simplematch`` itself: -1)."""
+    name = module.removeprefix("simplematch").lstrip(".")
+    best = (-1, -1)
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (name == n or name.startswith(n + ".")) and len(n) > best[1]:
+                best = (i, len(n))
+    return best[0]
 
 
 def module_names() -> dict[str, Path]:
@@ -88,6 +111,14 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_no_import_cycle_between_package_modules() -> None:
     assert cycles(import_graph()) == []
+
+
+def test_every_module_has_a_layer_and_imports_only_from_its_layer_or_below() -> None:
+    graph = import_graph()
+    assert [m for m in graph if m != "simplematch" and layer_of(m) < 0] == []
+    upward = [f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer_of(t) > layer_of(m)]
+    assert upward == []
+    assert layer_of("simplematch.runtime.matching") == 3 and layer_of("simplematch.runtime.infer") == 4
 
 
 def test_the_library_never_imports_the_cli() -> None:
