@@ -1,4 +1,4 @@
-"""Numbers for docs/export.md (issue 15): the one-graph model and INT8 on a trained checkpoint, PF-WILLOW.
+"""Numbers for docs/export.md: the one-graph model and INT8 on a trained checkpoint, PF-WILLOW.
 
     python scripts/deploy_report.py --ckpt runs/demo_snap --data-root ../shared/data/pf-willow --out runs/r
 

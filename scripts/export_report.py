@@ -1,4 +1,4 @@
-"""Measure ``smatch export`` on the issue's three models and write a JSON + markdown table.
+"""Measure ``smatch export`` on the three deployment models and write a JSON + markdown table.
 
 For each model: export time, file size, fp32 and fp16 max / mean absolute feature error against PyTorch
 and keypoint agreement (within 0.5 px after matching), all from the export's own parity check on

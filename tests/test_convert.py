@@ -1,4 +1,4 @@
-"""Official ``best_model.pth`` import/export (issue 7).
+"""Official ``best_model.pth`` import/export.
 
 Official-layout state dicts are generated from the names and shapes of
 ``/work/shared/reference/official-checkpoint-layout.md`` (not from our modules), parametrised by width/depth:

@@ -132,7 +132,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_export_passes_checker_and_has_the_contracted_io(exports, name):
     path = exports[name]["path"]
     assert path == default_output(exports[name]["ckpt"], "onnx", False)
-    assert path.parent == exports[name]["ckpt"]  # inside the checkpoint folder (issue 11)
+    assert path.parent == exports[name]["ckpt"]  # inside the checkpoint folder
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path))
     assert model.opset_import[0].version >= 17
@@ -189,7 +189,7 @@ def test_metadata_round_trip(exports, name):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# onnxruntime: batch sizes and parity against PyTorch (the issue's tolerances)
+# onnxruntime: batch sizes and parity against PyTorch (the export gate's tolerances)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -235,7 +235,7 @@ def test_fp16_passes_checker_keeps_float32_io_and_reports_error(exports, capsys)
     assert parity == entry["res"]["parity"] and parity["precision"] == "fp16"
     assert 0 < parity["max_abs_feature_diff"] <= FP16_MAX_ABS
     assert parity["keypoint_agreement"] >= FP16_MIN_AGREEMENT
-    with capsys.disabled():  # the issue asks for the fp16 error to be reported
+    with capsys.disabled():  # the fp16 error is reported, not gated
         print(
             f"\nfp16 tiny ViT: max abs {parity['max_abs_feature_diff']:.2e}, mean abs "
             f"{parity['mean_abs_feature_diff']:.2e}, keypoint agreement {parity['keypoint_agreement']:.2%}"

@@ -1,4 +1,4 @@
-"""``smatch export --with-matching`` (the one-graph model) and the issue-11 export options.
+"""``smatch export --with-matching`` (the one-graph model) and the export options.
 
 The one graph is pinned to independent references: the runtime's numpy matching applied to the graph's own
 features (<= 1e-3 px), the PyTorch evaluation's PCK on PF-WILLOW pairs (within 0.1), and the TensorRT 10
@@ -163,7 +163,7 @@ def test_one_graph_pck_equals_pytorch_evaluation_on_pf_willow(graphs, ckpt):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# issue 11: default path, no overwrite without --force, opset, suffix
+# default path, no overwrite without --force, opset, suffix
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """End to end through the CLI: train demo_cpu (shortened) -> eval -> export -> runtime eval -> infer.
 
-The runtime must reproduce the PyTorch PCK on the same data within 0.1 point at every alpha (issue 4),
+The runtime must reproduce the PyTorch PCK on the same data within 0.1 point at every alpha,
 checked on the real PF-WILLOW subset in ../shared/data.
 """
 

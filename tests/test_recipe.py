@@ -1,4 +1,4 @@
-"""The released training recipe (issue 13): presets against the released table, fp32 by default."""
+"""The released training recipe: presets against the released table, fp32 by default."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from simplematch.data import load_records, pck_threshold
 from simplematch.data.records import resolve_threshold
 from simplematch.errors import SimpleMatchError
 
-# The authors' released configs, typed from issue 13 independently of simplematch/config.py:
+# The authors' released configs, typed from their config files independently of simplematch/config.py:
 # preset -> (img, batch, epochs, lr, StepLR step in iterations, gamma, dataset)
 RELEASED = {
     "dinov2_b14_252_spair": (252, 8, 10, 6e-4, 800, 0.95, "spair"),

@@ -25,7 +25,7 @@ RESULT_KEYS = (
     "match_share",
 )
 TRAIN_KEYS = ("peak_mem_mib", "delta_mib", "baseline_mib")  # a train_memory row, before its "batch"
-NUM_KPS = 30  # keypoints per pair for the matching share (the setting)
+NUM_KPS = 30  # keypoints per pair for the matching share (SPair-like queries)
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
 ENGINE_SUFFIXES = (".engine", ".plan")  # TensorRT engines; every other --model is an .onnx
 MIB = 2**20
