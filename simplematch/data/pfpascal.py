@@ -31,8 +31,7 @@ import numpy as np
 from simplematch.data.matfile import read_mat
 from simplematch.data.records import (
     PairRecord,
-    check_points_inside,
-    image_size,
+    check_points_inside_image,
     mutual_valid,
     normalise_split,
     read_text_file,
@@ -144,11 +143,11 @@ def _row_keypoints(
     return np.stack([xa, ya], axis=1), np.stack([xb, yb], axis=1), boxes
 
 
-def _check_inside_when_present(kps: np.ndarray, image: Path, where: str) -> None:
+def _check_inside_when_present(kps: np.ndarray, image: Path, where: str, sizes: dict) -> None:
     """Refuse keypoints outside their image when the image is there; the annotation lists ship without
     images (a missing image is reported when it is loaded)."""
     if image.is_file():
-        check_points_inside(kps, *image_size(image), f"{where} ({image.name})", FIX)
+        check_points_inside_image(kps, image, f"{where} ({image.name})", FIX, sizes)
 
 
 def parse_pfpascal_csv(
@@ -176,6 +175,7 @@ def parse_pfpascal_csv(
         return root / name if image_dir is None else image_dir / Path(name).name
 
     records = []
+    sizes: dict[Path, tuple[int, int]] = {}  # each image's header is read once
     for line, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue
@@ -183,8 +183,8 @@ def parse_pfpascal_csv(
         src_name, trg_name, cls = _row_names(row, col, where)
         mats = [ann_dir / cls / (Path(n).stem + ".mat") for n in (src_name, trg_name)]
         src, trg, boxes = _row_keypoints(row, col, where, mats, use_csv)
-        _check_inside_when_present(src, image(src_name), where)
-        _check_inside_when_present(trg, image(trg_name), where)
+        _check_inside_when_present(src, image(src_name), where, sizes)
+        _check_inside_when_present(trg, image(trg_name), where, sizes)
         src, trg = released_pairing(src, trg) if released else mutual_valid(src, trg)
         records.append(
             PairRecord(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from simplematch.data.matfile import read_mat
-from simplematch.data.records import PairRecord, check_points_inside, image_size, mutual_valid, read_text_file
+from simplematch.data.records import PairRecord, check_points_inside_image, mutual_valid, read_text_file
 from simplematch.errors import SimpleMatchError
 
 FIX = "re-download PF-WILLOW (PF-dataset.zip) and pass the folder holding PF-dataset/ as --data-root"
@@ -58,9 +58,7 @@ def _category(folder: str) -> str:
 
 def _check_inside(kps: np.ndarray, image: Path, where: str, sizes: dict[Path, tuple[int, int]]) -> None:
     """Refuse keypoints outside [0, w] x [0, h] of their image (1-based values may reach w and h)."""
-    if image not in sizes:
-        sizes[image] = image_size(image)
-    check_points_inside(kps, *sizes[image], f"{where} ({image})", FIX)
+    check_points_inside_image(kps, image, f"{where} ({image})", FIX, sizes)
 
 
 def read_pfwillow(root: str | Path, split: str = "test", *, released: bool = False) -> list[PairRecord]:

@@ -311,6 +311,15 @@ def check_points_inside(kps: np.ndarray, w: float, h: float, where: str, fix: st
         raise SimpleMatchError(f"{where}: keypoint ({x:g}, {y:g}) lies outside its {w:g}x{h:g} image", fix)
 
 
+def check_points_inside_image(
+    kps: np.ndarray, image: Path, where: str, fix: str, sizes: dict[Path, tuple[int, int]]
+) -> None:
+    """:func:`check_points_inside` against ``image``'s own size, its header read once (``sizes`` caches)."""
+    if image not in sizes:
+        sizes[image] = image_size(image)
+    check_points_inside(kps, *sizes[image], where, fix)
+
+
 def mutual_valid(src: np.ndarray, trg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keep rows finite in BOTH arrays (the released code filtered each image alone, misaligning pairs)."""
     keep = np.isfinite(src).all(axis=1) & np.isfinite(trg).all(axis=1)
