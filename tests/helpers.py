@@ -1,4 +1,5 @@
-"""Shared helpers of the CLI / training / distributed tests: a tiny, fast training config and subprocess env.
+"""Shared helpers of the test suite: where the repository and the benchmark subset are, a tiny training
+config, and the subprocess environment. Fixtures built from these live in tests/conftest.py.
 
 The tests share 2 CPU cores with other work, so everything is as small as the code allows: a ResNet-10
 from scratch at 64 px, 6 synthetic training pairs (3 steps per epoch at batch 2) and 2 validation pairs.
@@ -11,10 +12,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from simplematch.config import Config, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+
+# The benchmark subset is read in place, never copied into the repository: ../shared/data beside the
+# checkout, or the folder SMATCH_TEST_DATA names (a worktree, a CI cache). A test that needs a dataset
+# skips with the reason when it is absent (a newcomer's clone has no ../shared).
+SHARED_DATA = Path(os.environ.get("SMATCH_TEST_DATA") or ROOT.parent / "shared" / "data").resolve()
+WILLOW = SHARED_DATA / "pf-willow"
+PASCAL_ANNOTATIONS = SHARED_DATA / "pf-pascal-annotations"
+SPAIR = SHARED_DATA / "spair-71k-format"
+HAVE_WILLOW = (WILLOW / "PF-dataset").is_dir()
+NO_WILLOW = f"the PF-WILLOW subset is not at {WILLOW} (set SMATCH_TEST_DATA to the folder holding pf-willow/)"
+
+
+def need(path: Path) -> None:
+    """Skip the calling test, naming the missing path, when a piece of the benchmark subset is absent."""
+    if not path.exists():
+        pytest.skip(
+            f"benchmark data {path} is absent (read from ../shared/data or $SMATCH_TEST_DATA, never copied)"
+        )
+
 
 TINY: dict[str, Any] = dict(
     backbone="resnet10t",

@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny import PYTHON, ROOT, subprocess_env
 
 from simplematch import demo, evaluation
 from simplematch.cli.app import app, main
-
-WILLOW = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
+from tests.helpers import PYTHON, ROOT, WILLOW, subprocess_env
 
 
 class _Quiet:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import PYTHON, subprocess_env, tiny_config
 
 from simplematch.checkpoint import save_checkpoint
 from simplematch.cli.app import main
 from simplematch.model import SimpleMatch
+from tests.helpers import PYTHON, subprocess_env, tiny_config
 
 TORCHRUN = Path(PYTHON).with_name("torchrun")
 

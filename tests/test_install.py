@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import ROOT
 
 import simplematch
 from simplematch.cli.app import main
 from simplematch.errors import SimpleMatchError
 from simplematch.extras import EXTRA_MODULES, MODULE_EXTRA, missing_module_error, require
+from tests.helpers import ROOT
 
 PACKAGE = ROOT / "simplematch"
 

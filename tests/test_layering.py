@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "simplematch"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "simplematch"
 # Lowest first; the README's architecture map lists the same layers. A name covers its sub-modules.
 LAYERS = [
     ["config", "validate", "errors", "io", "extras", "progress", "keypoints", "image", "metadata"],

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from simplematch.cli.app import main
+from tests.helpers import HAVE_WILLOW, NO_WILLOW, ROOT, WILLOW
 
-ROOT = Path(__file__).resolve().parents[1]
-WILLOW = ROOT.parent / "shared" / "data" / "pf-willow"
 EXAMPLES = ROOT / "examples"
 
 
@@ -38,7 +37,7 @@ def test_train_outputs(trained: Path) -> None:
     assert 0.0 <= best["pck"]["0.1"] <= 100.0
 
 
-@pytest.mark.skipif(not (WILLOW / "PF-dataset").is_dir(), reason="../shared/data/pf-willow is not present")
+@pytest.mark.skipif(not HAVE_WILLOW, reason=NO_WILLOW)
 def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path) -> None:
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", str(trained), "--out", str(onnx_path), "--check-data", str(WILLOW)]) == 0

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import PYTHON, ROOT, subprocess_env, tiny_config, write_tiny_config
 
 from simplematch.checkpoint import load_checkpoint
 from simplematch.cli.app import main
@@ -21,6 +20,7 @@ from simplematch.data import load_records
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluate import evaluate_model
 from simplematch.train import load_resume_state, plan_from_flags, train
+from tests.helpers import PYTHON, ROOT, subprocess_env, tiny_config, write_tiny_config
 
 
 def _last(out: Path) -> tuple[Path, dict]:

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny import PYTHON, ROOT, subprocess_env, tiny_config
 
 from simplematch.cli.app import main
+from tests.helpers import PYTHON, ROOT, subprocess_env, tiny_config
 
 README = ROOT / "README.md"
 ERR_START, ERR_END = "<!-- errors:start -->", "<!-- errors:end -->"
@@ -91,11 +91,11 @@ def _willow(root: Path, kinds: list[tuple[str, str]]) -> Path:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    from test_runtime import make_onnx
 
     from simplematch.checkpoint import save_checkpoint
     from simplematch.config import Config
     from simplematch.model import SimpleMatch
+    from tests.runtime.test_runtime import make_onnx
 
     root = tmp_path_factory.mktemp("ws")
     cfg = tiny_config()

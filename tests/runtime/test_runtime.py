@@ -27,8 +27,8 @@ from simplematch.runtime import matching as npm
 from simplematch.runtime.backends import TensorRTBackend, engine_sidecar
 from simplematch.runtime.infer import find_default_model, run_infer
 from simplematch.runtime.viz import canvas_size, render_matches
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 S = 32  # model input side of the tiny test models (feature map 8 x 8)
 
 
@@ -681,7 +681,7 @@ def test_runtime_imports_no_torch(models: dict[str, Path], tmp_path: Path) -> No
         print("ok")
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")

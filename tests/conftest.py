@@ -1,0 +1,19 @@
+"""Suite-wide setup: compute threads per xdist worker, and the tiny models built once per session.
+
+``make test`` runs the suite with pytest-xdist (``-n auto --dist loadfile``): every file stays on one
+worker, so a module-scoped fixture (an export, a short training run) is still built once, and a test that
+reads what an earlier test of its file observed still sees it. Session fixtures are built once per worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported anywhere: N workers on N cores must not each start N compute threads (the
+# oversubscription costs more than the parallelism gains). A plain serial run keeps the library default.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS > 1:
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = str(max(1, _cpus // _WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
