@@ -72,12 +72,18 @@ def run_evaluation(
     from simplematch.data import load_records
     from simplematch.io import write_json
     from simplematch.metrics import DEFAULT_ALPHAS
+    from simplematch.provenance import stamped
 
     alphas = validate.alphas(request.alphas, DEFAULT_ALPHAS)
     # Before the (slow) evaluation, not after it.
     validate.output_file(
         outputs.json, "--json", suffixes=(".json",), inputs=[model, request.data_root], force=outputs.force
     )
+    if Path(model).is_dir():
+        from simplematch.extras import require
+
+        # Before reading the benchmark's annotations: an install without PyTorch learns that at once.
+        require("train", "evaluating a checkpoint folder (PyTorch)")
     records = load_records(
         request.dataset, str(request.data_root) if request.data_root else None, request.split,
         ap10k_split=request.ap10k_split, seed=request.seed, released=request.released_compat,
@@ -87,7 +93,7 @@ def run_evaluation(
     if main_process:
         if show is not None:
             show(res)
-        write_json(outputs.json, res)
+        write_json(outputs.json, stamped(res, "eval"))
     return res
 
 
