@@ -23,6 +23,7 @@ from typing import Any
 
 from simplematch.errors import SimpleMatchError
 from simplematch.io import atomic_write_text
+from simplematch.provenance import stamped
 
 DEFAULT_WILLOW = Path("../shared/data/pf-willow")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -111,7 +112,7 @@ def run_demo(
     nums["total_seconds"] = round(time.time() - t_start, 1)
     report = out / "report.md"
     atomic_write_text(report, render_report(nums, done, plan.evals, plan.cfg.to_dict()))
-    atomic_write_text(out / "numbers.json", json.dumps(nums, indent=2, default=str) + "\n")
+    atomic_write_text(out / "numbers.json", json.dumps(stamped(nums, "demo"), indent=2, default=str) + "\n")
     console.rule("[bold green]demo finished")
     console.print(f"report: {report}  ({nums['total_seconds']:.0f} s)")
     return report

@@ -49,6 +49,7 @@ from simplematch.evaluate import evaluate_model
 from simplematch.io import atomic_path, atomic_write_text, check_writable_dir, ensure_writable_dir
 from simplematch.matching import keypoint_loss
 from simplematch.progress import progress_bar
+from simplematch.provenance import stamped
 
 TRAIN_SPLIT = "trn"
 VAL_SPLIT = "val"
@@ -171,7 +172,8 @@ def _save_resumable(out: Path, model: torch.nn.Module, cfg: Config, state: dict[
     save_checkpoint(model, cfg, ckpt)
     with atomic_path(ckpt / "state.pt") as tmp:
         torch.save(state, tmp)
-    atomic_write_text(out / "last.json", json.dumps({"checkpoint": ckpt.name, "step": step}) + "\n")
+    last = stamped({"checkpoint": ckpt.name, "step": step}, "train_last")
+    atomic_write_text(out / "last.json", json.dumps(last) + "\n")
     for old in out.glob("ckpt-*"):
         if old != ckpt and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
@@ -488,7 +490,9 @@ def _validate(run: _Run) -> dict[str, Any]:
         run.best = {"step": run.step, "epoch": run.epoch, "pck": res["pck"], "pairs": res["pairs"]}
         if dist_utils.is_main():
             save_checkpoint(run.model, cfg, run.out)
-            atomic_write_text(run.out / "best.json", json.dumps(run.best, indent=2) + "\n")
+            atomic_write_text(
+                run.out / "best.json", json.dumps(stamped(run.best, "train_best"), indent=2) + "\n"
+            )
     return res
 
 

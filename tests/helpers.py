@@ -67,3 +67,19 @@ def subprocess_env() -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), COLUMNS="200")
     env.pop("WORLD_SIZE", None)
     return env
+
+
+def unstamped(doc: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Check the version / time / units stamp of a result JSON (simplematch.provenance) and drop it."""
+    from datetime import datetime, timedelta, timezone
+
+    import simplematch
+    from simplematch.provenance import STAMP_KEYS, UNITS
+
+    assert list(doc)[: len(STAMP_KEYS)] == list(STAMP_KEYS), f"the stamp comes first: {list(doc)[:4]}"
+    assert doc["smatch_version"] == simplematch.__version__
+    written = datetime.fromisoformat(doc["written_at"].replace("Z", "+00:00"))
+    assert written.utcoffset() == timedelta(0), doc["written_at"]
+    assert abs(datetime.now(timezone.utc) - written) < timedelta(hours=1), doc["written_at"]
+    assert doc["units"] == UNITS[kind]
+    return {k: v for k, v in doc.items() if k not in STAMP_KEYS}

@@ -12,7 +12,7 @@ import torch
 from simplematch.checkpoint import save_checkpoint
 from simplematch.cli.app import main
 from simplematch.model import SimpleMatch
-from tests.helpers import PYTHON, subprocess_env, tiny_config
+from tests.helpers import PYTHON, subprocess_env, tiny_config, unstamped
 
 TORCHRUN = Path(PYTHON).with_name("torchrun")
 
@@ -56,8 +56,8 @@ def test_distributed_eval_equals_single_process(
     assert main([*args, "--json", "single.json"]) == 0
     proc = _torchrun([*args, "--json", "dist.json"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = json.loads((tmp_path / "single.json").read_text())
-    dist = json.loads((tmp_path / "dist.json").read_text())
+    single = unstamped(json.loads((tmp_path / "single.json").read_text()), "eval")
+    dist = unstamped(json.loads((tmp_path / "dist.json").read_text()), "eval")
     assert single["pairs"] == 5
     # Counts are exact integers, so every PCK table is identical. The confidence cues are float32 sums whose
     # rounding depends on each rank's batch composition: equal to 1e-5, not bit for bit.

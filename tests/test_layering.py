@@ -12,7 +12,18 @@ from tests.helpers import ROOT
 PACKAGE = ROOT / "simplematch"
 # Lowest first; the README's architecture map lists the same layers. A name covers its sub-modules.
 LAYERS = [
-    ["config", "validate", "errors", "io", "extras", "progress", "keypoints", "image", "metadata"],
+    [
+        "config",
+        "validate",
+        "errors",
+        "io",
+        "extras",
+        "progress",
+        "keypoints",
+        "image",
+        "metadata",
+        "provenance",
+    ],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],

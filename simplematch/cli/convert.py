@@ -26,6 +26,7 @@ def run_convert(
     from simplematch.convert import convert_official, official_family
     from simplematch.convert import to_official as ours_to_official
     from simplematch.io import atomic_path, atomic_write_text
+    from simplematch.provenance import stamped
 
     if not Path(checkpoint).exists():
         raise SimpleMatchError(f"checkpoint not found: {checkpoint}", "check the path")
@@ -53,7 +54,8 @@ def run_convert(
 
         clear_run(Path(out))
     save_checkpoint(model, cfg, out)
-    atomic_write_text(Path(out) / "convert_report.json", json.dumps(report, indent=2, default=str) + "\n")
+    stamped_report = json.dumps(stamped(report, "convert"), indent=2, default=str)
+    atomic_write_text(Path(out) / "convert_report.json", stamped_report + "\n")
     console.print(
         f"{family}: {report['keys_in_file']} keys in file, {report['consumed']} consumed,"
         f" {report['ignored']} ignored"

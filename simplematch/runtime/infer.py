@@ -26,6 +26,7 @@ from simplematch import validate
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image
 from simplematch.io import atomic_path, atomic_write_bytes, atomic_write_text
+from simplematch.provenance import stamped
 from simplematch.runtime.matcher import Features, Matcher, MatchResult, check_confidence
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.runtime.viz import png_bytes, render_matches
@@ -214,7 +215,7 @@ def run_infer(
 
     # 3. Write, each file atomically.
     if ins.out is not None:
-        atomic_write_text(ins.out, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(ins.out, json.dumps(stamped(report, "infer"), indent=2) + "\n")
     if ins.viz is not None and picture is not None:
         atomic_write_bytes(ins.viz, picture)
     return report

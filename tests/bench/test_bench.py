@@ -16,6 +16,7 @@ from simplematch import bench
 from simplematch.bench import RESULT_KEYS, TRAIN_MODES, parse_batches, run_bench, split_values
 from simplematch.cli.app import main
 from simplematch.errors import SimpleMatchError
+from tests.helpers import unstamped
 
 TOP_KEYS = {"device", "versions", "model_sha256", "results", "skipped"}
 TINY = {"img_size": 64}
@@ -57,7 +58,7 @@ def test_schema_and_positive_numbers(tiny_bench: tuple[dict, Path]) -> None:
         assert row["latency_ms_p95"] >= row["latency_ms_p50"]
         assert row["match_share"] < 1
     # The JSON file holds exactly what run_bench returned.
-    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert unstamped(json.loads(out.read_text()), "bench") == json.loads(json.dumps(res))
 
 
 def test_trt_skipped_with_reason(tiny_bench: tuple[dict, Path]) -> None:

@@ -27,7 +27,7 @@ from simplematch.runtime import matching as npm
 from simplematch.runtime.backends import TensorRTBackend, engine_sidecar
 from simplematch.runtime.infer import find_default_model, run_infer
 from simplematch.runtime.viz import canvas_size, render_matches
-from tests.helpers import ROOT
+from tests.helpers import ROOT, unstamped
 
 S = 32  # model input side of the tiny test models (feature map 8 x 8)
 
@@ -396,7 +396,7 @@ def test_run_infer_writes_json_and_png(models: dict[str, Path], infer_inputs: di
     assert set(rep["keypoints"][0]) == {
         "source", "target", "score", "confidence", "rejected", "cues", "raw_cues"
     }  # fmt: skip
-    assert json.loads(io["out"].read_text()) == json.loads(json.dumps(rep))
+    assert unstamped(json.loads(io["out"].read_text()), "infer") == json.loads(json.dumps(rep))
     with Image.open(io["viz"]) as im:
         assert im.format == "PNG" and im.size == canvas_size((30, 40), (60, 50)) == (
             int(round(40 * 2)) + 50,
@@ -628,7 +628,7 @@ def test_eval_limit_predictions_plots_cli(
     monkeypatch.delitem(sys.modules, "matplotlib")
     pytest.importorskip("matplotlib")
     assert main([*args, *outs, "--plots", str(tmp_path / "plots")]) == 0
-    res = json.loads((tmp_path / "r.json").read_text())
+    res = unstamped(json.loads((tmp_path / "r.json").read_text()), "eval")
     assert res["pairs"] == 5 and res["sample"]["indices"] == sorted(res["sample"]["indices"])
     assert res["sample"]["limit"] == 5 and res["sample"]["of"] > 5
     rej = res["confidence"]["rejection"]
