@@ -28,8 +28,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 # `make demo` is re-runnable: it replaces the previous runs/demo (smatch itself never does without --force).
+# The PF-WILLOW evaluations run when the benchmark subset is at $(WILLOW) (`make demo WILLOW=DIR`).
+WILLOW ?= ../shared/data/pf-willow
 demo: $(STAMP)
-	$(BIN)/smatch demo --force
+	$(BIN)/smatch demo --force $(if $(wildcard $(WILLOW)/PF-dataset),--willow $(WILLOW))
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

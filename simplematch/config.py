@@ -38,6 +38,10 @@ ConfidenceCue = Literal[
     "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle"
 ]
 DEFAULT_CONFIDENCE: ConfidenceCue = "mass_ratio_cycle"
+# Split names on disk (``train`` and ``validation`` are accepted as aliases, simplematch.data.records).
+Split = Literal["trn", "val", "test"]
+SPLITS: tuple[str, ...] = typing.get_args(Split)
+DEFAULT_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.15)  # PCK thresholds reported when none are given
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
 COORD_CONVENTIONS: tuple[str, ...] = typing.get_args(Coord)
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)

@@ -25,7 +25,6 @@ from simplematch.errors import SimpleMatchError
 from simplematch.io import atomic_write_text
 from simplematch.provenance import stamped
 
-DEFAULT_WILLOW = Path("../shared/data/pf-willow")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRESET = "demo_cpu"
 DEVICE = "cpu"
@@ -119,9 +118,10 @@ def run_demo(
 
 
 def _willow_root(willow: Path | None) -> Path | None:
-    """The PF-WILLOW root to use: the given one (refused without PF-dataset/), else the default if present."""
+    """The PF-WILLOW root to use: the given one (refused without PF-dataset/); none when not given (the tool
+    never guesses a folder outside the working directory; `make demo` passes the benchmark subset's)."""
     if willow is None:
-        return DEFAULT_WILLOW if (DEFAULT_WILLOW / "PF-dataset").is_dir() else None
+        return None
     if not (Path(willow) / "PF-dataset").is_dir():
         raise SimpleMatchError(
             f"{willow} has no PF-dataset/ folder", "pass the folder that holds PF-dataset/"

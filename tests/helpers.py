@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from simplematch.config import Config, resolve_config
+from simplematch.metadata import ModelMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -83,3 +86,91 @@ def unstamped(doc: dict[str, Any], kind: str) -> dict[str, Any]:
     assert abs(datetime.now(timezone.utc) - written) < timedelta(hours=1), doc["written_at"]
     assert doc["units"] == UNITS[kind]
     return {k: v for k, v in doc.items() if k not in STAMP_KEYS}
+
+
+S = 32  # model input side of the tiny test models (feature map 8 x 8)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tiny ONNX models (the runtime, CLI and validation tests)
+# ----------------------------------------------------------------------------------------------------------
+def make_meta(img_size: int = S, **overrides: object) -> ModelMeta:
+    values: dict = dict(
+        version="0.1.0",
+        backbone="tiny",
+        img_size=img_size,
+        stride=4.0,
+        window=5,
+        beta=0.02,
+        coord="corner",
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        precision="fp32",
+        opset=17,
+        checkpoint_sha256="0" * 64,
+        config={"dataset": "synthetic", "img_size": img_size},
+    )
+    values.update(overrides)
+    return ModelMeta(**values)
+
+
+def make_onnx(
+    path: Path,
+    *,
+    kind: str = "conv",
+    input_size: int = S,
+    channels: int = 8,
+    meta: ModelMeta | None = None,
+    with_meta: bool = True,
+    seed: int = 0,
+) -> Path:
+    """(B, 3, input_size, input_size) -> stride-4 (B, C, input_size/4, input_size/4), L2-normalised along C.
+
+    kind="conv": random 4x4 stride-4 conv (features depend on the image);
+    kind="position": conv * 0 + one-hot code of the cell (C = h*w), so cell (i, j) matches only itself.
+    """
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    side = input_size // 4
+    rng = np.random.default_rng(seed)
+    if kind == "position":
+        channels = side * side
+    weight = rng.standard_normal((channels, 3, 4, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["conv"], kernel_shape=[4, 4], strides=[4, 4])]
+    last = "conv"
+    if kind == "position":
+        code = np.eye(side * side, dtype=np.float32).reshape(side * side, side, side)[None]
+        inits += [
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+            numpy_helper.from_array(code, "code"),
+        ]
+        nodes += [
+            helper.make_node("Mul", ["conv", "zero"], ["zeroed"]),
+            helper.make_node("Add", ["zeroed", "code"], ["pos"]),
+        ]
+        last = "pos"
+    nodes.append(helper.make_node("LpNormalization", [last], ["features"], axis=1, p=2))
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 3, input_size, input_size])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", channels, side, side])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if with_meta:
+        for key, value in (meta or make_meta(img_size=input_size)).to_props().items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_image(path: Path, w: int, h: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path

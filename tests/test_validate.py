@@ -1,6 +1,6 @@
 """The shared validation rules (simplematch/validate.py) and what `--force` really does.
 
-The CLI error matrix (tests/test_cli.py) proves every refused case leaves the workspace byte-identical;
+The CLI error matrix (tests/cli/test_cli.py) proves every refused case leaves the workspace byte-identical;
 these tests pin the rules themselves (each assertion fails if its rule is dropped or loosened) and the
 accepted paths: `--force` replaces a run without leaving a stale checkpoint behind, EXIF orientation is
 honoured for user images and not for benchmark images.
@@ -175,7 +175,7 @@ def test_user_images_honour_exif_orientation_benchmarks_keep_the_stored_frame(tm
 
 def test_infer_keypoint_bounds_use_the_displayed_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from simplematch.cli.app import main
-    from tests.runtime.test_runtime import make_onnx
+    from tests.helpers import make_onnx
 
     _exif_rotated(tmp_path / "phone.png")
     make_onnx(tmp_path / "m.onnx")

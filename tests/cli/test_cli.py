@@ -4,7 +4,7 @@ traceback (``--debug`` shows it), no partial output; odd-but-valid inputs (grays
 
 The error matrix runs each command in-process from a workspace folder with relative paths, so the observed
 messages are path-stable and are rendered verbatim into README.md ("Errors and what to do"). After changing a
-message, regenerate with ``SMATCH_UPDATE_README=1 pytest tests/test_cli.py -k readme_errors``.
+message, regenerate with ``SMATCH_UPDATE_README=1 pytest tests/cli/test_cli.py -k readme_errors``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from simplematch.checkpoint import save_checkpoint
     from simplematch.config import Config
     from simplematch.model import SimpleMatch
-    from tests.runtime.test_runtime import make_onnx
+    from tests.helpers import make_onnx
 
     root = tmp_path_factory.mktemp("ws")
     cfg = tiny_config()
@@ -607,6 +607,9 @@ def test_grayscale_rgba_16bit_images_work_everywhere(
                  "--max-steps", "1", "--out", "out/run"]) == 0  # fmt: skip
     assert (ws / "out" / "run" / "last.json").is_file()
     assert main(["stats", "--dataset", "spair", "--data-root", "spair_modes"]) == 0
+    # PF-WILLOW has only a test split: that is stats' default there (trn elsewhere, as paper Table 1)
+    assert main(["stats", "--dataset", "pfwillow", "--data-root", "willow_modes"]) == 0
+    assert "pfwillow test" in capsys.readouterr().out
     assert capsys.readouterr().err == ""
 
 
@@ -681,7 +684,7 @@ def render_error_table(rows: list[tuple[str, str, str]]) -> str:
         "",
         "Every problem a user can fix ends the command with exit code 2 and one line on stderr naming the",
         "problem and the fix (`--debug` shows the traceback instead); nothing is written. Generated from the",
-        "messages `tests/test_cli.py` and `tests/test_train.py` observe.",
+        "messages `tests/cli/test_cli.py` and `tests/test_train.py` observe.",
         "",
         "| command | situation | message (`error: ...`) |",
         "|---|---|---|",
@@ -701,4 +704,6 @@ def test_readme_errors_table_matches_observed_messages(observed: list) -> None:
     if os.environ.get("SMATCH_UPDATE_README") == "1":
         README.write_text(head + table + rest.partition(ERR_END)[2])
         return
-    assert current == table, "README error table is stale: SMATCH_UPDATE_README=1 pytest tests/test_cli.py"
+    assert current == table, (
+        "README error table is stale: SMATCH_UPDATE_README=1 pytest tests/cli/test_cli.py"
+    )
