@@ -8,6 +8,11 @@ reads what an earlier test of its file observed still sees it. Session fixtures 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import tiny_config
 
 # Before torch is imported anywhere: N workers on N cores must not each start N compute threads (the
 # oversubscription costs more than the parallelism gains). A plain serial run keeps the library default.
@@ -17,3 +22,21 @@ if _WORKERS > 1:
     _threads = str(max(1, _cpus // _WORKERS))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, _threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init checkpoint of :func:`tests.helpers.tiny_config` (seed 0), built once per session.
+
+    Read-only: a test that writes into a checkpoint folder copies it first (``shutil.copytree``).
+    """
+    import torch
+
+    from simplematch.checkpoint import save_checkpoint
+    from simplematch.model import SimpleMatch
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "ckpt"
+    save_checkpoint(SimpleMatch(cfg), cfg, path)
+    return path

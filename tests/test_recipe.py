@@ -246,16 +246,9 @@ def test_willow_keypoint_outside_image_is_refused(tmp_path: Path) -> None:
         load_records("pfwillow", root, "test")
 
 
-def test_eval_threshold_flag_is_recorded_in_the_json(tmp_path: Path) -> None:
+def test_eval_threshold_flag_is_recorded_in_the_json(tmp_path: Path, tiny_checkpoint: Path) -> None:
     _need_willow()
-    from simplematch.checkpoint import save_checkpoint
-    from simplematch.model import SimpleMatch
-    from tests.helpers import tiny_config
-
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ckpt")
-    base = ["eval", str(tmp_path / "ckpt"), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
+    base = ["eval", str(tiny_checkpoint), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
     base += ["--limit", "6", "--device", "cpu", "--alpha", "0.1"]
     res = {}
     for kind in ("kps", "released", None):
@@ -583,20 +576,13 @@ def test_inclusive_comparison_in_every_path() -> None:
     assert correct_mask(dataclasses.replace(pair, inclusive=True), [0.1])[:, 0].tolist() == [True, True]
 
 
-def test_released_compat_eval(tmp_path: Path) -> None:
+def test_released_compat_eval(tmp_path: Path, tiny_checkpoint: Path) -> None:
     _need_willow()
-    from simplematch.checkpoint import save_checkpoint
-    from simplematch.model import SimpleMatch
-    from tests.helpers import tiny_config
-
     plain = load_records("pfwillow", WILLOW, "test")
     swapped = load_records("pfwillow", WILLOW, "test", released=True)
     assert swapped[0].src_image == plain[0].trg_image and swapped[0].trg_image == plain[0].src_image
     np.testing.assert_array_equal(swapped[0].trg_kps, plain[0].src_kps)  # released: target = imageA
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ckpt")
-    base = ["eval", str(tmp_path / "ckpt"), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
+    base = ["eval", str(tiny_checkpoint), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
     base += ["--limit", "4", "--device", "cpu", "--alpha", "0.1"]
     assert main([*base, "--released-compat", "--json", str(tmp_path / "r.json")]) == 0
     res = json.loads((tmp_path / "r.json").read_text())

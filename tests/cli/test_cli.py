@@ -89,9 +89,7 @@ def _willow(root: Path, kinds: list[tuple[str, str]]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
+def ws(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     from simplematch.checkpoint import save_checkpoint
     from simplematch.config import Config
     from simplematch.model import SimpleMatch
@@ -100,8 +98,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ws")
     cfg = tiny_config()
     cfg.save(root / "tiny.json")
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, root / "ckpt")
+    shutil.copytree(tiny_checkpoint, root / "ckpt")
     # Incompatible checkpoints: config.json says another backbone / another input size than the weights.
     shutil.copytree(root / "ckpt", root / "ckpt_other_backbone")
     Config(**{**cfg.to_dict(), "backbone": "resnet18"}).save(root / "ckpt_other_backbone" / "config.json")
