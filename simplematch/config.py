@@ -123,7 +123,7 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
-        from simplematch.io import atomic_write_text
+        from simplematch.files import atomic_write_text
 
         atomic_write_text(Path(path), self.to_json() + "\n")
 

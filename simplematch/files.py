@@ -18,7 +18,10 @@ from simplematch.errors import SimpleMatchError
 
 
 def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` (a folder) if needed; raise a one-line error when that is impossible."""
+    """Create ``path`` (a folder) when writing into it; raise a one-line error when that is impossible.
+
+    The writer's side only: checks before any work are :mod:`simplematch.validate`'s, which create nothing.
+    """
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -29,41 +32,6 @@ def ensure_writable_dir(path: Path) -> Path:
     if not os.access(path, os.W_OK):
         raise SimpleMatchError(
             f"output folder {path} is not writable", "choose a writable path or fix permissions"
-        )
-    return path
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
-    """Raise the one-line error :func:`ensure_writable_dir` would, but create nothing.
-
-    Commands call this before any slow work so a bad output path fails at once and leaves no partial output.
-    """
-    path = Path(path)
-    base = _nearest_existing(path)
-    if not base.is_dir():
-        raise SimpleMatchError(f"cannot create {what} {path}: {base} is not a folder", "choose another path")
-    if not os.access(base, os.W_OK):
-        raise SimpleMatchError(f"{what} {path} is not writable", "choose a writable path or fix permissions")
-    return path
-
-
-def check_output_file(path: str | Path, what: str = "output file") -> Path:
-    """A file we will write later: it must not be a folder and its folder must be creatable/writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise SimpleMatchError(f"{what} {path} is a folder", "pass a file name")
-    base = _nearest_existing(path.parent)
-    if not base.is_dir():
-        raise SimpleMatchError(f"cannot write {what} {path}: {base} is not a folder", "choose another path")
-    if not os.access(base, os.W_OK):
-        raise SimpleMatchError(
-            f"cannot write {what} {path}: {base} is not writable", "choose a writable path"
         )
     return path
 

@@ -150,7 +150,7 @@ def test_matcher_uses_the_one_graph_and_agrees_with_the_features_model(graphs, m
 @pytest.mark.skipif(not PF_WILLOW.is_dir(), reason="PF-WILLOW subset not at ../shared/data/pf-willow")
 def test_one_graph_pck_equals_pytorch_evaluation_on_pf_willow(graphs, ckpt):
     from simplematch.data import load_records
-    from simplematch.evaluate import evaluate_model
+    from simplematch.evaluation.torch_predictor import evaluate_model
 
     records = load_records("pfwillow", PF_WILLOW, "test")[::30][:12]
     model, cfg = load_checkpoint(ckpt)
@@ -197,12 +197,18 @@ def test_force_replaces(ckpt, tmp_path):
     assert onnx.load(str(out)).graph.input[0].name == "image"
 
 
+def test_missing_output_folder_is_made_by_the_writer(ckpt, tmp_path):
+    out = tmp_path / "new" / "sub" / "m.onnx"  # checked (nothing created), then made when the file is written
+    assert main(["export", str(ckpt), "--no-check", "--out", str(out), "--batch", "1"]) == 0
+    assert onnx.load(str(out)).graph.input[0].name == "image"
+
+
 @pytest.mark.parametrize(
     "args, needles",
     [
         (["--opset", "0"], ["opset 0 is too old"]),
-        (["--out", "m.engine"], ["does not fit --format onnx", ".onnx"]),
-        (["--out", "model"], ["does not fit --format onnx"]),
+        (["--out", "m.engine"], ["--out m.engine must end in .onnx", "pass e.g. m.onnx"]),
+        (["--out", "model"], ["--out model must end in .onnx"]),
         (["--with-matching", "--fp16"], ["--with-matching exports an fp32 ONNX graph only"]),
     ],
 )
@@ -236,7 +242,7 @@ def test_batch8_model_in_infer_and_eval(batch8, tmp_path):
     import json
 
     from simplematch.data import load_records
-    from simplematch.runtime.evaluate import evaluate_runtime
+    from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     res = tmp_path / "r.json"

@@ -576,7 +576,7 @@ def test_viz_size_colours_and_labels() -> None:
 # ----------------------------------------------------------------------------------------------------------
 def test_evaluate_runtime_json(models: dict[str, Path], tmp_path: Path) -> None:
     from simplematch.data.records import PairRecord
-    from simplematch.runtime.evaluate import evaluate_runtime
+    from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
     rng = np.random.default_rng(0)
     src_path = write_image(tmp_path / "a.png", 64, 48)
@@ -666,7 +666,8 @@ def test_runtime_imports_no_torch(models: dict[str, Path], tmp_path: Path) -> No
             pass
         else:
             raise SystemExit("torch import did not fail")
-        import simplematch.runtime, simplematch.runtime.infer, simplematch.runtime.evaluate  # noqa: E401
+        import simplematch.runtime, simplematch.runtime.infer  # noqa: E401
+        import simplematch.evaluation, simplematch.evaluation.runtime_predictor  # noqa: E401
         import simplematch.runtime.viz, simplematch.metrics  # noqa: E401
         from simplematch.runtime import Matcher
         m = Matcher({str(models["conv"])!r})

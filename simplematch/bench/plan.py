@@ -230,7 +230,7 @@ def _check_fixed_batch(path: Path, batches: Sequence[int]) -> None:
 # --------------------------------------------------------------------------------------------------------
 def make_plan(opts: BenchOptions, workdir: Path, say: Log) -> Plan:
     """The model every runtime measures, its exports under ``workdir``, and what is skipped and why."""
-    from simplematch.io import sha256_file
+    from simplematch.files import sha256_file
 
     ckpt_dir = _resolve_checkpoint(opts, workdir, say)
     if ckpt_dir is not None:

@@ -1,6 +1,6 @@
 """PCK of an exported model on annotated pairs with the torch-free runtime (``smatch eval MODEL.onnx``).
 
-Mirrors :func:`simplematch.evaluate.evaluate_model`: this module only *predicts* (one
+Mirrors :func:`simplematch.evaluation.torch_predictor.evaluate_model`: this module only *predicts* (one
 :class:`simplematch.metrics.PairPrediction` per pair); :func:`simplematch.metrics.score_predictions` counts,
 aggregates and builds the JSON. Same records, same preprocessing, same matching and same thresholds give
 the same JSON, plus ``runtime`` and ``provider``.
@@ -19,8 +19,8 @@ import numpy as np
 
 from simplematch.data.records import FRAMES, PairRecord, pck_threshold, threshold_kind
 from simplematch.errors import SimpleMatchError
+from simplematch.files import sha256_file
 from simplematch.image import to_model_frame
-from simplematch.io import sha256_file
 from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
 from simplematch.runtime.matcher import Features, Matcher, check_confidence
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE
@@ -32,7 +32,7 @@ def _image_key(source: Any, pair: int, side: str) -> str:
     return f"path:{Path(source)}" if isinstance(source, (str, Path)) else f"mem:{pair}:{side}"
 
 
-def predict_pairs(
+def predict_pairs_runtime(
     matcher: Matcher,
     records: Sequence[PairRecord],
     frame: str,
@@ -122,7 +122,7 @@ def evaluate_runtime(
     dataset = dataset or str(meta.config.get("dataset", ""))
     validate_window(window, round(meta.img_size / meta.stride))
     kind = threshold_kind(dataset, threshold, frame, released_compat)
-    preds = predict_pairs(
+    preds = predict_pairs_runtime(
         matcher, records, frame, kind, batch_size=batch_size, window=window, progress=progress
     )
     model_info = {

@@ -28,7 +28,7 @@ from simplematch.runtime.matching import DEFAULT_CONFIDENCE, Matches, confidence
 
 
 @torch.no_grad()
-def predict_pairs(
+def predict_pairs_torch(
     model: torch.nn.Module,
     dataset: PairDataset,
     *,
@@ -126,7 +126,7 @@ def evaluate_model(
     check_window(window, cfg.img_size // 4)
     kind = threshold_kind(dataset, threshold, frame, released_compat)
     ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
-    local = predict_pairs(
+    local = predict_pairs_torch(
         model, ds, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress
     )
     return score_predictions(
@@ -138,7 +138,7 @@ def evaluate_model(
 
 
 def checkpoint_info(ckpt_dir: str | Path) -> dict[str, Any]:
-    from simplematch.io import sha256_file
+    from simplematch.files import sha256_file
 
     path = Path(ckpt_dir)
     weights = path / "model.safetensors" if path.is_dir() else path

@@ -1,8 +1,11 @@
-"""``smatch export``: checkpoint folder -> ONNX (fp32 / fp16) or TensorRT engine, with a parity check."""
+"""``smatch export``: checkpoint folder -> ONNX (fp32 / fp16 / int8) or TensorRT engine, with a parity check.
+
+Re-exported by :mod:`simplematch.export`; the option checks are :mod:`simplematch.validate`'s and create
+nothing.
+"""
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 from simplematch.config import EXPORT_FORMATS as FORMATS
 from simplematch.errors import SimpleMatchError
+from simplematch.files import ensure_writable_dir
 
 SUFFIXES = {"onnx": (".onnx",), "trt": (".engine", ".plan")}
 
@@ -27,37 +31,12 @@ def default_output(
 
 
 def check_output_path(out: Path, fmt: str = "onnx", *, force: bool = False) -> Path:
-    """Fail before any work when ``out`` cannot be written: a folder, a suffix that does not fit ``fmt``, an
-    existing file without ``force``, or a parent that cannot be created."""
-    from simplematch.io import ensure_writable_dir
+    """Fail before any work when ``out`` cannot be written (:func:`simplematch.validate.output_file`: a
+    folder, a suffix that does not fit ``fmt``, an existing file without ``force``, an unwritable parent).
+    Nothing is created; the parent folder is made by the atomic writer."""
+    from simplematch import validate
 
-    out = Path(out)
-    if out.is_dir():
-        raise SimpleMatchError(
-            f"--out {out} is a folder", "pass a file path, e.g. --out runs/demo/model.onnx"
-        )
-    allowed = SUFFIXES.get(fmt, ())
-    if out.suffix.lower() not in allowed:
-        raise SimpleMatchError(
-            f"--out {out.name} does not fit --format {fmt} (expected {' or '.join(allowed)})",
-            f"name the file e.g. model{allowed[0]}",
-        )
-    if out.exists() and not force:
-        raise SimpleMatchError(
-            f"{out} already exists and export does not overwrite files",
-            "pass --force to replace it, or choose another --out",
-        )
-    ensure_writable_dir(out.parent)
-    # os.access says yes to root even on read-only mounts; creating (and removing) a probe file is the truth.
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise SimpleMatchError(
-            f"cannot write to {out.parent} ({err.strerror})", "choose a writable --out path"
-        ) from err
-    return out
+    return validate.output_file(Path(out), "--out", suffixes=SUFFIXES.get(fmt, ()), force=force)
 
 
 def _check_options(
@@ -76,21 +55,12 @@ def _check_options(
     img_size: int | None,
 ) -> tuple[int, Path]:
     """Every export option checked before any work: -> (opset, output path)."""
+    from simplematch import validate
     from simplematch.export.onnx_export import DEFAULT_OPSET, check_opset
 
     if fmt not in FORMATS:
         raise SimpleMatchError(f"unknown export format '{fmt}'", "use --format onnx or --format trt")
-    # Checked before the output folder is created: with the default --out a missing checkpoint folder
-    # would otherwise be created (empty) by ensure_writable_dir.
-    if not (ckpt_dir / "model.safetensors").is_file():
-        what = (
-            "checkpoint folder not found"
-            if not ckpt_dir.is_dir()
-            else "no model.safetensors in checkpoint folder"
-        )
-        raise SimpleMatchError(
-            f"{what}: {ckpt_dir}", "pass a folder made by `smatch train` or `smatch convert`"
-        )
+    validate.checkpoint_dir(ckpt_dir)
     if fmt == "trt":
         from simplematch.export.trt_export import import_tensorrt
 
@@ -149,7 +119,7 @@ def export_checkpoint(
     model, cfg = load_checkpoint(ckpt_dir, device="cpu")
     trained = cfg.img_size
     if img_size is not None:
-        from simplematch.export.resize import rebuild_at_size
+        from simplematch.export.img_size import rebuild_at_size
 
         model, cfg = rebuild_at_size(ckpt_dir, model, cfg, img_size)
     kwargs = dict(checkpoint_sha256=checkpoint_sha(ckpt_dir), fp16=fp16, opset=opset, batch=batch)
@@ -180,6 +150,7 @@ def _export_trt(
     from simplematch.export.trt_export import build_engine, write_sidecar
 
     t0 = time.time()
+    ensure_writable_dir(out.parent)  # checked (not created) by the option checks; made now that we write
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         res = export_onnx(model, cfg, onnx_path, check=check, check_images=images, **kwargs)
@@ -263,6 +234,7 @@ def _export_int8(
     same = check_data is not None and Path(check_data).resolve() == Path(calib_data).resolve()
     skip = len(images) if (same and images is not None) else 0
     calib = images_from_dir(calib_data, limit=CALIB_IMAGES + skip)[skip:]
+    ensure_writable_dir(out.parent)  # checked (not created) by the option checks; made now that we write
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
         fp32 = Path(tmp) / "model.fp32.onnx"
         res32 = export_onnx(model, cfg, fp32, check=True, check_images=images, **kwargs)

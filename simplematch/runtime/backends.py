@@ -369,7 +369,7 @@ def write_engine_env(cache: Path) -> None:
     """Record what built the engines in ``cache`` (once; an existing record was checked before)."""
     side = cache / ENGINE_ENV_FILE
     if cache.is_dir() and not side.exists():
-        from simplematch.io import atomic_write_text
+        from simplematch.files import atomic_write_text
 
         atomic_write_text(side, json.dumps(current_engine_env(), indent=2) + "\n")
 
