@@ -146,7 +146,7 @@ class PairPrediction:
 
     ``src_kps``, ``gt``, ``pred``: (N, 2) x, y; ``valid``: (N,) bool; ``threshold``: the PCK normaliser;
     ``raw``: the raw cues (peak_cos, peak_mass, second_cos, cycle_px), ``cues``: each confidence in [0, 1]
-    (:func:`simplematch.runtime.matching.confidence_cues`), all (N,).
+    (:func:`simplematch.confidence.confidence_cues`), all (N,).
     """
 
     index: int

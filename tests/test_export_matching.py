@@ -97,7 +97,7 @@ def test_one_graph_matches_numpy_matching_of_its_features(graphs, ckpt, n_kps):
     kps = np.repeat(grid_keypoints(SIZE, n_kps)[None], 3, axis=0)
     kps[1] = kps[1][::-1]  # different keypoint order per pair
     valid = np.ones((3, n_kps), bool)
-    pred, peak, mass, fsrc, ftgt = backend._run_match(src, tgt, kps, valid)
+    pred, peak, mass, fsrc, ftgt = backend.match(src, tgt, kps, valid)
     ref, ref_peak, ref_mass, *_ = np_match(fsrc, ftgt, kps, SIZE, cfg.fine_window, cfg.beta, cfg.coord)
     assert np.abs(pred - ref).max() <= 1e-3
     assert np.abs(peak - ref_peak).max() <= 1e-5 and np.abs(mass - ref_mass).max() <= 1e-5
@@ -107,7 +107,7 @@ def test_invalid_keypoints_are_nan_with_zero_cues(graphs):
     backend = OnnxBackend(graphs["match"])
     kps = np.repeat(grid_keypoints(SIZE, 4)[None], 2, axis=0)
     valid = np.array([[True, False, True, False], [False, False, False, True]])
-    pred, peak, mass = backend.match_pairs(_images(2, 3), _images(2, 4), kps, valid)
+    pred, peak, mass, *_ = backend.match(_images(2, 3), _images(2, 4), kps, valid)
     assert np.isnan(pred[~valid]).all() and np.isfinite(pred[valid]).all()
     assert (peak[~valid] == 0).all() and (mass[~valid] == 0).all() and (mass[valid] > 0).all()
 
@@ -129,14 +129,14 @@ def test_matcher_uses_the_one_graph_and_agrees_with_the_features_model(graphs, m
     # The targets are the graph's own output (the numpy twin only adds the cues the graph lacks: ratio,
     # cycle, from the graph's `features` output), so the recorded graph run must be what is returned.
     runs = []
-    real_run = one.backend._run_match
+    real_run = one.backend.match
 
     def spy(*args):
         out = real_run(*args)
         runs.append(out)
         return out
 
-    monkeypatch.setattr(one.backend, "_run_match", spy)
+    monkeypatch.setattr(one.backend, "match", spy)
     got = one.match_images(a, b, kps)
     monkeypatch.undo()
     assert len(runs) == 1
@@ -276,7 +276,7 @@ def test_one_graph_torch_cuda_equals_onnx_cpu(graphs, ckpt):
     valid = np.ones((2, 12), bool)
     with torch.no_grad():
         got = module(*(torch.from_numpy(a).cuda() for a in (src, tgt, kps, valid)))[0].cpu().numpy()
-    ref, *_ = OnnxBackend(graphs["match"])._run_match(src, tgt, kps, valid)
+    ref, *_ = OnnxBackend(graphs["match"]).match(src, tgt, kps, valid)
     assert np.abs(got - ref).max() <= 0.05  # TF32 / cuDNN differences; a wrong graph is pixels off
 
 
@@ -286,7 +286,7 @@ def test_static_batch_one_graph_pads_the_last_chunk(ckpt, graphs, tmp_path):
     kps = np.repeat(grid_keypoints(SIZE, 5)[None], 3, axis=0)
     valid = np.ones((3, 5), bool)
     args = (_images(3, 11), _images(3, 12), kps, valid)
-    got = OnnxBackend(out).match_pairs(*args)
-    ref = OnnxBackend(graphs["match"]).match_pairs(*args)
+    got = OnnxBackend(out).match(*args)
+    ref = OnnxBackend(graphs["match"]).match(*args)
     assert OnnxBackend(out).max_batch == 2 and got[0].shape == (3, 5, 2)
     assert all(np.abs(g - r).max() <= 1e-4 for g, r in zip(got, ref, strict=True))

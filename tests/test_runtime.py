@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from simplematch import confidence
 from simplematch.errors import SimpleMatchError
 from simplematch.image import to_image_frame, to_model_frame
 from simplematch.metadata import ModelMeta
@@ -247,6 +248,15 @@ def test_onnx_backend_encodes_and_validates(models: dict[str, Path], tmp_path: P
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     with pytest.raises(SimpleMatchError, match="model input must be"):
         be.encode(np.zeros((1, 3, 16, 16), np.float32))
+    # The public match of the Backend protocol: a features-only file says how to get the matching graph.
+    from simplematch.runtime.backends import Backend
+
+    assert isinstance(be, Backend) and not be.matches
+    kps = np.zeros((1, 1, 2), np.float32)
+    with pytest.raises(SimpleMatchError, match="--with-matching"):
+        be.match(
+            np.zeros((1, 3, S, S), np.float32), np.zeros((1, 3, S, S), np.float32), kps, np.ones((1, 1), bool)
+        )
 
     no_meta = make_onnx(tmp_path / "nometa.onnx", with_meta=False)
     with pytest.raises(SimpleMatchError, match="no simplematch metadata"):
@@ -633,7 +643,7 @@ def test_eval_limit_predictions_plots_cli(
     assert res["sample"]["limit"] == 5 and res["sample"]["of"] > 5
     rej = res["confidence"]["rejection"]
     assert rej["min_confidence"] == 0.5 and 0.0 <= rej["kept_fraction"] <= 1.0
-    assert set(res["confidence"]["auroc"]) == set(npm.CUES)
+    assert set(res["confidence"]["auroc"]) == set(confidence.CUES)
     lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(lines) == 5 and {"id", "category", "src_kps", "gt", "pred", "raw_cues", "correct"} <= set(
         lines[0]

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from simplematch.confidence import DEFAULT_CONFIDENCE
 from simplematch.errors import SimpleMatchError
-from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 
 
 @dataclass(frozen=True)

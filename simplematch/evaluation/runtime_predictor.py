@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from simplematch.confidence import DEFAULT_CONFIDENCE
 from simplematch.data.records import FRAMES, PairRecord, pck_threshold, threshold_kind
 from simplematch.errors import SimpleMatchError
 from simplematch.files import sha256_file
 from simplematch.image import to_model_frame
 from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
 from simplematch.runtime.matcher import Features, Matcher, check_confidence
-from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.validate import window as validate_window
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simplematch.confidence import CUES, DEFAULT_CONFIDENCE, confidence_cues
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image, resize_square, to_image_frame, to_model_frame, to_rgb_uint8
 from simplematch.metadata import ModelMeta
 from simplematch.runtime.backends import Backend, load_backend
-from simplematch.runtime.matching import CUES, DEFAULT_CONFIDENCE, confidence_cues, match_keypoints
+from simplematch.runtime.matching import match_keypoints
 
 ImageLike = np.ndarray | str | Path | Image.Image
 
@@ -172,7 +173,7 @@ class Matcher:
         """Match (N, 2) source-image pixels -> target-image pixels (plus scores), with the model's metadata.
 
         ``window`` overrides the metadata's fine window (0 = whole map), as ``smatch eval --window``.
-        ``confidence`` names the cue (:data:`simplematch.runtime.matching.CUES`); a match whose confidence
+        ``confidence`` names the cue (:data:`simplematch.confidence.CUES`); a match whose confidence
         is below ``min_confidence`` is rejected (``rejected`` True, its ``target_kps`` row NaN).
         """
         meta = self.meta
@@ -224,7 +225,7 @@ class Matcher:
         t0 = time.perf_counter()
         prepared = [self.prepare(src), self.prepare(trg)]
         t1 = time.perf_counter()
-        if getattr(self.backend, "matches", False):  # one-graph file: encode + match in one session run
+        if self.backend.matches:  # one-graph file: encode + match in one session run
             return self._match_in_graph(*prepared, src_kps, t0, t1, confidence, min_confidence)
         fsrc, ftrg = self.encode(prepared)
         t2 = time.perf_counter()
@@ -255,7 +256,7 @@ class Matcher:
             result = self.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
             result.timing_ms = _timing_ms(t0, t1, t1, t1)
             return result
-        pred, _peak, _mass, fsrc, ftrg = self.backend._run_match(  # type: ignore[attr-defined]
+        pred, _peak, _mass, fsrc, ftrg = self.backend.match(
             src.tensor[None], trg.tensor[None], kps_model[None], np.ones((1, len(kps)), bool)
         )
         t2 = time.perf_counter()
