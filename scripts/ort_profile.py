@@ -21,7 +21,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     rows = profile_onnx(args.model, batch=args.batch, iters=args.iters, threads=args.threads)
-    print(f"{args.model}: batch {args.batch}, {args.iters} runs after one warm-up")
+    total = sum(ms for _, ms, _ in rows) / max(sum(share for _, _, share in rows), 1e-12)
+    print(f"{args.model}: {total:.1f} ms node time per run (batch {args.batch}, {args.iters} runs)")
     for op, ms, share in rows:
         print(f"  {op:<24} {ms:8.2f} ms/run {share * 100:5.1f} %")
 
