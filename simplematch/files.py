@@ -17,22 +17,19 @@ from typing import Any
 from simplematch.errors import SimpleMatchError
 
 
-def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` (a folder) when writing into it; raise a one-line error when that is impossible.
+def make_dir(path: Path) -> Path:
+    """Create the folder ``path`` (and its parents) when writing into it; one line when that is impossible.
 
-    The writer's side only: checks before any work are :mod:`simplematch.validate`'s, which create nothing.
+    The writer's side only: the checks before any work are :mod:`simplematch.validate`'s, which create
+    nothing, so a folder appears only once a command writes its first file.
     """
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SimpleMatchError(
-            f"cannot create output folder {path} ({err.strerror})", "choose a writable path"
+            f"cannot create folder {path} ({err.strerror})", "choose a writable path"
         ) from err
-    if not os.access(path, os.W_OK):
-        raise SimpleMatchError(
-            f"output folder {path} is not writable", "choose a writable path or fix permissions"
-        )
     return path
 
 
@@ -40,7 +37,7 @@ def ensure_writable_dir(path: Path) -> Path:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
-    ensure_writable_dir(path.parent)
+    make_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:

@@ -47,7 +47,7 @@ from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluation.torch_predictor import evaluate_model
-from simplematch.files import atomic_path, atomic_write_text, ensure_writable_dir
+from simplematch.files import atomic_path, atomic_write_text, make_dir
 from simplematch.matching import keypoint_loss
 from simplematch.progress import progress_bar
 
@@ -346,7 +346,7 @@ def _setup(
     created = not out.exists()
     if clear and not created:
         clear_run(out)
-    ensure_writable_dir(out)
+    make_dir(out)
     opt, sched = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

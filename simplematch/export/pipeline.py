@@ -13,7 +13,7 @@ from typing import Any
 
 from simplematch.config import EXPORT_FORMATS as FORMATS
 from simplematch.errors import SimpleMatchError
-from simplematch.files import ensure_writable_dir
+from simplematch.files import make_dir
 
 SUFFIXES = {"onnx": (".onnx",), "trt": (".engine", ".plan")}
 
@@ -150,7 +150,7 @@ def _export_trt(
     from simplematch.export.trt_export import build_engine, write_sidecar
 
     t0 = time.time()
-    ensure_writable_dir(out.parent)  # checked (not created) by the option checks; made now that we write
+    make_dir(out.parent)  # checked (not created) by the option checks; made now that we write
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         res = export_onnx(model, cfg, onnx_path, check=check, check_images=images, **kwargs)
@@ -234,7 +234,7 @@ def _export_int8(
     same = check_data is not None and Path(check_data).resolve() == Path(calib_data).resolve()
     skip = len(images) if (same and images is not None) else 0
     calib = images_from_dir(calib_data, limit=CALIB_IMAGES + skip)[skip:]
-    ensure_writable_dir(out.parent)  # checked (not created) by the option checks; made now that we write
+    make_dir(out.parent)  # checked (not created) by the option checks; made now that we write
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
         fp32 = Path(tmp) / "model.fp32.onnx"
         res32 = export_onnx(model, cfg, fp32, check=True, check_images=images, **kwargs)
