@@ -82,6 +82,7 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
     runtime_files = ("simplematch/runtime/", "simplematch/metrics.py", "simplematch/image.py",
                      "simplematch/keypoints.py", "simplematch/metadata.py", "simplematch/cli/app.py",
                      "simplematch/extras.py", "simplematch/files.py", "simplematch/config.py",
+                     "simplematch/geometry.py", "simplematch/confidence.py",
                      "simplematch/evaluation/__init__.py",
                      "simplematch/evaluation/dispatch.py", "simplematch/evaluation/runtime_predictor.py",
                      "simplematch/data/records.py", "simplematch/data/pfwillow.py",
