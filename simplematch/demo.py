@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from simplematch.errors import SimpleMatchError
-from simplematch.io import atomic_write_text
+from simplematch.files import atomic_write_text
 from simplematch.provenance import stamped
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -202,7 +202,7 @@ def _eval_untrained(cfg: Any, console: Any) -> dict[str, Any]:
     import torch
 
     from simplematch.data import load_records
-    from simplematch.evaluate import evaluate_model
+    from simplematch.evaluation.torch_predictor import evaluate_model
     from simplematch.model import SimpleMatch
 
     torch.manual_seed(cfg.seed)
