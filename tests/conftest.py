@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import make_meta, make_onnx, tiny_config
 
 # Before torch is imported anywhere: N workers on N cores must not each start N compute threads (the
 # oversubscription costs more than the parallelism gains). A plain serial run keeps the library default.
@@ -40,3 +40,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "ckpt"
     save_checkpoint(SimpleMatch(cfg), cfg, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny ONNX models (tests.helpers.make_onnx), built once per session; tests only read them."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "conv": make_onnx(root / "conv.onnx"),
+        "position": make_onnx(root / "position.onnx", kind="position"),
+        "position_center": make_onnx(
+            root / "position_center.onnx", kind="position", meta=make_meta(coord="center")
+        ),
+    }
