@@ -8,13 +8,8 @@ reads what an earlier test of its file observed still sees it. Session fixtures 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-
-from tests.helpers import make_meta, make_onnx, tiny_config
-
-# Before torch is imported anywhere: N workers on N cores must not each start N compute threads (the
+# Before numpy or torch is imported anywhere: N workers on N cores must not each start N compute threads (the
 # oversubscription costs more than the parallelism gains). A plain serial run keeps the library default.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _WORKERS > 1:
@@ -22,6 +17,13 @@ if _WORKERS > 1:
     _threads = str(max(1, _cpus // _WORKERS))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, _threads)
+
+# After the thread settings: numpy (imported by the helpers) sizes its BLAS pool when it loads.
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers import make_meta, make_onnx, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")

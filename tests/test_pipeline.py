@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from simplematch.cli.app import main
-from tests.helpers import HAVE_WILLOW, NO_WILLOW, ROOT, WILLOW
+from tests.helpers import HAVE_WILLOW, NO_WILLOW, ROOT, WILLOW, unstamped
 
 EXAMPLES = ROOT / "examples"
 
@@ -83,7 +83,7 @@ def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
     rc = main(["infer", str(EXAMPLES / "src.png"), str(EXAMPLES / "tgt.png"), "--kps", kps,
                "--model", str(onnx_path), "--out", str(out), "--viz", str(viz)])  # fmt: skip
     assert rc == 0
-    res = json.loads(out.read_text())
+    res = unstamped(json.loads(out.read_text()), "infer")
     assert set(res) == {
         "source", "target", "model", "provider", "confidence", "min_confidence", "keypoints", "timing_ms"
     }  # fmt: skip
