@@ -17,7 +17,7 @@ LAYERS = [
     ["runtime"],
     ["distributed", "evaluate", "train"],
     ["export"],
-    ["evaluation", "plots", "baselines", "convert", "bench", "demo"],
+    ["evaluation", "plots", "baselines", "convert", "bench", "demo", "serve"],
     ["cli"],
 ]
 

@@ -606,3 +606,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(_one_line_usage_error(err), file=sys.stderr)
         return 2
+
+
+from simplematch.cli import serve as _serve  # noqa: E402,F401 -- registers `smatch serve` on `app`
