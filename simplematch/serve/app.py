@@ -137,7 +137,8 @@ class Service:
         self, src: bytes, trg: bytes, kps_obj: Any, names: tuple[str, str], opts: dict
     ) -> dict:
         """A one-graph model (``smatch export --with-matching``): ``smatch infer``'s own path, the matching
-        inside the graph, so the answer is that command's to the last bit (no cache: the graph takes images)."""
+        inside the graph, so the answer is that command's to the last bit (no cache: the graph takes
+        images)."""
         src_img, trg_img = self.decode(src, names[0]), self.decode(trg, names[1])
         kps = self.keypoints(kps_obj, src_img.shape[:2])
         try:
@@ -290,8 +291,10 @@ def _routes(app: FastAPI, service: Service) -> None:
         for side in ("source", "target"):
             entry = service.cache.get(getattr(body, side))
             if entry is None:
-                raise HTTPError(404, f"{side} image {getattr(body, side)[:12]}... is not in the cache",
-                                "upload it again with POST /v1/images (the cache keeps recent images)")  # fmt: skip
+                raise HTTPError(
+                    404, f"{side} image {getattr(body, side)[:12]}... is not in the cache",
+                    "upload it again with POST /v1/images (the cache keeps recent images)",
+                )  # fmt: skip
             entries.append(entry)
         names = (body.source_name or body.source, body.target_name or body.target)
         timing = _timing()

@@ -62,7 +62,7 @@ class EncodeLane:
                 continue
             try:
                 feats: list[Features] = self.matcher.encode([p for p, _ in batch])
-            except BaseException as err:  # noqa: BLE001 -- handed to every waiting request, never lost
+            except BaseException as err:  # handed to every waiting request, never lost
                 for _, fut in batch:
                     fut.set_exception(err)
                 continue

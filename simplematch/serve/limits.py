@@ -89,8 +89,8 @@ class RequestGuard:
             try:
                 msg = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
             except asyncio.TimeoutError:  # builtin TimeoutError only from Python 3.11
-                state["fail"] = (408, f"request body not received within {self.body_timeout_s:g} s",
-                                 "send the whole request promptly (check the client's connection)")  # fmt: skip
+                late = f"request body not received within {self.body_timeout_s:g} s"
+                state["fail"] = (408, late, "send the whole request promptly (check the client's connection)")
                 raise _Abort from None
             if msg["type"] == "http.request":
                 state["received"] += len(msg.get("body", b""))
