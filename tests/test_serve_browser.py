@@ -1,0 +1,113 @@
+"""The page in a real browser (headless Chromium via selenium), against a real ``smatch serve``.
+
+It loads the page, uploads the example pair through the file inputs, clicks three points on the source,
+waits for three target markers, downloads the JSON and compares it with ``smatch infer`` on the same points.
+Skipped with the reason when Chromium, chromedriver or selenium is missing (``.ci/run`` installs them).
+``SMATCH_SERVE_SCREENSHOT=PATH`` also saves the screenshot there (README's docs/serve.png), and
+``SMATCH_SERVE_MODEL=MODEL.onnx`` serves that model instead of the tiny random one (e.g. the demo model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the [dev] extra) is not installed")
+from serve_helpers import EXAMPLES, running_server  # noqa: E402
+from test_runtime import make_onnx  # noqa: E402
+
+from simplematch.runtime.infer import run_infer  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="headless Chromium not installed (apt-get install chromium chromium-driver; .ci/run does it)",
+)
+
+
+def _browser(downloads: Path):
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000", "--no-proxy-server"):  # fmt: skip
+        opts.add_argument(arg)
+    opts.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
+    # An explicit driver path: selenium never tries to download one.
+    return webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+
+
+def _wait(condition, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    model = Path(
+        os.environ.get("SMATCH_SERVE_MODEL") or make_onnx(tmp_path / "conv.onnx", input_size=64, channels=16)
+    )
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with running_server(model, log=tmp_path / "server.log") as url:
+        driver = _browser(downloads)
+        try:
+            driver.get(url + "/")
+            _wait(lambda: "px on" in driver.find_element(By.ID, "model").text, what="model line")
+            driver.find_element(By.ID, "src-file").send_keys(str(EXAMPLES / "src.png"))
+            _wait(lambda: "300×200" in driver.find_element(By.ID, "status").text, what="source upload")
+            driver.find_element(By.ID, "tgt-file").send_keys(str(EXAMPLES / "tgt.png"))
+            _wait(lambda: "280×220" in driver.find_element(By.ID, "status").text, what="target upload")
+            svg = driver.find_element(By.ID, "src-svg")
+            box = svg.rect  # CSS pixels; the image is shown scaled, the page maps clicks to image pixels
+            for fx, fy in ((0.3, 0.35), (0.62, 0.45), (0.5, 0.8)):
+                dx, dy = (fx - 0.5) * box["width"], (fy - 0.5) * box["height"]
+                ActionChains(driver).move_to_element_with_offset(svg, int(dx), int(dy)).click().perform()
+                time.sleep(0.3)
+            markers = _wait(
+                lambda: (m := driver.find_elements(By.CSS_SELECTOR, "#tgt-svg circle.marker.target")) and len(m) == 3 and m,
+                what="three target markers",
+            )  # fmt: skip
+            assert len(markers) == 3
+            _wait(
+                lambda: "3 of 3 matches kept" in driver.find_element(By.ID, "status").text,
+                what="match status",
+            )
+            driver.find_element(By.ID, "download").click()
+            path = _wait(lambda: next(iter(downloads.glob("matches*.json")), None), what="the download")
+            shot = tmp_path / "serve.png"
+            driver.save_screenshot(str(shot))
+            if os.environ.get("SMATCH_SERVE_SCREENSHOT"):
+                shutil.copyfile(shot, os.environ["SMATCH_SERVE_SCREENSHOT"])
+        finally:
+            driver.quit()
+    page_json = json.loads(path.read_text())
+    points = [k["source"] for k in page_json["keypoints"]]
+    assert len(points) == 3
+    (tmp_path / "kps.json").write_text(json.dumps(points))
+    infer = run_infer(EXAMPLES / "src.png", EXAMPLES / "tgt.png", tmp_path / "kps.json", model=model)
+    infer = json.loads(json.dumps(infer))
+    for key in set(infer) - {"timing_ms", "source", "target"}:
+        assert page_json[key] == infer[key], key
+    assert (page_json["source"], page_json["target"]) == ("src.png", "tgt.png")
+    # The downloaded file works as `smatch infer --kps` (its targets become the sources).
+    chained = run_infer(EXAMPLES / "tgt.png", EXAMPLES / "src.png", path, model=model)
+    assert [k["source"] for k in chained["keypoints"]] == [k["target"] for k in page_json["keypoints"]]
