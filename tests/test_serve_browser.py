@@ -82,10 +82,14 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
                 dx, dy = (fx - 0.5) * box["width"], (fy - 0.5) * box["height"]
                 ActionChains(driver).move_to_element_with_offset(svg, int(dx), int(dy)).click().perform()
                 time.sleep(0.3)
+            targets = "#tgt-svg circle.marker.target"
             markers = _wait(
-                lambda: (m := driver.find_elements(By.CSS_SELECTOR, "#tgt-svg circle.marker.target")) and len(m) == 3 and m,
+                lambda: (
+                    len(driver.find_elements(By.CSS_SELECTOR, targets)) == 3
+                    and driver.find_elements(By.CSS_SELECTOR, targets)
+                ),
                 what="three target markers",
-            )  # fmt: skip
+            )
             assert len(markers) == 3
             _wait(
                 lambda: "3 of 3 matches kept" in driver.find_element(By.ID, "status").text,
