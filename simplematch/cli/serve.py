@@ -33,7 +33,7 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option(help="Seconds for a request body to arrive; 408 after.")
     ] = 30.0,
-    max_batch: Annotated[int, typer.Option(help="Micro-batch up to N concurrent encodes (1: off).")] = 1,
+    max_batch: Annotated[int, typer.Option(help="Micro-batch up to N concurrent encodes (1: off).")] = 8,
     cors_origin: Annotated[
         list[str], typer.Option(help="Allow browser calls from this origin (repeatable; default none).")
     ] = None,
