@@ -173,13 +173,16 @@ def main() -> None:
         results = []
         for k, w in enumerate(workloads):
             # New images for every encode round (made before its timing starts): each request a miss.
-            images = {i: fresh_image(k * args.requests + i) for i in range(args.requests)} if w == "encode" else {}
+            images = (
+                {i: fresh_image(k * args.requests + i) for i in range(args.requests)} if w == "encode" else {}
+            )
             results.append(run_load(url, w, args.requests, args.clients, args.time_limit, ids, images))
             results[-1]["rss_after_mib"] = round(rss_mib(server.pid), 1)  # a leak grows round after round
             print(json.dumps(results[-1]), flush=True)
         rss_after = rss_mib(server.pid)
         report = {
-            "model": str(args.model), "backbone": info["meta"]["backbone"], "img_size": info["meta"]["img_size"],
+            "model": str(args.model), "backbone": info["meta"]["backbone"],
+            "img_size": info["meta"]["img_size"],
             "provider": info["provider"], "workers": args.workers, "max_batch": args.max_batch,
             "cpu_count": os.cpu_count(), "loadavg_before": os.getloadavg(), "results": results,
             "repeat": repeat_speedup(url, args.repeat) if args.repeat else None,

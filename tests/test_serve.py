@@ -324,7 +324,7 @@ def test_uploads_are_never_spooled_to_disk(model: Path) -> None:
     from simplematch.serve.settings import ServeSettings
 
     settings = ServeSettings(model=str(model), max_body_mib=8)
-    create_app(settings).state.service.lane.close()
+    create_app(settings).state.service.close()
     assert MultiPartParser.spool_max_size > settings.max_body
 
 

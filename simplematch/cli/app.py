@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from simplematch.cli.serve import serve as serve_command
 from simplematch.config import (
     AP10K_SPLITS,
     CONFIDENCE_CUES,
@@ -544,6 +545,9 @@ def bench(
     print_bench(res, console)
 
 
+app.command("serve")(serve_command)  # in its own module (simplematch/cli/serve.py)
+
+
 # ------------------------------------------------------------------------------------------------------
 def _version_callback(value: bool) -> None:
     if value:
@@ -606,6 +610,3 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(_one_line_usage_error(err), file=sys.stderr)
         return 2
-
-
-from simplematch.cli import serve as _serve  # noqa: E402,F401 -- registers `smatch serve` on `app`

@@ -1,4 +1,5 @@
-"""``smatch serve``: the runtime as an HTTP service with a page (needs the [serve] extra)."""
+"""``smatch serve``: the runtime as an HTTP service with a page (needs the [serve] extra). Registered on the
+``smatch`` app by :mod:`simplematch.cli.app`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,7 @@ from typing import Annotated
 
 import typer
 
-from simplematch.cli.app import app
 
-
-@app.command()
 def serve(
     model: Annotated[Path, typer.Argument(help="Exported .onnx (or .engine) to serve.")],
     host: Annotated[

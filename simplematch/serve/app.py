@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -81,8 +83,20 @@ class Service:
             batch_size=settings.max_batch,
         )  # fmt: skip
         self.lane = EncodeLane(self.matcher, settings.max_batch)
+        # CPU work (decode, resize, matching) in a pool as wide as the cores, not the framework's 40-thread
+        # pool: more threads cannot run faster, and each one grows its own malloc arena (measured: ~100 MiB
+        # more resident memory under load, BENCHMARKS.md).
+        self.pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="smatch-cpu")
         self.cache = FeatureCache(settings.cache_mib)
         self.one_graph = bool(getattr(self.matcher.backend, "matches", False))
+
+    def close(self) -> None:
+        self.lane.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the CPU pool, awaited: the event loop keeps serving meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
 
     # -- images ------------------------------------------------------------------------------------------
     def decode(self, data: bytes, name: str) -> np.ndarray:
@@ -100,7 +114,7 @@ class Service:
         if entry is not None:
             return key, entry, True
         t0 = time.perf_counter()
-        prepared = await run_in_threadpool(lambda: self.matcher.prepare(self.decode(data, name)))
+        prepared = await self.run(lambda: self.matcher.prepare(self.decode(data, name)))
         t1 = time.perf_counter()
         feats: Features = await asyncio.wrap_future(self.lane.submit(prepared))
         timing["preprocess"] += (t1 - t0) * 1e3
@@ -221,8 +235,14 @@ def create_app(settings: ServeSettings, token: str | None = None) -> FastAPI:
     # limit bounds them) so nothing a client sends is written to disk.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_body + 1)
     service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
     app = FastAPI(
-        title="SimpleMatch", version=simplematch.__version__,
+        title="SimpleMatch", version=simplematch.__version__, lifespan=lifespan,
         description="Semantic correspondence with an exported SimpleMatch model. Match answers are the JSON "
         "of `smatch infer --out`. With a token, send `Authorization: Bearer TOKEN` (all but /v1/health).",
     )  # fmt: skip
@@ -278,11 +298,11 @@ def _routes(app: FastAPI, service: Service) -> None:
         names = (source.filename or "source", target.filename or "target")
         src, trg = await source.read(), await target.read()
         if service.one_graph:
-            return await run_in_threadpool(lambda: service.match_in_graph(src, trg, kps_obj, names, opts))
+            return await service.run(lambda: service.match_in_graph(src, trg, kps_obj, names, opts))
         timing = _timing()
         _, fs, _ = await service.features(src, names[0], timing)
         _, ft, _ = await service.features(trg, names[1], timing)
-        return await run_in_threadpool(lambda: service.match(fs, ft, kps_obj, names, opts, timing))
+        return await service.run(lambda: service.match(fs, ft, kps_obj, names, opts, timing))
 
     @app.post(f"{API}/match/cached", summary="Match keypoints between two images uploaded before (by `id`).")
     async def match_cached(body: CachedMatch) -> dict:
@@ -298,7 +318,7 @@ def _routes(app: FastAPI, service: Service) -> None:
             entries.append(entry)
         names = (body.source_name or body.source, body.target_name or body.target)
         timing = _timing()
-        return await run_in_threadpool(
+        return await service.run(
             lambda: service.match(entries[0], entries[1], body.keypoints, names, opts, timing)
         )
 
