@@ -300,8 +300,10 @@ def _routes(app: FastAPI, service: Service) -> None:
         if service.one_graph:
             return await service.run(lambda: service.match_in_graph(src, trg, kps_obj, names, opts))
         timing = _timing()
-        _, fs, _ = await service.features(src, names[0], timing)
-        _, ft, _ = await service.features(trg, names[1], timing)
+        # Both at once: two new images are encoded in one run, as `smatch infer` does.
+        (_, fs, _), (_, ft, _) = await asyncio.gather(
+            service.features(src, names[0], timing), service.features(trg, names[1], timing)
+        )
         return await service.run(lambda: service.match(fs, ft, kps_obj, names, opts, timing))
 
     @app.post(f"{API}/match/cached", summary="Match keypoints between two images uploaded before (by `id`).")

@@ -20,7 +20,7 @@ class ServeSettings:
     max_image_mpix: float = 40.0  # decoded pixels of one image, checked from its header before decoding
     max_keypoints: int = 1000  # per request
     body_timeout_s: float = 30.0  # the whole body must have arrived by then (slow clients)
-    max_batch: int = 8  # micro-batch concurrent encodes, up to 8 per run (BENCHMARKS.md: +35 % req/s here)
+    max_batch: int = 8  # micro-batch concurrent encodes, up to 8 per run (BENCHMARKS.md: +23 % req/s here)
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     @property
