@@ -26,6 +26,7 @@ from simplematch.runtime.infer import run_infer  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
+CLICKS = ((0.3, 0.35), (0.62, 0.45), (0.5, 0.8))  # fractions of the shown source image
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or DRIVER is None,
     reason="headless Chromium not installed (apt-get install chromium chromium-driver; .ci/run does it)",
@@ -78,7 +79,7 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
             _wait(lambda: "280×220" in driver.find_element(By.ID, "status").text, what="target upload")
             svg = driver.find_element(By.ID, "src-svg")
             box = svg.rect  # CSS pixels; the image is shown scaled, the page maps clicks to image pixels
-            for fx, fy in ((0.3, 0.35), (0.62, 0.45), (0.5, 0.8)):
+            for fx, fy in CLICKS:
                 dx, dy = (fx - 0.5) * box["width"], (fy - 0.5) * box["height"]
                 ActionChains(driver).move_to_element_with_offset(svg, int(dx), int(dy)).click().perform()
                 time.sleep(0.3)
@@ -91,6 +92,10 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
                 what="three target markers",
             )
             assert len(markers) == 3
+            drawn = sorted(
+                (int(m.get_attribute("data-i")), float(m.get_attribute("cx")), float(m.get_attribute("cy")))
+                for m in markers
+            )
             _wait(
                 lambda: "3 of 3 matches kept" in driver.find_element(By.ID, "status").text,
                 what="match status",
@@ -106,6 +111,12 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
     page_json = json.loads(path.read_text())
     points = [k["source"] for k in page_json["keypoints"]]
     assert len(points) == 3
+    # Clicks land where they were made (image pixels = fraction of the shown image x its size), and each
+    # target marker is drawn at its match.
+    for (x, y), (fx, fy) in zip(points, CLICKS, strict=True):
+        assert abs(x - fx * 300) < 1.5 and abs(y - fy * 200) < 1.5, (x, y, fx, fy)
+    for (i, cx, cy), row in zip(drawn, page_json["keypoints"], strict=True):
+        assert abs(cx - row["target"][0]) < 1e-3 and abs(cy - row["target"][1]) < 1e-3, (i, cx, cy, row)
     (tmp_path / "kps.json").write_text(json.dumps(points))
     infer = run_infer(EXAMPLES / "src.png", EXAMPLES / "tgt.png", tmp_path / "kps.json", model=model)
     infer = json.loads(json.dumps(infer))
