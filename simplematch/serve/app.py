@@ -30,11 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
 import simplematch
+from simplematch.confidence import CUES, DEFAULT_CONFIDENCE
 from simplematch.errors import SimpleMatchError
 from simplematch.image import ImageTooLargeError, decode_image
 from simplematch.runtime import Features, Matcher
 from simplematch.runtime.infer import build_report, decode_keypoints
-from simplematch.runtime.matching import CUES, DEFAULT_CONFIDENCE
 from simplematch.serve.cache import Entry, FeatureCache, content_id
 from simplematch.serve.encoder import EncodeLane
 from simplematch.serve.limits import RequestGuard
