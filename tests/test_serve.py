@@ -115,16 +115,22 @@ def test_model_and_health(server: str, model: Path) -> None:
         "/v1/health",
     } <= set(schema["paths"])
     status, page, _ = c.request("GET", "/")
-    assert (
-        status == 200
-        and "/static/app.js" in page
-        and "http"
-        not in page.split("<body>")[1]
-        .replace('href="/docs"', "")
-        .split("<script")[0]
-        .lower()
-        .replace("http://www.w3.org", "")
-    )
+    assert status == 200 and "/static/app.js" in page
+    for asset in ("/static/app.js", "/static/style.css", "/static/examples/src.png"):
+        assert c.request("GET", asset)[0] == 200, asset
+
+
+def test_the_page_loads_nothing_from_elsewhere() -> None:
+    """Works offline: no address outside the server in the page, its script or its style (the SVG
+    namespace is a name, never fetched)."""
+    import re
+
+    from simplematch.serve.app import _static_dir
+
+    for name in ("index.html", "app.js", "style.css"):
+        text = (_static_dir() / name).read_text().replace("http://www.w3.org/2000/svg", "")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]", text, re.I), name
+        assert "@import" not in text and 'src="http' not in text, name
 
 
 # --------------------------------------------------------------------------------------------------------
