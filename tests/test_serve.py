@@ -360,3 +360,30 @@ def test_other_host_warns_and_bad_settings_refused(model: Path, monkeypatch, cap
     assert "--max-keypoints" in capsys.readouterr().err
     assert main(["serve", str(model.with_name("missing.onnx"))]) == 2
     assert "model not found" in capsys.readouterr().err
+
+
+def test_workers_each_serve_with_the_same_settings_and_token(model: Path, tmp_path: Path) -> None:
+    """--workers 2: uvicorn's worker processes rebuild the app from the settings in the environment."""
+    import psutil
+
+    env = {"SMATCH_SERVE_TOKEN": "w0rkers"}
+    with running_server(
+        model, "--workers", "2", "--max-keypoints", "5", env=env, log=tmp_path / "log"
+    ) as url:
+        for _ in range(6):  # new connections: the kernel spreads them over the workers
+            c = Client(url, token="w0rkers")
+            assert c.match(SRC, TGT, KPS[:2])["keypoints"][1]["target"] is not None
+            assert c.model()["limits"]["max_keypoints"] == 5
+            c.close()
+        status, body, _ = Client(url).request("GET", "/v1/model")
+        assert status == 401
+        server = next(
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if url.rsplit(":", 1)[1] in " ".join(p.info["cmdline"] or [])
+        )
+        pids = {ch.pid for ch in server.children(recursive=True)}
+        assert len(pids) >= 2
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids
+    )
