@@ -126,3 +126,64 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
     # The downloaded file works as `smatch infer --kps` (its targets become the sources).
     chained = run_infer(EXAMPLES / "tgt.png", EXAMPLES / "src.png", path, model=model)
     assert [k["source"] for k in chained["keypoints"]] == [k["target"] for k in page_json["keypoints"]]
+
+
+def test_page_drag_keyboard_and_slider(tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    model = make_onnx(tmp_path / "conv.onnx", input_size=64, channels=16)
+    with running_server(model, log=tmp_path / "server.log") as url:
+        driver = _browser(tmp_path)
+        try:
+            driver.get(url + "/")
+            driver.find_element(By.ID, "examples").click()  # the bundled pair, from the package
+            _wait(lambda: "280×220" in driver.find_element(By.ID, "status").text, what="examples")
+            svg = driver.find_element(By.ID, "src-svg")
+            box = svg.rect
+            scale = 300 / box["width"]  # image pixels per CSS pixel
+            points = lambda: driver.execute_script("return state.points")  # noqa: E731
+            answered = lambda n: driver.execute_script(  # noqa: E731 -- the page's last answer, n points
+                "const r = state.result; return !!r && r.keypoints.length === arguments[0]"
+                " && JSON.stringify(r.keypoints.map(k => k.source)) === JSON.stringify(state.points)",
+                n,
+            )
+            for fx, fy in ((0.25, 0.5), (0.6, 0.4)):
+                ActionChains(driver).move_to_element_with_offset(
+                    svg, int((fx - 0.5) * box["width"]), int((fy - 0.5) * box["height"])
+                ).click().perform()
+            _wait(lambda: answered(2), what="two matches")
+            before = points()
+            # Drag point 1 by 40 CSS px to the right.
+            ActionChains(driver).move_to_element_with_offset(
+                svg, int(-0.25 * box["width"]), 0
+            ).click_and_hold().move_by_offset(20, 0).move_by_offset(20, 0).release().perform()
+            _wait(lambda: answered(2) and points()[0] != before[0], what="the drag")
+            dragged = points()
+            assert abs(dragged[0][0] - (before[0][0] + 40 * scale)) < 1.5 * scale and dragged[1] == before[1]
+            # Keys: ] selects point 2, Shift+Right moves it 10 px, + adds one at the centre, Delete removes it.
+            ActionChains(driver).send_keys("]").key_down(Keys.SHIFT).send_keys(Keys.ARROW_RIGHT).key_up(
+                Keys.SHIFT
+            ).perform()
+            _wait(lambda: answered(2) and points()[1][0] != dragged[1][0], what="the key move")
+            assert points()[1] == [dragged[1][0] + 10, dragged[1][1]]
+            ActionChains(driver).send_keys("+").perform()
+            _wait(lambda: answered(3), what="the added point")
+            assert points()[2] == [149.5, 99.5]
+            ActionChains(driver).send_keys(Keys.DELETE).perform()
+            _wait(lambda: answered(2), what="the removed point")
+            # Slider at 1.0: every match is rejected, crossed out on the source, no target marker.
+            driver.execute_script(
+                "const s = document.getElementById('min-conf'); s.value = '1';"
+                " s.dispatchEvent(new Event('input'));"
+            )
+            _wait(
+                lambda: "0 of 2 matches kept" in driver.find_element(By.ID, "status").text, what="rejection"
+            )
+            assert driver.execute_script("return state.result.min_confidence") == 1
+            assert driver.find_elements(By.CSS_SELECTOR, "#tgt-svg circle.marker.target") == []
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#src-svg path.cross")) == 2
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#points tbody tr.rejected")) == 2
+        finally:
+            driver.quit()
