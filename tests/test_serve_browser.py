@@ -162,7 +162,7 @@ def test_page_drag_keyboard_and_slider(tmp_path: Path) -> None:
             _wait(lambda: answered(2) and points()[0] != before[0], what="the drag")
             dragged = points()
             assert abs(dragged[0][0] - (before[0][0] + 40 * scale)) < 1.5 * scale and dragged[1] == before[1]
-            # Keys: ] selects point 2, Shift+Right moves it 10 px, + adds one at the centre, Delete removes it.
+            # Keys: ] selects point 2, Shift+Right moves it 10 px, + adds one at the centre, Delete drops it.
             ActionChains(driver).send_keys("]").key_down(Keys.SHIFT).send_keys(Keys.ARROW_RIGHT).key_up(
                 Keys.SHIFT
             ).perform()
