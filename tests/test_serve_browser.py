@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the [dev] extra) is not installed")
 from serve_helpers import EXAMPLES, running_server  # noqa: E402
 from test_runtime import make_onnx  # noqa: E402
+from tiny import subprocess_env  # noqa: E402
 
 from simplematch.runtime.infer import run_infer  # noqa: E402
 
@@ -118,8 +121,28 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
     for (i, cx, cy), row in zip(drawn, page_json["keypoints"], strict=True):
         assert abs(cx - row["target"][0]) < 1e-3 and abs(cy - row["target"][1]) < 1e-3, (i, cx, cy, row)
     (tmp_path / "kps.json").write_text(json.dumps(points))
-    infer = run_infer(EXAMPLES / "src.png", EXAMPLES / "tgt.png", tmp_path / "kps.json", model=model)
-    infer = json.loads(json.dumps(infer))
+    src, tgt, kps, out = (
+        EXAMPLES / "src.png",
+        EXAMPLES / "tgt.png",
+        tmp_path / "kps.json",
+        tmp_path / "infer.json",
+    )
+    cli = [
+        sys.executable,
+        "-m",
+        "simplematch.cli",
+        "infer",
+        src,
+        tgt,
+        "--kps",
+        kps,
+        "--model",
+        model,
+        "--out",
+        out,
+    ]
+    subprocess.run([str(a) for a in cli], env=subprocess_env(), check=True, capture_output=True, timeout=120)
+    infer = json.loads((tmp_path / "infer.json").read_text())  # what `smatch infer --out` wrote
     for key in set(infer) - {"timing_ms", "source", "target"}:
         assert page_json[key] == infer[key], key
     assert (page_json["source"], page_json["target"]) == ("src.png", "tgt.png")
