@@ -46,7 +46,7 @@ def running_server(model: Path, *args: str, env: dict | None = None, log: Path) 
             try:
                 Client(url, timeout=2).health()
                 break
-            except (OSError, Exception):  # not listening yet
+            except Exception:  # not listening yet
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"smatch serve did not answer in 60 s: {log.read_text()}") from None
                 time.sleep(0.2)

@@ -387,3 +387,13 @@ def test_workers_each_serve_with_the_same_settings_and_token(model: Path, tmp_pa
     assert not any(
         psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids
     )
+
+
+def test_busy_port_is_one_line(model: Path, capsys) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["serve", str(model), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
