@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from simplematch.cli.serve import serve as serve_command
 from simplematch.config import (
     AP10K_SPLITS,
     CONFIDENCE_CUES,
@@ -386,7 +387,7 @@ def presets(
         bool, typer.Option("--json", help="Print every preset fully resolved (all config keys) as JSON.")
     ] = False,
 ) -> None:
-    """List the configuration presets (the authors' released configs; see README "Paper presets")."""
+    """List the configuration presets (the authors' released configs; see docs/recipe.md)."""
     from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, resolved_presets
 
     if as_json:
@@ -759,6 +760,9 @@ def bench(
         json_path=json_out, threads=threads, force=force, log=lambda msg: console.print(msg),
     )  # fmt: skip
     print_bench(res, console)
+
+
+app.command("serve")(serve_command)  # in its own module (simplematch/cli/serve.py)
 
 
 # ------------------------------------------------------------------------------------------------------
