@@ -21,11 +21,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the [dev] extra) is not installed")
-from serve_helpers import EXAMPLES, running_server  # noqa: E402
-from test_runtime import make_onnx  # noqa: E402
-from tiny import subprocess_env  # noqa: E402
-
 from simplematch.runtime.infer import run_infer  # noqa: E402
+from tests.helpers import make_onnx, subprocess_env  # noqa: E402
+from tests.serve.helpers import EXAMPLES, running_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -21,8 +21,6 @@ import pytest
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 from PIL import Image
-from serve_helpers import EXAMPLES, running_server
-from test_runtime import make_onnx
 
 from simplematch.cli.app import main
 from simplematch.runtime import Features, Matcher
@@ -30,6 +28,8 @@ from simplematch.runtime.infer import run_infer
 from simplematch.serve.cache import Entry, FeatureCache
 from simplematch.serve.client import Client, HTTPFailure, multipart
 from simplematch.serve.encoder import EncodeLane
+from tests.helpers import make_onnx
+from tests.serve.helpers import EXAMPLES, running_server
 
 KPS = json.loads((EXAMPLES / "kps.json").read_text())["keypoints"]
 SRC, TGT = EXAMPLES / "src.png", EXAMPLES / "tgt.png"
