@@ -138,8 +138,8 @@ def build_report(
     truth: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The JSON of ``smatch infer --out`` (and of ``smatch serve``'s match endpoints): one builder for both,
-    so the service answers exactly what the command writes."""
-    return {
+    so the service answers exactly what the command writes, version / time / units stamp included."""
+    doc = {
         "source": source,
         "target": target,
         "model": model,
@@ -149,6 +149,7 @@ def build_report(
         "keypoints": keypoint_rows(result, truth, trg_hw),
         "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
     }
+    return stamped(doc, "infer")
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def run_infer(
 
     # 3. Write, each file atomically.
     if ins.out is not None:
-        atomic_write_text(ins.out, json.dumps(stamped(report, "infer"), indent=2) + "\n")
+        atomic_write_text(ins.out, json.dumps(report, indent=2) + "\n")
     if ins.viz is not None and picture is not None:
         atomic_write_bytes(ins.viz, picture)
     return report

@@ -141,7 +141,7 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
     ]
     subprocess.run([str(a) for a in cli], env=subprocess_env(), check=True, capture_output=True, timeout=120)
     infer = json.loads((tmp_path / "infer.json").read_text())  # what `smatch infer --out` wrote
-    for key in set(infer) - {"timing_ms", "source", "target"}:
+    for key in set(infer) - {"timing_ms", "source", "target", "written_at"}:
         assert page_json[key] == infer[key], key
     assert (page_json["source"], page_json["target"]) == ("src.png", "tgt.png")
     # The downloaded file works as `smatch infer --kps` (its targets become the sources).
