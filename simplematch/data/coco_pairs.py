@@ -58,11 +58,7 @@ class CocoOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> CocoOptions:
         """From a :class:`simplematch.config.Config` (its ``coco_*`` keys)."""
-        return cls(
-            images=cfg.coco_images, min_common=cfg.coco_min_common, pairs=cfg.coco_pairs,
-            split_seed=cfg.coco_split_seed, split_fractions=tuple(cfg.coco_split_fractions),
-            max_pairs_per_image=cfg.coco_max_pairs_per_image,
-        )  # fmt: skip
+        return coco_options({k: getattr(cfg, k) for k in OPTION_KEYS})
 
     def validate(self) -> CocoOptions:
         if self.min_common < 1:
@@ -76,6 +72,41 @@ class CocoOptions:
                 "pass trn,val,test fractions, e.g. --split-fractions 0.8,0.1,0.1",
             )
         return self
+
+
+OPTION_KEYS = ("coco_images", "coco_min_common", "coco_pairs", "coco_split_seed", "coco_split_fractions",
+               "coco_max_pairs_per_image")  # fmt: skip
+
+
+def coco_options(given: dict[str, Any], recorded: dict[str, Any] | None = None) -> CocoOptions:
+    """Options from ``coco_*`` keys: ``given`` (flags; ``None`` = not given) over ``recorded`` (a config)."""
+    values = {k: (recorded or {}).get(k) for k in OPTION_KEYS}
+    values.update({k: v for k, v in given.items() if k in OPTION_KEYS and v is not None})
+    fractions = values["coco_split_fractions"]
+    if isinstance(fractions, str):
+        fractions = parse_fractions(fractions)
+    d = CocoOptions()
+    return CocoOptions(
+        images=str(values["coco_images"]) if values["coco_images"] else None,
+        min_common=d.min_common if values["coco_min_common"] is None else int(values["coco_min_common"]),
+        pairs=str(values["coco_pairs"]) if values["coco_pairs"] else None,
+        split_seed=d.split_seed if values["coco_split_seed"] is None else int(values["coco_split_seed"]),
+        split_fractions=tuple(fractions) if fractions else d.split_fractions,
+        max_pairs_per_image=values["coco_max_pairs_per_image"],
+    ).validate()
+
+
+def parse_fractions(text: str) -> list[float]:
+    """``--split-fractions 0.8,0.1,0.1`` -> [0.8, 0.1, 0.1] (checked by :meth:`CocoOptions.validate`)."""
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError as err:
+        raise SimpleMatchError(
+            f"--split-fractions {text!r} is not a comma-separated list of numbers",
+            "pass trn,val,test fractions, e.g. --split-fractions 0.8,0.1,0.1",
+        ) from err
+    CocoOptions(split_fractions=tuple(values)).validate()
+    return values
 
 
 def partition_images(image_ids: Sequence[int], seed: int, fractions: Sequence[float]) -> dict[str, list[int]]:
@@ -110,6 +141,7 @@ def read_coco_pairs(
         source = root
         coco = read_coco_keypoints(source, images, min_visible=opts.min_common)
         mode = "pairs file" if opts.pairs else "seeded image partition"
+        chosen = []
     info: dict[str, Any] = {
         "source": str(source), "split": split, "mode": mode, "images_folder": opts.images,
         "min_common": opts.min_common, "pairs_file": opts.pairs, "split_seed": opts.split_seed,
@@ -127,8 +159,10 @@ def read_coco_pairs(
             chosen = [o for o in coco.objects if o.image_id in keep]
             info["split_images"] = {s: len(v) for s, v in parts.items()}
         records = _enumerate(coco, chosen, opts)
-    info["image_ids"] = sorted({int(r.meta["src_image_id"]) for r in records} | {
-        int(r.meta["trg_image_id"]) for r in records})  # fmt: skip
+    # The split's images (those of its objects; with --pairs, those of its pairs): the held-out check.
+    used = {o.image_id for o in chosen} if not opts.pairs else {
+        int(r.meta[k]) for r in records for k in ("src_image_id", "trg_image_id")}  # fmt: skip
+    info["image_ids"] = sorted(used)
     info["pairs"] = len(records)
     if not records:
         raise SimpleMatchError(
