@@ -243,6 +243,7 @@ class _Run:
     epoch: int = 0
     batch_in_epoch: int = 0
     best: dict[str, Any] | None = None
+    started: dict[str, Any] | None = None  # --init: where the weights came from (init.json)
 
 
 def train(
@@ -275,7 +276,9 @@ def train(
         extra="loss {task.fields[loss]:.3f}",
     )
     seed_everything(cfg.seed + dist_utils.rank())
-    run = _setup(cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0)
+    run = _setup(
+        cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0, fresh=not resume
+    )
     if resume:
         _restore(run)
     else:
@@ -345,15 +348,17 @@ def _describe_data(info: dict[str, Any]) -> str:
 
 def _setup(
     cfg: Config, out: Path, device: torch.device, train_records: list, val_records: list, *, clear: bool,
-    t0: float,
+    t0: float, fresh: bool = True,
 ) -> _Run:  # fmt: skip
-    """Model (+ pretrained backbone), run folder, optimiser, scheduler, grad scaler and training set."""
+    """Model (+ pretrained backbone, or a fresh run's --init weights, checked before the run folder is
+    made), run folder, optimiser, scheduler, grad scaler and training set."""
     from simplematch.model import SimpleMatch
     from simplematch.weights import load_backbone_weights
 
     model = SimpleMatch(cfg, backbone_kwargs=init_backbone_kwargs(cfg.init) if cfg.init else None)
     if cfg.weights:
         load_backbone_weights(model, cfg.weights)
+    started = load_init(model, cfg.init) if cfg.init and fresh else None
     model = model.to(device)
     train_ds = PairDataset(
         train_records,
@@ -374,6 +379,7 @@ def _setup(
     return _Run(
         cfg, out, device, model, opt, sched, scaler, train_ds, val_records, created, t0, use_amp, model,
         total=cfg.max_steps or cfg.epochs * steps_per_epoch, eval_every=cfg.eval_every or steps_per_epoch,
+        started=started,
     )  # fmt: skip
 
 
@@ -387,8 +393,8 @@ def _wrap_ddp(run: _Run) -> None:
 
 # ---- restore -------------------------------------------------------------------------------------------
 def _start_fresh(run: _Run, data_info: dict[str, Any]) -> None:
-    """``--init`` weights, then config.json, init.json (where the weights came from) and data.json."""
-    started = load_init(run.model, run.cfg.init) if run.cfg.init else None
+    """config.json, init.json (where --init weights came from) and data.json (the COCO split)."""
+    started = run.started
     if dist_utils.is_main():
         run.cfg.save(run.out / "config.json")
         (run.out / "metrics.jsonl").unlink(missing_ok=True)
