@@ -306,10 +306,17 @@ def test_pairs_file_gives_the_split_and_counts_skipped(tmp_path: Path) -> None:
     data = tiny_coco(tmp_path)
     path = write(tmp_path, data)
     listed = tmp_path / "pairs.csv"
-    listed.write_text("split,source,target\ntest,10,11\ntrn,11,13\ntest,11,12\ntest,13,11\n")
+    data["annotations"][2]["keypoints"] = [0, 0, 0, 3, 3, 2, 1, 1, 2]  # 12: rim and base visible
+    path = write(tmp_path, data)
+    rows = ["test,10,11", "trn,11,13", "test,10,12", "test,12,13", "test,13,11"]
+    listed.write_text("split,source,target\n" + "\n".join(rows) + "\n")
     recs, info = read_coco_pairs(path, "test", CocoOptions(min_common=2, pairs=str(listed)))
-    assert [r.pair_id for r in recs] == ["10-11", "13-11"]  # 11-12: 12 has one visible point
+    assert [r.pair_id for r in recs] == ["10-11", "12-13", "13-11"]  # 10-12 share only the rim
     assert info["skipped_pairs"] == 1 and info["mode"] == "pairs file"
+    data["annotations"][2]["keypoints"] = [0, 0, 0, 0, 0, 0, 1, 1, 2]  # 12: one visible point
+    path = write(tmp_path, data)
+    recs, info = read_coco_pairs(path, "test", CocoOptions(min_common=2, pairs=str(listed)))
+    assert [r.pair_id for r in recs] == ["10-11", "13-11"] and info["skipped_pairs"] == 2
     np.testing.assert_array_equal(recs[0].src_kps, [[5, 6], [10, 12]])  # handle, rim (base not labelled)
     assert recs[0].meta["keypoint_names"] == ["handle", "rim"]
     listed.write_text("split,source,target\ntest,10,99\n")

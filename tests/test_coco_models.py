@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,6 +16,8 @@ from tiny import ROOT, tiny_config, write_tiny_config
 
 from simplematch.checkpoint import save_checkpoint
 from simplematch.cli.app import main
+from simplematch.data import load_records
+from simplematch.data.coco_pairs import CocoOptions
 from simplematch.evaluation import EvalRequest, run_evaluation
 from simplematch.model import SimpleMatch
 from simplematch.train import load_init
@@ -67,6 +70,18 @@ def _both(model: Path, willow_coco: tuple[Path, Path], **kw) -> tuple[dict, dict
         **kw,
     )
     return ref, run_evaluation(model, req)
+
+
+def test_willow_as_coco_holds_the_pfwillow_pairs(willow_coco) -> None:
+    coco_json, pairs = willow_coco
+    ref = load_records("pfwillow", WILLOW, "test")
+    recs = load_records("coco", coco_json, "test", coco=CocoOptions(pairs=str(pairs)))
+    assert len(recs) == len(ref) == 360
+    for a, b in zip(ref, recs, strict=True):
+        assert Path(a.src_image).resolve() == Path(b.src_image).resolve() and a.category == b.category
+        assert Path(a.trg_image).resolve() == Path(b.trg_image).resolve()
+        np.testing.assert_array_equal(a.src_kps, b.src_kps)  # bit-identical coordinates
+        np.testing.assert_array_equal(a.trg_kps, b.trg_kps)
 
 
 def test_willow_as_coco_gives_exactly_the_pfwillow_pck_pytorch(tiny_ckpt: Path, willow_coco) -> None:
