@@ -92,7 +92,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Output folder (checkpoint, config, metrics).")] = None,
     preset: Annotated[str, typer.Option(help="Preset name (see `smatch presets`).")] = None,
     dataset: Annotated[Dataset, typer.Option()] = None,
-    data_root: Annotated[Path, typer.Option(help="Benchmark root in its official layout.")] = None,
+    data_root: Annotated[
+        Path, typer.Option(help="Benchmark root in its official layout, or a COCO keypoints JSON (coco).")
+    ] = None,
     backbone: Annotated[str, typer.Option(help="timm model name.")] = None,
     weights: Annotated[Path, typer.Option(help="Local pretrained backbone file (never downloaded).")] = None,
     init: Annotated[
@@ -186,7 +188,9 @@ def eval_cmd(
         Path, typer.Argument(help="Checkpoint folder (PyTorch) or MODEL.onnx / MODEL.engine (runtime).")
     ],
     dataset: Annotated[Dataset, typer.Option()] = Dataset.pfwillow,
-    data_root: Annotated[Path, typer.Option(help="Benchmark root (not needed for synthetic).")] = None,
+    data_root: Annotated[
+        Path, typer.Option(help="Benchmark root (not needed for synthetic), or a COCO keypoints JSON (coco).")
+    ] = None,
     split: Annotated[str, typer.Option()] = "test",
     alpha: Annotated[list[float], typer.Option(help="PCK thresholds (repeat the option).")] = None,
     frame: Annotated[
@@ -237,7 +241,8 @@ def eval_cmd(
     split_fractions: SplitFractions = None,
     max_pairs_per_image: MaxPairsPerImage = None,
 ) -> None:
-    """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
+    """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K, synthetic or COCO keypoints pairs, with PyTorch or
+    the runtime."""
     from simplematch.evaluation import EvalOutputs, EvalRequest, print_result, run_evaluation
 
     request = EvalRequest(
