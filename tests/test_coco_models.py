@@ -169,3 +169,8 @@ def test_init_refuses_another_architecture_in_one_line(tmp_path: Path, capsys) -
     assert "checkpoint not found" in capsys.readouterr().err
     rc = main(["train", "--init", str(source), "--weights", str(source / "model.safetensors"), "--out", "z"])
     assert rc == 2 and "--init loads the whole model" in capsys.readouterr().err
+    # a run's weights given as a backbone file: the one-line answer is --init
+    cfg = write_tiny_config(tmp_path / "tiny.json")
+    rc = main(["train", "--config", str(cfg), "--weights", str(source / "model.safetensors"), "--out", "w"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"--init {source}" in err
