@@ -704,6 +704,10 @@ def plan_from_flags(
     overrides = {k: v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
                  for k, v in options.items()}  # fmt: skip
     overrides["amp"] = True if overrides.get("amp") else None
+    if resume is None and any(overrides.get(k) is not None for k in COCO_FLAGS):
+        from simplematch.data.coco_pairs import refuse_unused_flags
+
+        refuse_unused_flags(_dataset_of(overrides, preset, config), overrides)
     if isinstance(overrides.get("coco_split_fractions"), str):
         from simplematch.data.coco_pairs import parse_fractions
 
@@ -715,6 +719,19 @@ def plan_from_flags(
         max_steps=max_steps, device=device, force=force,
         changed_flags=[_flag(k) for k in _FIXED_ON_RESUME if given.get(k) is not None],
     )  # fmt: skip
+
+
+def _dataset_of(overrides: dict[str, Any], preset: str | None, config: Path | None) -> str:
+    """The dataset a new run will train on (the flag, else its --config, else its preset's)."""
+    from simplematch.config import DEFAULT_PRESET, PRESETS
+
+    if overrides.get("dataset"):
+        return str(overrides["dataset"])
+    if config is not None:
+        return Config.load(config).dataset
+    if preset is None and overrides.get("init"):  # --init alone: the run's own config
+        return Config.load(_init_weights(str(overrides["init"])).parent / "config.json").dataset
+    return str(PRESETS.get(preset or DEFAULT_PRESET, {}).get("dataset", "spair"))
 
 
 def _flag(key: str) -> str:

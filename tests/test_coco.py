@@ -376,3 +376,10 @@ def test_per_keypoint_table_pools_each_named_point() -> None:
         "mug": {"rim": {"points": 1, "pck": {"0.05": 100.0, "0.15": 100.0}}},
     }
     assert keypoint_table([dataclasses.replace(preds[0], keypoint_names=None)], [0.1]) == {}
+
+
+def test_coco_flags_with_another_dataset_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for cmd in (["stats"], ["eval", str(tmp_path / "m.onnx")], ["train", "--out", str(tmp_path / "r")]):
+        assert main([*cmd, "--dataset", "pfwillow", "--min-common", "2", "--split-seed", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--min-common, --split-seed only apply to --dataset coco" in err

@@ -279,11 +279,12 @@ def stats(
     """Paper Table 1: keypoints that share a feature cell with another keypoint at 16/32/64 maps."""
     from rich.table import Table
 
-    from simplematch.data.coco_pairs import coco_options
+    from simplematch.data.coco_pairs import coco_options, refuse_unused_flags
     from simplematch.data.load import load_records_with_info
     from simplematch.data.stats import keypoint_fusion_stats
 
     coco = coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image)
+    refuse_unused_flags(dataset.value, coco)
     records, data = load_records_with_info(
         dataset.value, str(data_root) if data_root else None, split, coco=coco_options(coco)
     )
