@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from simplematch import distributed as dist_utils
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import COCO_FLAGS, THRESHOLDS, Config
+from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
 from simplematch.data.load import load_records_with_info
 from simplematch.errors import SimpleMatchError
@@ -319,9 +320,11 @@ def _load_splits(cfg: Config) -> tuple[list, list, dict[str, Any]]:
         # AP-10K trains on the intra-species trn split whatever --ap10k-split says (released); the chosen
         # split (intra / cross-species / cross-family) is the validation and test one.
         ap10k = "intra" if split == TRAIN_SPLIT else cfg.ap10k_split
-        recs, info[split] = load_records_with_info(
-            cfg.dataset, cfg.data_root, split, ap10k_split=ap10k, seed=cfg.seed, n_pairs=n_pairs, coco=coco
-        )
+        if coco is None:
+            return load_records(
+                cfg.dataset, cfg.data_root, split, ap10k_split=ap10k, seed=cfg.seed, n_pairs=n_pairs
+            )
+        recs, info[split] = load_records_with_info(cfg.dataset, cfg.data_root, split, coco=coco)
         return recs
 
     train_records = records(TRAIN_SPLIT, cfg.synthetic_pairs)
