@@ -360,7 +360,9 @@ def _setup(
     from simplematch.model import SimpleMatch
     from simplematch.weights import load_backbone_weights
 
-    model = SimpleMatch(cfg, backbone_kwargs=init_backbone_kwargs(cfg.init) if cfg.init else None)
+    # A resumed run loads its own checkpoint, so the --init folder may have gone by then.
+    kwargs = init_backbone_kwargs(cfg.init) if cfg.init and (fresh or Path(cfg.init).exists()) else None
+    model = SimpleMatch(cfg, backbone_kwargs=kwargs)
     if cfg.weights:
         load_backbone_weights(model, cfg.weights)
     started = load_init(model, cfg.init) if cfg.init and fresh else None

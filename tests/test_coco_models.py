@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,9 @@ def test_init_loads_the_source_weights_and_records_them(tmp_path: Path, capsys) 
     saved = json.loads((fine / "config.json").read_text())
     assert saved["init"] == str(source) and saved["backbone"] == "resnet10t" and saved["weights"] is None
     assert json.loads((fine / "init.json").read_text())["sha256"] == started["sha256"]
+    # --resume continues from the run's own checkpoint: the --init folder is no longer needed
+    shutil.rmtree(source)
+    assert main(["train", "--resume", str(fine), "--max-steps", "2"]) == 0
 
 
 def test_init_refuses_another_architecture_in_one_line(tmp_path: Path, capsys) -> None:
