@@ -24,6 +24,7 @@ from simplematch.cli.coco_flags import (
     SplitSeed,
     coco_flags,
 )
+from simplematch.cli.serve import serve as serve_command
 from simplematch.config import (
     AP10K_SPLITS,
     CONFIDENCE_CUES,
@@ -583,6 +584,9 @@ def bench(
         json_path=json_out, threads=threads, force=force, log=lambda msg: console.print(msg),
     )  # fmt: skip
     print_bench(res, console)
+
+
+app.command("serve")(serve_command)  # in its own module (simplematch/cli/serve.py)
 
 
 # ------------------------------------------------------------------------------------------------------
