@@ -139,7 +139,7 @@ BAD = {  # case -> what the one-line message must say (the id it names included)
     "dup_annotation": r"duplicate annotation id 11",
     "dup_image": r"duplicate image id 2",
     "dup_category": r"duplicate category id 7",
-    "no_names": r"category 7 \('cup'\) has no keypoint names",
+    "no_names": r"annotation 10 \(image 1\): its category 7 \('cup'\) has no keypoint names",
     "missing_image": r"image 2 file .*nope.png is missing",
     "size_mismatch": r"image 2 \(img/2.png\) is 40x30 on disk but 41x30 in the JSON",
     "bbox": r"annotation 11 \(image 2\): 'bbox' must be 4 finite numbers",
@@ -162,6 +162,17 @@ def test_invisible_points_may_lie_anywhere_non_negative(tmp_path: Path) -> None:
     data = tiny_coco(tmp_path)
     data["annotations"][0]["keypoints"][6:9] = [500, 500, 0]  # not labelled: position meaningless
     assert len(read_coco_keypoints(write(tmp_path, data)).objects) == 4
+
+
+def test_categories_without_keypoints_are_ignored_until_used(tmp_path: Path) -> None:
+    data = tiny_coco(tmp_path)
+    data["categories"] += [{"id": 0, "name": "animals", "supercategory": "none"},  # Roboflow's
+                           {"id": 3, "name": "box", "keypoints": []}]  # fmt: skip
+    coco = read_coco_keypoints(write(tmp_path, data))
+    assert sorted(coco.categories) == [7] and len(coco.objects) == 4
+    data["annotations"][1]["category_id"] = 0
+    with pytest.raises(SimpleMatchError, match=r"annotation 11 \(image 2\): its category 0 \('animals'\)"):
+        read_coco_keypoints(write(tmp_path, data))
 
 
 def test_not_a_coco_file(tmp_path: Path) -> None:

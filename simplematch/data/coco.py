@@ -9,7 +9,8 @@ an image may hold many (crowds). Images are found by ``file_name`` relative to t
 Every problem is one :class:`SimpleMatchError` naming the file and the image / annotation / category id,
 with the fix: a keypoint count different from the category's names, ``v`` outside {0, 1, 2}, a non-finite
 or negative coordinate, a visible point outside its image (``0 <= x <= w - 1``, ``0 <= y <= h - 1``: COCO
-keypoints are pixel positions), duplicate ids, a category without keypoint names, a missing image file
+keypoints are pixel positions), duplicate ids, an annotation whose category has no keypoint names (such
+categories are otherwise ignored: exports list box-only labels and supercategories), a missing image file
 (``check_images``) or one whose size differs from the JSON's. Annotations with fewer than ``min_visible``
 visible (v > 0) keypoints are validated, then skipped and counted.
 
@@ -97,13 +98,14 @@ def read_coco_keypoints(
         if not isinstance(data.get(key), list):
             raise SimpleMatchError(f"{source}: missing list '{key}' (not a COCO keypoints file)", FIX)
     base = Path(images) if images is not None else source.parent
-    categories = _categories(data["categories"], source)
+    every_category = _categories(data["categories"], source)
+    categories = {cid: cat for cid, cat in every_category.items() if cat.keypoint_names}
     image_table = _images(data["images"], source, base)
     objects: list[CocoObject] = []
     skipped = 0
     seen: set[int] = set()
     for i, ann in enumerate(data["annotations"]):
-        obj = _object(ann, i, source, categories, image_table, seen)
+        obj = _object(ann, i, source, every_category, image_table, seen)
         if int(obj.visible.sum()) < min_visible:
             skipped += 1
             continue
@@ -140,13 +142,14 @@ def _categories(raw: list[Any], source: Path) -> dict[int, CocoCategory]:
         if not isinstance(name, str) or not name.strip():
             raise SimpleMatchError(f"{source}: category {cid} has no name", FIX)
         names = cat.get("keypoints")
-        if (
-            not isinstance(names, list)
-            or not names
-            or not all(isinstance(n, str) and n.strip() for n in names)
-        ):
+        if names is None or names == []:
+            # Exports list box-only labels and supercategories too (Roboflow's category 0, CVAT's other
+            # labels): harmless until an annotation uses one (refused there, naming the annotation).
+            out[cid] = CocoCategory(cid, name, ())
+            continue
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
             raise SimpleMatchError(
-                f"{source}: category {cid} ('{name}') has no keypoint names",
+                f"{source}: category {cid} ('{name}') keypoint names must be a list of non-empty strings",
                 "list the category's keypoint names in its 'keypoints' field (a COCO keypoints export)",
             )
         if len(set(names)) != len(names):
@@ -202,6 +205,11 @@ def _object(
     if cid not in categories:
         raise SimpleMatchError(f"{where}: category_id {cid} is not in 'categories'", FIX)
     names = categories[cid].keypoint_names
+    if not names:
+        raise SimpleMatchError(
+            f"{where} (image {iid}): its category {cid} ('{categories[cid].name}') has no keypoint names",
+            "list the category's keypoint names in its 'keypoints' field (a COCO keypoints export)",
+        )
     raw = ann.get("keypoints")
     if not isinstance(raw, list) or len(raw) % 3 or len(raw) // 3 != len(names):
         count = f"{len(raw) / 3:g}" if isinstance(raw, list) else "no"
