@@ -120,7 +120,7 @@ def test_train_then_eval_on_the_held_out_images(tmp_path: Path, willow_coco, cap
     recorded = json.loads((run / "data.json").read_text())
     assert recorded["trn"]["split_seed"] == 3 and len(recorded["trn"]["image_ids"]) == 20
     # eval takes the split from the run: its test images, none of them trained on
-    res = run_evaluation(run, EvalRequest(dataset="coco", data_root=coco_json, device="cpu"))
+    res = run_evaluation(run, EvalRequest(dataset="coco", device="cpu"))  # --data-root: the run's own
     assert res["data"]["split_seed"] == 3 and res["data"]["split_fractions"] == [0.5, 0.2, 0.3]
     assert res["threshold"] == "bbox" and res["data"]["images"] == 12
     # another split would score training images: refused in one line, for the checkpoint and its ONNX

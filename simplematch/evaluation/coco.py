@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from simplematch.config import Config
-from simplematch.data.coco_pairs import CocoOptions, coco_options, split_image_ids
+from simplematch.data.coco_pairs import CocoOptions, coco_options, refuse_unused_flags, split_image_ids
 from simplematch.errors import SimpleMatchError
 
 ONNX_SUFFIXES = (".onnx",)
@@ -44,6 +44,21 @@ def recorded_config(model: Path) -> dict[str, Any] | None:
         return json.loads(raw) if raw else None
     except json.JSONDecodeError:
         return None
+
+
+def coco_request(
+    model: Path, dataset: str, data_root: Path | None, given: dict[str, Any]
+) -> tuple[Path | None, CocoOptions, dict[str, Any] | None]:
+    """(data root, options, the model's recorded config) of ``smatch eval --dataset coco``.
+
+    COCO flags with another dataset are refused; without ``--data-root`` a COCO run is scored on the file
+    it was trained on (its recorded ``data_root``).
+    """
+    refuse_unused_flags(dataset, given)
+    recorded = recorded_config(model)
+    if data_root is None and recorded and recorded.get("dataset") == "coco" and recorded.get("data_root"):
+        data_root = Path(recorded["data_root"])
+    return data_root, eval_options(recorded, given), recorded
 
 
 def eval_options(recorded: dict[str, Any] | None, given: dict[str, Any]) -> CocoOptions:

@@ -81,17 +81,13 @@ def run_evaluation(
     validate.output_file(
         outputs.json, "--json", suffixes=(".json",), inputs=[model, request.data_root], force=outputs.force
     )
-    coco = None
-    from simplematch.data.coco_pairs import refuse_unused_flags
+    data_root, coco, recorded = request.data_root, None, None
+    if request.dataset == "coco" or any(v is not None for v in (request.coco or {}).values()):
+        from simplematch.evaluation.coco import check_held_out, coco_request
 
-    refuse_unused_flags(request.dataset, request.coco or {})
-    if request.dataset == "coco":
-        from simplematch.evaluation.coco import check_held_out, eval_options, recorded_config
-
-        recorded = recorded_config(model)
-        coco = eval_options(recorded, request.coco or {})
+        data_root, coco, recorded = coco_request(model, request.dataset, data_root, request.coco or {})
     records, data = load_records_with_info(
-        request.dataset, str(request.data_root) if request.data_root else None, request.split,
+        request.dataset, str(data_root) if data_root else None, request.split,
         ap10k_split=request.ap10k_split, seed=request.seed, released=request.released_compat, coco=coco,
     )  # fmt: skip
     if coco is not None:
