@@ -190,7 +190,11 @@ def eval_cmd(
     ],
     dataset: Annotated[Dataset, typer.Option()] = Dataset.pfwillow,
     data_root: Annotated[
-        Path, typer.Option(help="Benchmark root (not needed for synthetic), or a COCO keypoints JSON (coco).")
+        Path,
+        typer.Option(
+            help="Benchmark root (not needed for synthetic), or a COCO keypoints JSON (coco; default: the"
+            " file a COCO run was trained on)."
+        ),
     ] = None,
     split: Annotated[str, typer.Option()] = "test",
     alpha: Annotated[list[float], typer.Option(help="PCK thresholds (repeat the option).")] = None,
