@@ -396,3 +396,10 @@ def test_coco_flags_with_another_dataset_are_refused(tmp_path: Path, capsys: pyt
         assert main([*cmd, "--dataset", "pfwillow", "--min-common", "2", "--split-seed", "1"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--min-common, --split-seed only apply to --dataset coco" in err
+
+
+def test_eval_json_is_never_the_coco_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write(tmp_path, tiny_coco(tmp_path))
+    args = ["eval", str(tmp_path / "m.onnx"), "--dataset", "coco", "--data-root", str(path), "--force"]
+    assert main([*args, "--json", str(path)]) == 2
+    assert "input" in capsys.readouterr().err and json.loads(path.read_text())["annotations"]

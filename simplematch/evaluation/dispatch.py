@@ -77,15 +77,14 @@ def run_evaluation(
     from simplematch.metrics import DEFAULT_ALPHAS
 
     alphas = validate.alphas(request.alphas, DEFAULT_ALPHAS)
-    # Before the (slow) evaluation, not after it.
-    validate.output_file(
-        outputs.json, "--json", suffixes=(".json",), inputs=[model, request.data_root], force=outputs.force
-    )
     data_root, coco, recorded = request.data_root, None, None
     if request.dataset == "coco" or any(v is not None for v in (request.coco or {}).values()):
         from simplematch.evaluation.coco import check_held_out, coco_request
 
         data_root, coco, recorded = coco_request(model, request.dataset, data_root, request.coco or {})
+    inputs = [model, data_root, *((coco.pairs, coco.images) if coco else ())]
+    # Before the (slow) evaluation, not after it.
+    validate.output_file(outputs.json, "--json", suffixes=(".json",), inputs=inputs, force=outputs.force)
     records, data = load_records_with_info(
         request.dataset, str(data_root) if data_root else None, request.split,
         ap10k_split=request.ap10k_split, seed=request.seed, released=request.released_compat, coco=coco,
