@@ -668,7 +668,11 @@ def plan_run(
         if cfg.init is not None:
             _init_weights(cfg.init)  # refuse a missing --init checkpoint before anything else
         run = validate.output_dir(
-            out, "--out", inputs=[cfg.weights, cfg.data_root, config_path, cfg.init], force=force, what="run"
+            out,
+            "--out",
+            inputs=[cfg.weights, cfg.data_root, config_path, cfg.init, cfg.coco_pairs, cfg.coco_images],
+            force=force,
+            what="run",
         )
     validate.check_memory(cfg, cfg.batch_size, _memory_device(cfg.device), training=True)
     return cfg, run
