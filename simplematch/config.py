@@ -38,6 +38,9 @@ ConfidenceCue = Literal[
     "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle"
 ]
 DEFAULT_CONFIDENCE: ConfidenceCue = "mass_ratio_cycle"
+# How `smatch transfer` combines several references' matches of one keypoint (simplematch.runtime.transfer).
+TransferCombine = Literal["vote", "best", "mean"]
+DEFAULT_TRANSFER_COMBINE: TransferCombine = "vote"
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
 COORD_CONVENTIONS: tuple[str, ...] = typing.get_args(Coord)
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
@@ -47,6 +50,7 @@ FRAMES: tuple[str, ...] = typing.get_args(Frame)
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 OFFICIAL_FAMILIES: tuple[str, ...] = typing.get_args(OfficialFamily)
 CONFIDENCE_CUES: tuple[str, ...] = typing.get_args(ConfidenceCue)
+TRANSFER_COMBINES: tuple[str, ...] = typing.get_args(TransferCombine)
 THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img"}
 
 
