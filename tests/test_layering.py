@@ -17,7 +17,7 @@ LAYERS = [
     ["runtime"],
     ["distributed", "evaluate", "train"],
     ["export"],
-    ["evaluation", "plots", "baselines", "convert", "bench", "demo"],
+    ["evaluation", "coco_eval", "plots", "baselines", "convert", "bench", "demo"],
     ["cli"],
 ]
 
