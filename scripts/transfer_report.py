@@ -80,8 +80,8 @@ def report(model: Path, willow: Path, splits: int) -> dict:
     table = {m: {n: 100.0 * float(np.mean(v)) for n, v in by_n.items()} for m, by_n in scores.items()}
     per_split = len(next(iter(scores["vote"].values())))
     return {"model": str(model), "alpha": ALPHA,
-            "threshold": "kps (PF-WILLOW), original pixels, d < alpha*thr", "splits_per_class": splits, "targets_scored_per_row": per_split, "classes": len(groups),
-            "pck": table}  # fmt: skip
+            "threshold": "kps (PF-WILLOW), original pixels, d < alpha*thr", "splits_per_class": splits,
+            "targets_scored_per_row": per_split, "classes": len(groups), "pck": table}  # fmt: skip
 
 
 def main() -> None:
