@@ -63,8 +63,9 @@ def scene(tmp_path: Path) -> dict[str, Path]:
     r2 = write_image(tmp_path / "refs" / "r2.png", 64, 64, seed=2)
     kps1 = np.array([[3.0, 4.0], [20.5, 10.0], [40.0, 30.0], [47.0, 39.0], [10.0, 35.0]])
     kps2 = np.array([[5.0, 60.0], [33.0, 2.0], [63.0, 63.0], [0.0, 0.0], [31.5, 31.5]])
-    # each keypoint has one usable (v = 2) reference: d is occluded (v = 1) in r1, r2 has only d visible
-    refs = write_refs(tmp_path / "refs", [(r1.name, kps1, [2, 2, 2, 1, 2]), (r2.name, kps2, [0, 0, 0, 2, 1])])
+    # Only visible (v = 2) points are matched: a, b, e come from r1, c from r2 (occluded in r1), and d from
+    # nobody (occluded in r1, unlabelled in r2).
+    refs = write_refs(tmp_path / "refs", [(r1.name, kps1, [2, 2, 1, 1, 2]), (r2.name, kps2, [0, 0, 2, 0, 1])])
     t = tmp_path / "targets"
     (t / "sub").mkdir(parents=True)
     (t / ".hidden").mkdir()
@@ -180,18 +181,19 @@ def test_round_trip_through_pycocotools(models: dict[str, Path], scene: dict[str
             ann["category_id"] == 3 and len(ann["keypoints"]) == 3 * len(KEYPOINTS) and 0 <= ann["score"] <= 1
         )
     # The position model puts every keypoint on its own cell: the expectation, computed without the code.
-    # Keypoint d comes from r2 (occluded in r1), the others from r1 (r2 has them occluded or unlabelled).
-    from_r1 = np.array([True, True, True, False, True])[:, None]
+    from_r1 = np.array([True, True, False, True, True])[:, None]  # d: no reference, checked below
     kps = np.where(from_r1, scene["kps1"], scene["kps2"])
     src_hw = np.where(from_r1, [[40, 48]], [[64, 64]])
     for im in data["images"]:
         ann = next(a for a in data["annotations"] if a["image_id"] == im["id"])
         got = np.array(ann["keypoints"], float).reshape(-1, 3)
-        for j in range(len(KEYPOINTS)):
+        for j in (0, 1, 2, 4):
             cell = np.floor(to_model_frame(kps[j : j + 1], tuple(src_hw[j]), S) / 4.0)
             want = to_image_frame(cell * 4.0, (im["height"], im["width"]), S)[0]
             np.testing.assert_allclose(got[j, :2], want, atol=0.006)  # the file keeps 2 decimals
-        assert (got[:, 2] == 2).all() and ann["num_keypoints"] == 5
+        assert got[:, 2].tolist() == [2, 2, 2, 0, 2] and ann["num_keypoints"] == 4
+        assert got[3].tolist() == [0, 0, 0] and ann["keypoint_scores"][3] == 0.0  # d: COCO's "not labelled"
+        assert ann["score"] == pytest.approx(np.mean(np.delete(ann["keypoint_scores"], 3)), abs=1e-4)
     # The file reads back as references for the next transfer (chaining).
     from simplematch.data.coco import read_coco_keypoints
 
@@ -207,7 +209,7 @@ def test_min_confidence_sets_v0_and_keeps_confidence(models: dict[str, Path], sc
         conf = np.array(ann["keypoint_scores"])
         np.testing.assert_array_equal(kps[:, 2] == 2, conf >= 0.5)
         assert ann["num_keypoints"] == int((conf >= 0.5).sum())
-        assert ann["score"] == pytest.approx(conf.mean(), abs=1e-4)  # every keypoint has a reference here
+        assert ann["score"] == pytest.approx(np.delete(conf, 3).mean(), abs=1e-4)  # d has no reference
 
 
 def test_unreadable_target_in_the_middle(
