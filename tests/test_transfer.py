@@ -340,3 +340,26 @@ def test_sigint_mid_run_then_resume_equals_an_uninterrupted_run(
         and f"({total - len(part['images'])} this run" in done.stdout
     )
     assert out.read_bytes() == full.read_bytes()
+
+
+def test_points_stay_inside_small_targets(tmp_path: Path) -> None:
+    """With cell-centre coordinates the last cell maps to 15/16 of the side: past the last pixel of a tiny
+    image. The file clamps to 0 .. w - 1 (COCO pixels), so it reads back as references."""
+    from test_runtime import make_meta
+
+    from simplematch.data.coco import read_coco_keypoints
+
+    model = make_onnx(tmp_path / "center.onnx", kind="position", meta=make_meta(coord="center"))
+    r = write_image(tmp_path / "r.png", 40, 40, seed=1)
+    (tmp_path / "t").mkdir()
+    write_image(tmp_path / "t" / "small.png", 6, 5, seed=2)
+    refs = write_refs(
+        tmp_path, [(r.name, np.array([[39.0, 39.0], [0, 0], [20, 20], [1, 38], [38, 1]]), [2] * 5)]
+    )
+    run_transfer(refs, tmp_path / "t", tmp_path / "o.json", model)
+    kps = np.array(json.loads((tmp_path / "o.json").read_text())["annotations"][0]["keypoints"]).reshape(
+        -1, 3
+    )
+    np.testing.assert_allclose(kps[0], [5, 4, 2])  # unclamped: 5.625, 4.6875
+    assert (kps[:, 0] <= 5).all() and (kps[:, 1] <= 4).all()
+    assert len(read_coco_keypoints(tmp_path / "o.json", tmp_path / "t").objects) == 1
