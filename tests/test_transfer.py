@@ -315,9 +315,9 @@ def test_sigint_mid_run_then_resume_equals_an_uninterrupted_run(
     total = len(list_targets(scene["targets"]))
     full = scene["root"] / "full.json"
     run_transfer(scene["refs"], scene["targets"], full, models["conv"], batch_size=4)
-    out = scene["root"] / "part" / "res.json"
+    out, rev = scene["root"] / "part" / "res.json", scene["root"] / "review"
     out.parent.mkdir()
-    proc = subprocess.Popen(_command(scene, models["conv"], out), env=subprocess_env(),
+    proc = subprocess.Popen(_command(scene, models["conv"], out, "--review", str(rev)), env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # wait until results stream in, then Ctrl-C
@@ -332,7 +332,9 @@ def test_sigint_mid_run_then_resume_equals_an_uninterrupted_run(
     part = json.loads(out.read_text())  # a valid file
     assert 3 <= len(part["images"]) < total and len(part["annotations"]) == len(part["images"])
     assert [p.name for p in out.parent.iterdir()] == ["res.json"]  # no temporary file left
-    done = subprocess.run(_command(scene, models["conv"], out, "--resume"), env=subprocess_env(),
+    assert (rev / "index.html").read_text().count("<figure>") == len(part["images"])  # the page so far
+    done = subprocess.run(_command(scene, models["conv"], out, "--resume", "--review", str(rev)),
+                          env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
@@ -340,6 +342,30 @@ def test_sigint_mid_run_then_resume_equals_an_uninterrupted_run(
         and f"({total - len(part['images'])} this run" in done.stdout
     )
     assert out.read_bytes() == full.read_bytes()
+    page = (rev / "index.html").read_text()  # the resumed page lists every target, each with its picture
+    assert page.count("<figure>") == total and "no picture" not in page
+    assert len(list((rev / "img").glob("*.png"))) == total
+
+
+def test_a_failed_run_leaves_nothing_behind(
+    models: dict[str, Path], scene: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import simplematch.runtime.transfer as tr
+
+    real, calls = tr.transfer_keypoints, []
+
+    def fails_on_the_second_target(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the backend died")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "transfer_keypoints", fails_on_the_second_target)
+    out, rev = scene["root"] / "f.json", scene["root"] / "rev"
+    with pytest.raises(RuntimeError, match="backend died"):
+        run_transfer(scene["refs"], scene["targets"], out, models["conv"], review_dir=rev)
+    assert not out.exists() and not rev.exists()
+    assert sorted(p.name for p in scene["root"].iterdir()) == ["refs", "targets"]
 
 
 def test_points_stay_inside_small_targets(tmp_path: Path) -> None:
