@@ -64,15 +64,24 @@ def transfer(
     from simplematch.runtime.transfer import run_transfer
 
     console = _console()
-    with progress_bar(console) as bar:
-        task = bar.add_task("targets", total=None)
+    bar = progress_bar(console)
+    task = bar.add_task("targets", total=None)
+
+    def progress(done: int, total: int) -> None:
+        if not bar.live.is_started:  # started by the first target: a refused run prints its one line only
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
         summary = run_transfer(
             refs, targets, out, model, images=images, review_dir=review, combine=combine.value,
             confidence=confidence, min_confidence=min_confidence, batch_size=batch_size, device=device,
-            allow_fallback=allow_fallback, resume=resume, force=force,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            allow_fallback=allow_fallback, resume=resume, force=force, progress=progress,
             on_failure=lambda f: console.print(f"skipped {f['file']}: {f['error']}"),
         )  # fmt: skip
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     s = summary
     rate = f", {s['images_per_s']:.2f} images/s" if s["images_per_s"] else ""
     console.print(
