@@ -278,7 +278,9 @@ def _plan(refs, targets, out, model, images, review_dir, combine, confidence, mi
         )
     model_path = Path(model) if model is not None else find_default_model()
     if not model_path.is_file():
-        raise SimpleMatchError(f"model not found: {model_path}", "pass --model PATH/model.onnx (smatch export)")
+        raise SimpleMatchError(
+            f"model not found: {model_path}", "pass --model PATH/model.onnx (smatch export)"
+        )
     targets = Path(targets)
     if not targets.is_dir():
         raise SimpleMatchError(
