@@ -43,7 +43,8 @@ def write_refs(folder: Path, refs: list[tuple[str, np.ndarray, list[int]]]) -> P
     """A COCO keypoints file: one object per (image file, (K, 2) keypoints, K visibilities)."""
     images, anns = [], []
     for i, (name, kps, vis) in enumerate(refs, 1):
-        w, h = Image.open(folder / name).size
+        with Image.open(folder / name) as im:
+            w, h = im.size
         flat = [v for (x, y), f in zip(kps, vis, strict=True) for v in (float(x), float(y), f)]
         images.append({"id": i, "file_name": name, "width": w, "height": h})
         anns.append({"id": 10 + i, "image_id": i, "category_id": 3, "keypoints": flat, "bbox": [0, 0, w, h]})
