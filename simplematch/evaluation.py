@@ -82,6 +82,9 @@ def run_evaluation(
         outputs.json, "--json", suffixes=(".json",), inputs=[model, request.data_root], force=outputs.force
     )
     coco = None
+    from simplematch.data.coco_pairs import refuse_unused_flags
+
+    refuse_unused_flags(request.dataset, request.coco or {})
     if request.dataset == "coco":
         from simplematch.coco_eval import check_held_out, eval_options
 

@@ -217,6 +217,7 @@ def prediction_record(
     rejected = conf < min_confidence if min_confidence is not None else np.zeros(len(conf), bool)
     pts = lambda a: [_floats(row) for row in np.asarray(a, np.float64).reshape(-1, 2)]  # noqa: E731
     pred = [None if r else xy for xy, r in zip(pts(p.pred), rejected, strict=True)]
+    names = {"keypoint_names": list(p.keypoint_names)} if p.keypoint_names is not None else {}
     return {
         "id": p.pair_id,
         "index": p.index,
@@ -235,6 +236,7 @@ def prediction_record(
         "raw_cues": {k: _floats(v) for k, v in p.raw.items()},
         "cues": {k: _floats(v) for k, v in p.cues.items()},
         "correct": {alpha_key(a): [bool(v) for v in ok[:, i]] for i, a in enumerate(alphas)},
+        **names,
     }
 
 

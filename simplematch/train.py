@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from simplematch import distributed as dist_utils
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import COCO_FLAGS, THRESHOLDS, Config
+from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
 from simplematch.data.load import load_records_with_info
 from simplematch.errors import SimpleMatchError
@@ -243,6 +244,7 @@ class _Run:
     epoch: int = 0
     batch_in_epoch: int = 0
     best: dict[str, Any] | None = None
+    started: dict[str, Any] | None = None  # --init: where the weights came from (init.json)
 
 
 def train(
@@ -275,7 +277,9 @@ def train(
         extra="loss {task.fields[loss]:.3f}",
     )
     seed_everything(cfg.seed + dist_utils.rank())
-    run = _setup(cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0)
+    run = _setup(
+        cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0, fresh=not resume
+    )
     if resume:
         _restore(run)
     else:
@@ -316,9 +320,11 @@ def _load_splits(cfg: Config) -> tuple[list, list, dict[str, Any]]:
         # AP-10K trains on the intra-species trn split whatever --ap10k-split says (released); the chosen
         # split (intra / cross-species / cross-family) is the validation and test one.
         ap10k = "intra" if split == TRAIN_SPLIT else cfg.ap10k_split
-        recs, info[split] = load_records_with_info(
-            cfg.dataset, cfg.data_root, split, ap10k_split=ap10k, seed=cfg.seed, n_pairs=n_pairs, coco=coco
-        )
+        if coco is None:
+            return load_records(
+                cfg.dataset, cfg.data_root, split, ap10k_split=ap10k, seed=cfg.seed, n_pairs=n_pairs
+            )
+        recs, info[split] = load_records_with_info(cfg.dataset, cfg.data_root, split, coco=coco)
         return recs
 
     train_records = records(TRAIN_SPLIT, cfg.synthetic_pairs)
@@ -345,15 +351,17 @@ def _describe_data(info: dict[str, Any]) -> str:
 
 def _setup(
     cfg: Config, out: Path, device: torch.device, train_records: list, val_records: list, *, clear: bool,
-    t0: float,
+    t0: float, fresh: bool = True,
 ) -> _Run:  # fmt: skip
-    """Model (+ pretrained backbone), run folder, optimiser, scheduler, grad scaler and training set."""
+    """Model (+ pretrained backbone, or a fresh run's --init weights, checked before the run folder is
+    made), run folder, optimiser, scheduler, grad scaler and training set."""
     from simplematch.model import SimpleMatch
     from simplematch.weights import load_backbone_weights
 
     model = SimpleMatch(cfg, backbone_kwargs=init_backbone_kwargs(cfg.init) if cfg.init else None)
     if cfg.weights:
         load_backbone_weights(model, cfg.weights)
+    started = load_init(model, cfg.init) if cfg.init and fresh else None
     model = model.to(device)
     train_ds = PairDataset(
         train_records,
@@ -374,6 +382,7 @@ def _setup(
     return _Run(
         cfg, out, device, model, opt, sched, scaler, train_ds, val_records, created, t0, use_amp, model,
         total=cfg.max_steps or cfg.epochs * steps_per_epoch, eval_every=cfg.eval_every or steps_per_epoch,
+        started=started,
     )  # fmt: skip
 
 
@@ -387,8 +396,8 @@ def _wrap_ddp(run: _Run) -> None:
 
 # ---- restore -------------------------------------------------------------------------------------------
 def _start_fresh(run: _Run, data_info: dict[str, Any]) -> None:
-    """``--init`` weights, then config.json, init.json (where the weights came from) and data.json."""
-    started = load_init(run.model, run.cfg.init) if run.cfg.init else None
+    """config.json, init.json (where --init weights came from) and data.json (the COCO split)."""
+    started = run.started
     if dist_utils.is_main():
         run.cfg.save(run.out / "config.json")
         (run.out / "metrics.jsonl").unlink(missing_ok=True)
@@ -698,6 +707,10 @@ def plan_from_flags(
     overrides = {k: v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
                  for k, v in options.items()}  # fmt: skip
     overrides["amp"] = True if overrides.get("amp") else None
+    if resume is None and any(overrides.get(k) is not None for k in COCO_FLAGS):
+        from simplematch.data.coco_pairs import refuse_unused_flags
+
+        refuse_unused_flags(_dataset_of(overrides, preset, config), overrides)
     if isinstance(overrides.get("coco_split_fractions"), str):
         from simplematch.data.coco_pairs import parse_fractions
 
@@ -709,6 +722,19 @@ def plan_from_flags(
         max_steps=max_steps, device=device, force=force,
         changed_flags=[_flag(k) for k in _FIXED_ON_RESUME if given.get(k) is not None],
     )  # fmt: skip
+
+
+def _dataset_of(overrides: dict[str, Any], preset: str | None, config: Path | None) -> str:
+    """The dataset a new run will train on (the flag, else its --config, else its preset's)."""
+    from simplematch.config import DEFAULT_PRESET, PRESETS
+
+    if overrides.get("dataset"):
+        return str(overrides["dataset"])
+    if config is not None:
+        return Config.load(config).dataset
+    if preset is None and overrides.get("init"):  # --init alone: the run's own config
+        return Config.load(_init_weights(str(overrides["init"])).parent / "config.json").dataset
+    return str(PRESETS.get(preset or DEFAULT_PRESET, {}).get("dataset", "spair"))
 
 
 def _flag(key: str) -> str:

@@ -84,6 +84,8 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
                      "simplematch/extras.py", "simplematch/io.py", "simplematch/config.py",
                      "simplematch/data/records.py", "simplematch/data/pfwillow.py",
                      "simplematch/data/matfile.py", "simplematch/data/coco.py",
+                     "simplematch/data/coco_pairs.py", "simplematch/coco_eval.py",
+                     "simplematch/cli/coco_flags.py",
                      "simplematch/cli/__init__.py", "simplematch/cli/transfer.py",
                      "simplematch/progress.py", "simplematch/errors.py",
                      # `smatch bench --model m.onnx`: every bench module but the torch ones (executors

@@ -92,7 +92,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Output folder (checkpoint, config, metrics).")] = None,
     preset: Annotated[str, typer.Option(help="Preset name (see `smatch presets`).")] = None,
     dataset: Annotated[Dataset, typer.Option()] = None,
-    data_root: Annotated[Path, typer.Option(help="Benchmark root in its official layout.")] = None,
+    data_root: Annotated[
+        Path, typer.Option(help="Benchmark root in its official layout, or a COCO keypoints JSON (coco).")
+    ] = None,
     backbone: Annotated[str, typer.Option(help="timm model name.")] = None,
     weights: Annotated[Path, typer.Option(help="Local pretrained backbone file (never downloaded).")] = None,
     init: Annotated[
@@ -186,7 +188,9 @@ def eval_cmd(
         Path, typer.Argument(help="Checkpoint folder (PyTorch) or MODEL.onnx / MODEL.engine (runtime).")
     ],
     dataset: Annotated[Dataset, typer.Option()] = Dataset.pfwillow,
-    data_root: Annotated[Path, typer.Option(help="Benchmark root (not needed for synthetic).")] = None,
+    data_root: Annotated[
+        Path, typer.Option(help="Benchmark root (not needed for synthetic), or a COCO keypoints JSON (coco).")
+    ] = None,
     split: Annotated[str, typer.Option()] = "test",
     alpha: Annotated[list[float], typer.Option(help="PCK thresholds (repeat the option).")] = None,
     frame: Annotated[
@@ -237,7 +241,8 @@ def eval_cmd(
     split_fractions: SplitFractions = None,
     max_pairs_per_image: MaxPairsPerImage = None,
 ) -> None:
-    """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
+    """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K, synthetic or COCO keypoints pairs, with PyTorch or
+    the runtime."""
     from simplematch.evaluation import EvalOutputs, EvalRequest, print_result, run_evaluation
 
     request = EvalRequest(
@@ -274,11 +279,12 @@ def stats(
     """Paper Table 1: keypoints that share a feature cell with another keypoint at 16/32/64 maps."""
     from rich.table import Table
 
-    from simplematch.data.coco_pairs import coco_options
+    from simplematch.data.coco_pairs import coco_options, refuse_unused_flags
     from simplematch.data.load import load_records_with_info
     from simplematch.data.stats import keypoint_fusion_stats
 
     coco = coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image)
+    refuse_unused_flags(dataset.value, coco)
     records, data = load_records_with_info(
         dataset.value, str(data_root) if data_root else None, split, coco=coco_options(coco)
     )

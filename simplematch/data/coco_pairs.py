@@ -96,6 +96,18 @@ def coco_options(given: dict[str, Any], recorded: dict[str, Any] | None = None) 
     ).validate()
 
 
+def refuse_unused_flags(dataset: str | None, given: dict[str, Any]) -> None:
+    """COCO flags with another dataset would be silently ignored: refuse them in one line."""
+    from simplematch.config import COCO_FLAGS
+
+    used = [COCO_FLAGS[k] for k in OPTION_KEYS if given.get(k) is not None]
+    if used and dataset != "coco":
+        raise SimpleMatchError(
+            f"{', '.join(used)} only apply to --dataset coco, not {dataset}",
+            "drop them, or pass --dataset coco with a COCO keypoints JSON as --data-root",
+        )
+
+
 def parse_fractions(text: str) -> list[float]:
     """``--split-fractions 0.8,0.1,0.1`` -> [0.8, 0.1, 0.1] (checked by :meth:`CocoOptions.validate`)."""
     try:
