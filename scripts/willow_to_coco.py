@@ -25,7 +25,7 @@ import numpy as np
 
 from simplematch.data.pfwillow import read_pfwillow, read_willow_mat
 from simplematch.data.records import image_size
-from simplematch.io import atomic_write_text
+from simplematch.files import atomic_write_text
 from simplematch.validate import output_file
 
 

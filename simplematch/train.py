@@ -40,14 +40,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from simplematch import distributed as dist_utils
+from simplematch import validate
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import COCO_FLAGS, THRESHOLDS, Config
 from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
 from simplematch.data.load import load_records_with_info
 from simplematch.errors import SimpleMatchError
-from simplematch.evaluate import evaluate_model
-from simplematch.io import atomic_path, atomic_write_text, check_writable_dir, ensure_writable_dir
+from simplematch.evaluation.torch_predictor import evaluate_model
+from simplematch.files import atomic_path, atomic_write_text, make_dir
 from simplematch.matching import keypoint_loss
 from simplematch.progress import progress_bar
 
@@ -264,7 +265,8 @@ def train(
     t0 = time.time()
     out = Path(out_dir)
     device = _setup_device(cfg)
-    check_writable_dir(out)  # fail before the slow set-up; the folder itself is created once inputs are valid
+    # Fail before the slow set-up; the folder itself is created once inputs are valid.
+    validate.writable_base(out, "--out", folder=True)
     train_records, val_records, data_info = _load_splits(cfg)
     if data_info and console is not None and dist_utils.is_main():
         console.print(_describe_data(data_info), soft_wrap=True)
@@ -374,7 +376,7 @@ def _setup(
     created = not out.exists()
     if clear and not created:
         clear_run(out)
-    ensure_writable_dir(out)
+    make_dir(out)
     opt, sched = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -426,7 +428,7 @@ def load_init(model: torch.nn.Module, init: str) -> dict[str, Any]:
 
     Returns what init.json records: the folder, the weights file and its sha256.
     """
-    from simplematch.io import sha256_file
+    from simplematch.files import sha256_file
 
     weights = _init_weights(init)
     try:

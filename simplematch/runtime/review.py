@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from simplematch.io import atomic_write_bytes, atomic_write_text
+from simplematch.files import atomic_write_bytes, atomic_write_text
 from simplematch.runtime.viz import png_bytes, render_matches
 
 PICTURE_SIZE = (960, 360)  # (width, height) a card's picture is scaled down to fit

@@ -32,16 +32,16 @@ import numpy as np
 
 import simplematch
 from simplematch import validate
+from simplematch.confidence import CYCLE_ALPHA, DEFAULT_CONFIDENCE
 from simplematch.config import DEFAULT_TRANSFER_COMBINE, TRANSFER_COMBINES
 from simplematch.data.coco import CocoKeypoints, read_coco_keypoints
 from simplematch.data.records import read_json_file
 from simplematch.errors import SimpleMatchError
+from simplematch.files import atomic_path, sha256_file
 from simplematch.image import load_image
-from simplematch.io import atomic_path, sha256_file
 from simplematch.runtime import coco_results, review
 from simplematch.runtime.infer import find_default_model
 from simplematch.runtime.matcher import Features, Matcher, Prepared, check_confidence
-from simplematch.runtime.matching import CYCLE_ALPHA, DEFAULT_CONFIDENCE
 
 # What a target folder's images are: the formats Pillow reads that cameras and labelling tools produce.
 IMAGE_SUFFIXES = frozenset(
@@ -172,7 +172,10 @@ def transfer_keypoints(
     for r, ref in enumerate(refs):
         idx = np.flatnonzero(ref.usable)
         if len(idx):
-            m = matcher.match(ref.features, target, ref.kps[idx], confidence=confidence)
+            # check_keypoints=False: the COCO reader has checked them (visible points inside their image)
+            m = matcher.match(
+                ref.features, target, ref.kps[idx], confidence=confidence, check_keypoints=False
+            )
             pred[r, idx], conf[r, idx] = m.target_kps_all, m.confidence
     valid = np.isfinite(pred).all(axis=-1)
     h, w = target.hw
