@@ -121,12 +121,21 @@ def test_train_then_eval_on_the_held_out_images(tmp_path: Path, willow_coco, cap
     res = run_evaluation(run, EvalRequest(dataset="coco", data_root=coco_json, device="cpu"))
     assert res["data"]["split_seed"] == 3 and res["data"]["split_fractions"] == [0.5, 0.2, 0.3]
     assert res["threshold"] == "bbox" and res["data"]["images"] == 12
-    # another split would score training images: refused in one line
-    assert (
-        main(["eval", str(run), "--dataset", "coco", "--data-root", str(coco_json), "--split-seed", "0"]) == 2
-    )
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "are training images of" in err
+    # another split would score training images: refused in one line, for the checkpoint and its ONNX
+    from simplematch.export import export_checkpoint
+
+    onnx = tmp_path / "run.onnx"
+    export_checkpoint(run, out=onnx, check=False)
+    runtime = run_evaluation(onnx, EvalRequest(dataset="coco", data_root=coco_json, device="cpu"))
+    assert runtime["data"] == res["data"]  # the split recorded in the ONNX metadata
+    capsys.readouterr()
+    for model in (run, onnx):
+        args = ["eval", str(model), "--dataset", "coco", "--data-root", str(coco_json), "--split-seed", "0"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "are training images of" in err
+    # --split trn scores the training images on purpose
+    assert run_evaluation(onnx, EvalRequest(dataset="coco", data_root=coco_json, split="trn"))["pairs"] > 0
 
 
 # --- --init ------------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
                      "simplematch/evaluation/dispatch.py", "simplematch/evaluation/runtime_predictor.py",
                      "simplematch/data/records.py", "simplematch/data/pfwillow.py",
                      "simplematch/data/matfile.py", "simplematch/data/coco.py",
-                     "simplematch/data/coco_pairs.py", "simplematch/coco_eval.py",
+                     "simplematch/data/coco_pairs.py", "simplematch/evaluation/coco.py",
                      "simplematch/cli/coco_flags.py",
                      "simplematch/cli/__init__.py", "simplematch/cli/transfer.py",
                      "simplematch/progress.py", "simplematch/errors.py",

@@ -185,6 +185,25 @@ def read_coco_pairs(
     return records, info
 
 
+def split_image_ids(data_root: str | Path, split: str, options: CocoOptions) -> list[int]:
+    """The image ids of ``split`` of one COCO file, without building its pairs (the held-out check).
+
+    A folder of per-split files gives none (its files hold different images by construction).
+    """
+    root = Path(data_root)
+    if root.is_dir():
+        return []
+    split = normalise_split(split)
+    images = Path(options.images) if options.images else None
+    coco = read_coco_keypoints(root, images, min_visible=options.min_common, check_images=False)
+    if options.pairs is None:
+        return partition_images(
+            [o.image_id for o in coco.objects], options.split_seed, options.split_fractions
+        )[split]
+    records, _ = _listed_pairs(coco, Path(options.pairs), split, options.min_common)
+    return sorted({int(r.meta[k]) for r in records for k in ("src_image_id", "trg_image_id")})
+
+
 def _split_file(root: Path, split: str) -> Path:
     for name in SPLIT_FILES[split]:
         if (root / name).is_file():

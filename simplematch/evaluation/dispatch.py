@@ -86,15 +86,16 @@ def run_evaluation(
 
     refuse_unused_flags(request.dataset, request.coco or {})
     if request.dataset == "coco":
-        from simplematch.coco_eval import check_held_out, eval_options
+        from simplematch.evaluation.coco import check_held_out, eval_options, recorded_config
 
-        coco = eval_options(model, request.coco or {})
+        recorded = recorded_config(model)
+        coco = eval_options(recorded, request.coco or {})
     records, data = load_records_with_info(
         request.dataset, str(request.data_root) if request.data_root else None, request.split,
         ap10k_split=request.ap10k_split, seed=request.seed, released=request.released_compat, coco=coco,
     )  # fmt: skip
     if coco is not None:
-        check_held_out(model, data)
+        check_held_out(model, recorded, data)
     res = _evaluate_with_outputs(model, records, request, alphas, outputs)
     res["options"] = _options(request, alphas, res["threshold"])
     if data:
@@ -303,7 +304,7 @@ def print_result(res: dict[str, Any], console: Any) -> None:
     table.add_row("all (per point)", str(res["points"]), *[f"{v:.2f}" for v in res["pck_per_point"].values()])
     console.print(table)
     if res.get("dataset") == "coco":
-        from simplematch.coco_eval import print_coco
+        from simplematch.evaluation.coco import print_coco
 
         print_coco(res, console)
     _print_confidence(res.get("confidence"), console)

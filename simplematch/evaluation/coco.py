@@ -3,7 +3,7 @@
 A model trained on a COCO file records its split options (``coco_*`` keys of its config: config.json of a
 checkpoint folder, the ``config`` metadata of an exported ONNX model or TensorRT engine). Evaluating it
 uses those unless a flag overrides one, so PyTorch and runtime evaluation score the same held-out images.
-A checkpoint folder also holds ``data.json`` (the training images); evaluating on any of them is refused.
+Evaluating a model on images of its own training split is refused (:func:`check_held_out`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from simplematch.config import Config
-from simplematch.data.coco_pairs import CocoOptions, coco_options
+from simplematch.data.coco_pairs import CocoOptions, coco_options, split_image_ids
 from simplematch.errors import SimpleMatchError
 
 ONNX_SUFFIXES = (".onnx",)
@@ -46,24 +46,25 @@ def recorded_config(model: Path) -> dict[str, Any] | None:
         return None
 
 
-def eval_options(model: Path, given: dict[str, Any]) -> CocoOptions:
+def eval_options(recorded: dict[str, Any] | None, given: dict[str, Any]) -> CocoOptions:
     """The COCO options of this evaluation: ``given`` flags (config keys), else the model's recorded ones."""
-    recorded = recorded_config(model) or {}
-    return coco_options(given, recorded if recorded.get("dataset") == "coco" else None)
+    return coco_options(given, recorded if (recorded or {}).get("dataset") == "coco" else None)
 
 
-def check_held_out(model: Path, data: dict[str, Any]) -> None:
-    """Refuse to score a checkpoint folder on images it was trained on (its ``data.json``)."""
-    path = Path(model) / "data.json"
-    if data.get("split") == "trn" or not path.is_file():
+def check_held_out(model: Path, recorded: dict[str, Any] | None, data: dict[str, Any]) -> None:
+    """Refuse to score a model on images of its own training split (same COCO file, any evaluator).
+
+    The training images are recomputed from the recorded options (:func:`split_image_ids`), so a checkpoint
+    folder, an ONNX model and a TensorRT engine of one run are held to the same rule. ``--split trn`` scores
+    the training images on purpose and is not refused.
+    """
+    if not recorded or recorded.get("dataset") != "coco" or data.get("split") == "trn":
         return
-    try:
-        trained = json.loads(path.read_text()).get("trn") or {}
-    except (OSError, ValueError):
-        return
-    if Path(str(trained.get("source"))).resolve() != Path(data["source"]).resolve():
+    root = recorded.get("data_root")
+    if not root or Path(root).resolve() != Path(data["source"]).resolve():
         return  # another COCO file: its image ids mean other images
-    overlap = sorted(set(trained.get("image_ids", [])) & set(data.get("image_ids", [])))
+    trained = set(split_image_ids(root, "trn", coco_options({}, recorded)))
+    overlap = sorted(trained & set(data.get("image_ids", [])))
     if overlap:
         raise SimpleMatchError(
             f"{len(overlap)} image(s) of this '{data['split']}' split (ids {overlap[:5]}) are training"
