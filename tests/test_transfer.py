@@ -345,7 +345,7 @@ def test_sigint_mid_run_then_resume_equals_an_uninterrupted_run(
     assert out.read_bytes() == full.read_bytes()
     page = (rev / "index.html").read_text()  # the resumed page lists every target, each with its picture
     assert page.count("<figure>") == total and "no picture" not in page
-    assert len(list((rev / "img").glob("*.png"))) == total
+    assert len(list((rev / "img").glob("*.jpg"))) == total
 
 
 def test_a_failed_run_leaves_nothing_behind(
