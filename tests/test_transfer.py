@@ -390,3 +390,32 @@ def test_points_stay_inside_small_targets(tmp_path: Path) -> None:
     np.testing.assert_allclose(kps[0], [5, 4, 2])  # unclamped: 5.625, 4.6875
     assert (kps[:, 0] <= 5).all() and (kps[:, 1] <= 4).all()
     assert len(read_coco_keypoints(tmp_path / "o.json", tmp_path / "t").objects) == 1
+
+
+def test_two_categories_give_two_results_per_target(models: dict[str, Path], tmp_path: Path) -> None:
+    r1 = write_image(tmp_path / "r1.png", 40, 40, seed=1)
+    r2 = write_image(tmp_path / "r2.png", 40, 40, seed=2)
+    (tmp_path / "t").mkdir()
+    for name in ("x.png", "y.png"):
+        write_image(tmp_path / "t" / name, 30, 20, seed=3)
+    refs = {
+        "images": [{"id": 1, "file_name": r1.name, "width": 40, "height": 40},
+                   {"id": 2, "file_name": r2.name, "width": 40, "height": 40}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 9, "keypoints": [5, 5, 2, 9, 9, 2], "bbox": [0, 0, 9, 9]},
+            {"id": 2, "image_id": 2, "category_id": 4, "keypoints": [1, 2, 2, 3, 4, 2, 30, 30, 2],
+             "bbox": [0, 0, 30, 30]},
+            {"id": 3, "image_id": 1, "category_id": 4, "keypoints": [7, 7, 2, 0, 0, 0, 20, 20, 1],
+             "bbox": [0, 0, 7, 7]},
+        ],
+        "categories": [{"id": 4, "name": "cup", "keypoints": ["a", "b", "c"]},
+                       {"id": 9, "name": "pen", "keypoints": ["tip", "cap"]}],
+    }  # fmt: skip
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    run_transfer(tmp_path / "refs.json", tmp_path / "t", tmp_path / "o.json", models["position"])
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert [c["name"] for c in data["categories"]] == ["pen", "cup"]  # the references' order
+    got = [(a["id"], a["image_id"], a["category_id"], len(a["keypoints"]) // 3) for a in data["annotations"]]
+    assert got == [(1, 1, 9, 2), (2, 1, 4, 3), (3, 2, 9, 2), (4, 2, 4, 3)]
+    cup = data["annotations"][1]  # two cup references; "c" is visible in r2 only, "b" in r2 only
+    assert cup["num_keypoints"] == 3 and all(s > 0 for s in cup["keypoint_scores"])
