@@ -360,7 +360,9 @@ def _setup(
     from simplematch.model import SimpleMatch
     from simplematch.weights import load_backbone_weights
 
-    model = SimpleMatch(cfg, backbone_kwargs=init_backbone_kwargs(cfg.init) if cfg.init else None)
+    # A resumed run loads its own checkpoint, so the --init folder may have gone by then.
+    kwargs = init_backbone_kwargs(cfg.init) if cfg.init and (fresh or Path(cfg.init).exists()) else None
+    model = SimpleMatch(cfg, backbone_kwargs=kwargs)
     if cfg.weights:
         load_backbone_weights(model, cfg.weights)
     started = load_init(model, cfg.init) if cfg.init and fresh else None
@@ -609,14 +611,14 @@ def _clean_up_failed_start(out: Path, fresh: bool, created: bool) -> Iterator[No
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             else:  # a folder the user made: remove only what this run wrote
-                for name in ("config.json", "metrics.jsonl"):
+                for name in ("config.json", "metrics.jsonl", "init.json", "data.json"):
                     (out / name).unlink(missing_ok=True)
         raise
 
 
 # ------------------------------------------------------------------------------------------------------
 # Run planning: everything `smatch train` decides before training, checked before anything is written.
-RUN_FILES = ("config.json", "metrics.jsonl", "best.json", "last.json", WEIGHTS_NAME)
+RUN_FILES = ("config.json", "metrics.jsonl", "best.json", "last.json", "init.json", "data.json", WEIGHTS_NAME)
 
 
 def plan_run(
@@ -652,7 +654,10 @@ def plan_run(
         if config_path is not None:
             if preset is not None:
                 raise SimpleMatchError("--config and --preset both given", "pass one of them")
-            cfg = Config.from_dict({**Config.load(config_path).to_dict(), **given}, source=str(config_path))
+            base = Config.load(config_path).to_dict()
+            if given.get("init") is not None and "weights" not in given:
+                base["weights"] = None  # --init's safetensors holds the backbone the config's file would load
+            cfg = Config.from_dict({**base, **given}, source=str(config_path))
         elif preset is None and given.get("init") is not None:
             cfg = _init_config(str(given["init"]), given)
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,9 @@ def test_init_loads_the_source_weights_and_records_them(tmp_path: Path, capsys) 
     saved = json.loads((fine / "config.json").read_text())
     assert saved["init"] == str(source) and saved["backbone"] == "resnet10t" and saved["weights"] is None
     assert json.loads((fine / "init.json").read_text())["sha256"] == started["sha256"]
+    # --resume continues from the run's own checkpoint: the --init folder is no longer needed
+    shutil.rmtree(source)
+    assert main(["train", "--resume", str(fine), "--max-steps", "2"]) == 0
 
 
 def test_init_refuses_another_architecture_in_one_line(tmp_path: Path, capsys) -> None:
@@ -183,3 +187,21 @@ def test_init_refuses_another_architecture_in_one_line(tmp_path: Path, capsys) -
     rc = main(["train", "--config", str(cfg), "--weights", str(source / "model.safetensors"), "--out", "w"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and f"--init {source}" in err
+
+
+def test_init_from_a_converted_official_checkpoint_fine_tunes_on_coco(tmp_path: Path, willow_coco) -> None:
+    from test_official import TINY_RESNET, _save, official_resnet
+
+    from simplematch.official import convert_official
+
+    official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
+    model, cfg, _ = convert_official(
+        _save(tmp_path, official), "resnet101", 64, backbone_kwargs=TINY_RESNET, overrides={"align_dim": 64}
+    )
+    converted = tmp_path / "official_r101"
+    save_checkpoint(model, cfg, converted)  # what `smatch convert` writes
+    run = tmp_path / "fine"
+    args = ["train", "--init", str(converted), "--dataset", "coco", "--data-root", str(willow_coco[0])]
+    assert main([*args, "--out", str(run), "--max-steps", "1", "--batch-size", "2", "--device", "cpu"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["backbone"] == "resnet101" and saved["dataset"] == "coco" and saved["init"] == str(converted)
