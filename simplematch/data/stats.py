@@ -54,13 +54,3 @@ def keypoint_fusion_stats(
 def default_stats_split(dataset: str) -> str:
     """Table 1 counts training keypoints; PF-WILLOW is test-only, so its one split is the default there."""
     return "test" if dataset == "pfwillow" else "trn"
-
-
-def dataset_fusion_stats(
-    dataset: str, data_root: str | Path | None, split: str | None = None, img_size: int = 256
-) -> tuple[str, dict[int | str, int]]:
-    """``smatch stats``: (the split used, :func:`keypoint_fusion_stats` of its records)."""
-    from simplematch.data.load import load_records
-
-    split = split or default_stats_split(dataset)
-    return split, keypoint_fusion_stats(load_records(dataset, data_root, split), img_size=img_size)

@@ -20,7 +20,7 @@ TYPE_NAME = re.compile(r"<(int|float|str|bool|path|file|list\[[^>]*\]|\w+ range)
 # Options whose absence is the default and needs no words: output files / folders and inputs a user names.
 NO_DEFAULT_NEEDED = {"out", "data_root", "resume", "config", "json_out", "predictions", "plots", "viz", "kps",
                      "pairs", "truth", "calib_data", "min_confidence", "backbone_weights", "checkpoint",
-                     "model", "img_size", "backbone"}  # fmt: skip
+                     "model", "img_size", "backbone", "init"}  # fmt: skip
 
 
 def _commands() -> dict[str, click.Command]:
