@@ -19,9 +19,9 @@ FULL_PYTHONPATH=$PWD
 FULL=${FULL_VENV:-.venv}/bin
 WORK=build/install-check
 RT=$WORK/rt
-# The benchmark subset beside the checkout (or where SMATCH_TEST_DATA says): the PF-WILLOW eval step runs
+# The benchmark subset beside the checkout (or where SMATCH_SHARED_DATA says): the PF-WILLOW eval step runs
 # when it is there and is skipped, saying so, when it is not (a fresh clone has no ../shared).
-WILLOW=${SMATCH_TEST_DATA:-../shared/data}/pf-willow
+WILLOW=${SMATCH_SHARED_DATA:-../shared/data}/pf-willow
 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }

@@ -23,21 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 # The benchmark subset is read in place, never copied into the repository: ../shared/data beside the
-# checkout, or the folder SMATCH_TEST_DATA names (a worktree, a CI cache). A test that needs a dataset
+# checkout, or the folder SMATCH_SHARED_DATA names (a worktree, a CI cache). A test that needs a dataset
 # skips with the reason when it is absent (a newcomer's clone has no ../shared).
-SHARED_DATA = Path(os.environ.get("SMATCH_TEST_DATA") or ROOT.parent / "shared" / "data").resolve()
+SHARED_DATA = Path(os.environ.get("SMATCH_SHARED_DATA") or ROOT.parent / "shared" / "data").resolve()
 WILLOW = SHARED_DATA / "pf-willow"
 PASCAL_ANNOTATIONS = SHARED_DATA / "pf-pascal-annotations"
 SPAIR = SHARED_DATA / "spair-71k-format"
 HAVE_WILLOW = (WILLOW / "PF-dataset").is_dir()
-NO_WILLOW = f"the PF-WILLOW subset is not at {WILLOW} (set SMATCH_TEST_DATA to the folder holding pf-willow/)"
+NO_WILLOW = (
+    f"the PF-WILLOW subset is not at {WILLOW} (set SMATCH_SHARED_DATA to the folder holding pf-willow/)"
+)
 
 
 def need(path: Path) -> None:
     """Skip the calling test, naming the missing path, when a piece of the benchmark subset is absent."""
     if not path.exists():
         pytest.skip(
-            f"benchmark data {path} is absent (read from ../shared/data or $SMATCH_TEST_DATA, never copied)"
+            f"benchmark data {path} is absent (read from ../shared/data or $SMATCH_SHARED_DATA, never copied)"
         )
 
 

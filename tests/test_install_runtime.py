@@ -22,7 +22,7 @@ SCRIPT = ROOT / "scripts" / "check_runtime_install.sh"
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the install check is a bash script")
 def test_runtime_only_install_from_the_wheel() -> None:
     # The environment running pytest is the full one the script exports the tiny model with.
-    env = {**subprocess_env(), "FULL_VENV": sys.prefix, "SMATCH_TEST_DATA": str(SHARED_DATA)}
+    env = {**subprocess_env(), "FULL_VENV": sys.prefix, "SMATCH_SHARED_DATA": str(SHARED_DATA)}
     proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
