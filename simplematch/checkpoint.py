@@ -125,13 +125,17 @@ def load_model_weights(model: torch.nn.Module, weights: str | Path) -> dict[str,
 
 
 def load_checkpoint(
-    path_or_dir: str | Path, device: str | torch.device = "cpu"
+    path_or_dir: str | Path, device: str | torch.device = "cpu", *, batch: int = 1
 ) -> tuple[torch.nn.Module, Config]:
-    """Folder (or its ``model.safetensors``) -> (model in eval mode on ``device``, its config)."""
+    """Folder (or its ``model.safetensors``) -> (model in eval mode on ``device``, its config).
+
+    A config whose size cannot run ``batch`` pairs on ``device`` is refused before the model is built."""
     from simplematch.model import SimpleMatch
+    from simplematch.resources import check_memory
 
     weights, config_path = _resolve(path_or_dir)
     cfg = Config.load(config_path)
+    check_memory(cfg, batch, str(device), training=False)
     _, metadata = _read_header(weights)
     try:
         backbone_kwargs: dict[str, Any] = json.loads(metadata.get("backbone_kwargs", "{}"))

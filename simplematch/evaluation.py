@@ -258,7 +258,7 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
     # Under torchrun each rank evaluates pairs[rank::world]; the per-pair counts are gathered exactly.
     dist_utils.init_from_env(dev)
     dev = dist_utils.local_device(dev)
-    net, cfg = load_checkpoint(model_dir, device=dev)
+    net, cfg = load_checkpoint(model_dir, device=dev, batch=batch_size)
     with progress_bar(enabled=dist_utils.is_main()) as bar:
         task = bar.add_task("eval", total=len(records))
         return evaluate_model(

@@ -151,7 +151,7 @@ def export_checkpoint(
     if img_size is not None:
         from simplematch.export.resize import rebuild_at_size
 
-        model, cfg = rebuild_at_size(ckpt_dir, model, cfg, img_size)
+        model, cfg = rebuild_at_size(ckpt_dir, model, cfg, img_size, batch or 1)
     kwargs = dict(checkpoint_sha256=checkpoint_sha(ckpt_dir), fp16=fp16, opset=opset, batch=batch)
     kwargs["trained_img_size"] = trained
     if int8:
