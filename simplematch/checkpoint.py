@@ -135,7 +135,8 @@ def load_checkpoint(
 
     weights, config_path = _resolve(path_or_dir)
     cfg = Config.load(config_path)
-    check_memory(cfg, batch, str(device), training=False)
+    fix = f"check img_size in {config_path} (a training size, e.g. 256), or lower --batch-size"
+    check_memory(cfg, batch, str(device), training=False, fix=fix)
     _, metadata = _read_header(weights)
     try:
         backbone_kwargs: dict[str, Any] = json.loads(metadata.get("backbone_kwargs", "{}"))

@@ -72,6 +72,7 @@ def run_evaluation(
     from simplematch.data import load_records
     from simplematch.io import write_json
     from simplematch.metrics import DEFAULT_ALPHAS
+    from simplematch.outputs import transaction as all_or_nothing
 
     alphas = validate.alphas(request.alphas, DEFAULT_ALPHAS)
     # Before the (slow) evaluation, not after it.
@@ -82,12 +83,14 @@ def run_evaluation(
         request.dataset, str(request.data_root) if request.data_root else None, request.split,
         ap10k_split=request.ap10k_split, seed=request.seed, released=request.released_compat,
     )  # fmt: skip
-    res = _evaluate_with_outputs(model, records, request, alphas, outputs)
-    res["options"] = _options(request, alphas, res["threshold"])
-    if main_process:
-        if show is not None:
-            show(res)
-        write_json(outputs.json, res)
+    # Every file of the command or none: a failure (full disk, signal) at the last one removes the others.
+    with all_or_nothing():
+        res = _evaluate_with_outputs(model, records, request, alphas, outputs)
+        res["options"] = _options(request, alphas, res["threshold"])
+        if main_process:
+            write_json(outputs.json, res)
+    if main_process and show is not None:
+        show(res)
     return res
 
 

@@ -14,13 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from simplematch import outputs
 from simplematch.errors import SimpleMatchError
 
 
 def ensure_writable_dir(path: Path) -> Path:
     """Create ``path`` (a folder) if needed; raise a one-line error when that is impossible."""
     path = Path(path)
+    tx = outputs.current()
     try:
+        if tx is not None:  # a folder this command creates is removed again if the command fails
+            tx.make_folder(path)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SimpleMatchError(
@@ -70,8 +74,20 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    Inside :func:`simplematch.outputs.transaction` the rename waits for the whole transaction."""
     path = Path(path)
+    tx = outputs.current()
+    if tx is not None:
+        staged = tx.path(path)
+        try:
+            yield staged
+        except OSError as err:
+            raise outputs.write_error(err, path) or SimpleMatchError(
+                f"cannot write {path} ({err.strerror or err})", "choose another path"
+            ) from err
+        return
     ensure_writable_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

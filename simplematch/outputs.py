@@ -11,11 +11,16 @@ rename) and moves them into place only once every one of them was written::
 A failure (disk full, permission, a signal) removes every staged file and every folder the transaction
 created, and leaves what existed: an existing file that ``--force`` replaces is moved aside first and put
 back if a later move fails. Torch-free.
+
+Inside the block, :func:`simplematch.io.atomic_path` (and the writers built on it) and
+:func:`simplematch.io.ensure_writable_dir` join the open transaction, so a command wraps its writing
+code once instead of threading ``tx`` through every writer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import shutil
@@ -69,6 +74,15 @@ class Transaction:
         for folder in reversed(missing):
             folder.mkdir()
             self._made.append(folder)
+
+    def make_folder(self, folder: str | os.PathLike) -> Path:
+        """Create ``folder`` (and missing parents) now; removed again on abort if still empty."""
+        folder = Path(folder)
+        try:
+            self._parent(folder / "x")
+        except OSError as err:
+            raise _one_line(err, folder) from err
+        return folder
 
     def path(self, final: str | os.PathLike) -> Path:
         """A new temporary file next to ``final``, moved onto ``final`` at commit."""
@@ -153,17 +167,36 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+_CURRENT: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("outputs", default=None)
+
+
+def current() -> Transaction | None:
+    """The transaction open in this context, if any (the writers in :mod:`simplematch.io` join it)."""
+    return _CURRENT.get()
+
+
 @contextlib.contextmanager
 def transaction() -> Iterator[Transaction]:
-    """Stage outputs in the block; all of them are moved into place when it ends without an error."""
+    """Stage outputs in the block; all of them are moved into place when it ends without an error.
+
+    Inside an open transaction this joins it (the outer one commits)."""
+    outer = _CURRENT.get()
+    if outer is not None:
+        yield outer
+        return
     tx = Transaction()
+    token = _CURRENT.set(tx)
     try:
         yield tx
+        _CURRENT.reset(token)
         tx.commit()
     except BaseException as err:
+        if _CURRENT.get() is tx:
+            _CURRENT.reset(token)
         tx.abort()
-        if isinstance(err, OSError) and write_error(err) is not None:
-            raise write_error(err) from err  # e.g. torch.save hitting a full disk inside the block
+        one = write_error(err) if isinstance(err, OSError) else None
+        if one is not None:
+            raise one from err  # e.g. torch.save hitting a full disk inside the block
         raise
 
 

@@ -45,7 +45,7 @@ def memory_lower_bound(cfg: Any, batch: int, *, training: bool) -> int:
     return need
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe_device(device: str) -> str:
     """``device`` resolved (``auto`` -> ``cuda`` or ``cpu``) and known to exist; probed once per process.
 
@@ -109,7 +109,7 @@ def _address_space_limit() -> int | None:
     return max(0, soft - psutil.Process().memory_info().vms)
 
 
-def check_memory(cfg: Any, batch: int, device: str, *, training: bool) -> None:
+def check_memory(cfg: Any, batch: int, device: str, *, training: bool, fix: str | None = None) -> None:
     """Refuse up front a size that cannot fit (instead of the kernel killing the process minutes later)."""
     need = memory_lower_bound(cfg, batch, training=training)
     have, what = available_memory(device)
@@ -117,7 +117,7 @@ def check_memory(cfg: Any, batch: int, device: str, *, training: bool) -> None:
         raise SimpleMatchError(
             f"img_size {cfg.img_size} with batch {batch} needs at least {need / GIB:.1f} GiB,"
             f" more than is free in {what}",
-            "lower --img-size or --batch-size",
+            fix or "lower --img-size or --batch-size",
         )
 
 

@@ -721,10 +721,13 @@ def _step_reached(run: Path) -> tuple[int, bool]:
         raise SimpleMatchError(f"{pointer} is malformed", "delete it and restart the run") from err
 
 
-def clear_run(out: Path) -> None:
-    """Remove what an earlier run wrote in ``out`` (``--force``), so no stale checkpoint survives."""
+def clear_run(out: Path, keep: Sequence[str] = ()) -> None:
+    """Remove what an earlier run wrote in ``out`` (``--force``), so no stale checkpoint survives.
+
+    ``keep``: files the caller is about to replace itself (atomically)."""
     for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+        if name not in keep:
+            (out / name).unlink(missing_ok=True)
     for old in out.glob("ckpt-*"):
         if old.is_dir():
             shutil.rmtree(old)

@@ -10,8 +10,22 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "simplematch"
 # Lowest first; the README's architecture map lists the same layers. A name covers its sub-modules.
 LAYERS = [
-    ["config", "validate", "errors", "io", "extras", "progress", "keypoints", "image", "metadata",
-     "resources", "outputs", "signals", "runlock", "quiet"],
+    [
+        "config",
+        "validate",
+        "errors",
+        "io",
+        "extras",
+        "progress",
+        "keypoints",
+        "image",
+        "metadata",
+        "resources",
+        "outputs",
+        "signals",
+        "runlock",
+        "quiet",
+    ],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],

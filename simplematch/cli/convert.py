@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from simplematch import outputs, runlock
 from simplematch.errors import SimpleMatchError
 
 
@@ -37,7 +38,7 @@ def run_convert(
                 f"pass --family {official_family(cfg)}",
             )
         sd = ours_to_official(model, cfg)
-        with atomic_path(Path(out)) as tmp:
+        with runlock.hold(out), outputs.transaction(), atomic_path(Path(out)) as tmp:
             torch.save(sd, tmp)
         console.print(f"wrote {len(sd)} tensors in the official {family} layout -> {out}")
         return {"keys": len(sd)}
@@ -48,12 +49,14 @@ def run_convert(
     if backbone_weights is not None and not Path(backbone_weights).is_file():
         raise SimpleMatchError(f"backbone weights not found: {backbone_weights}", "check the path")
     model, cfg, report = convert_official(checkpoint, family, img_size, backbone_weights)
-    if replace:  # --force over an earlier run: drop its checkpoints too, or --resume would use them
-        from simplematch.train import clear_run
+    # One writer per folder; the files appear together or not at all (a full disk leaves no empty folder).
+    with runlock.hold(out), outputs.transaction():
+        save_checkpoint(model, cfg, out)
+        atomic_write_text(Path(out) / "convert_report.json", json.dumps(report, indent=2, default=str) + "\n")
+        if replace:  # --force over an earlier run: drop its checkpoints too, or --resume would use them
+            from simplematch.train import clear_run
 
-        clear_run(Path(out))
-    save_checkpoint(model, cfg, out)
-    atomic_write_text(Path(out) / "convert_report.json", json.dumps(report, indent=2, default=str) + "\n")
+            clear_run(Path(out), keep=("config.json", "model.safetensors"))  # those two are replaced
     console.print(
         f"{family}: {report['keys_in_file']} keys in file, {report['consumed']} consumed,"
         f" {report['ignored']} ignored"

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from simplematch import validate
+from simplematch import outputs, validate
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image
-from simplematch.io import atomic_path, atomic_write_bytes, atomic_write_text
+from simplematch.io import atomic_path
 from simplematch.runtime.matcher import Features, Matcher, MatchResult, check_confidence
 from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.runtime.viz import png_bytes, render_matches
@@ -212,11 +212,12 @@ def run_infer(
             )
         )  # fmt: skip
 
-    # 3. Write, each file atomically.
-    if ins.out is not None:
-        atomic_write_text(ins.out, json.dumps(report, indent=2) + "\n")
-    if ins.viz is not None and picture is not None:
-        atomic_write_bytes(ins.viz, picture)
+    # 3. Write: both files or neither (a full disk at the picture removes the JSON written before it).
+    with outputs.transaction() as tx:
+        if ins.out is not None:
+            tx.write_text(ins.out, json.dumps(report, indent=2) + "\n")
+        if ins.viz is not None and picture is not None:
+            tx.write_bytes(ins.viz, picture)
     return report
 
 
