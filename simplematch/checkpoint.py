@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,7 +72,13 @@ def save_checkpoint(
     }
     weights = out / WEIGHTS_NAME
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except Exception as err:  # safetensors reports a failed write as its own type: give it back its errno
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(weights)) from err
     cfg.save(out / CONFIG_NAME)
     return weights
 

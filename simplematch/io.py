@@ -104,7 +104,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~umask)
             os.replace(tmp_path, path)
         except OSError as err:  # disk full, path turned into a folder, ...: the user can fix these
-            raise SimpleMatchError(
+            raise outputs.write_error(err, path) or SimpleMatchError(
                 f"cannot write {path} ({err.strerror or err})", "free disk space or choose another path"
             ) from err
     finally:
