@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from simplematch.errors import SimpleMatchError
+from simplematch.errors import SimpleMatchError, first_line
 from simplematch.resources import PIXEL_BUDGET, check_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,9 +58,10 @@ def load_image(path: str | Path, *, exif_orientation: bool = True) -> np.ndarray
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as err:  # above 2x Pillow's limit, refused by Pillow at open
+        limit = min(PIXEL_BUDGET, 2 * (Image.MAX_IMAGE_PIXELS or PIXEL_BUDGET))
         raise SimpleMatchError(
-            f"image {path} is larger than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP",
-            f"downscale it below {PIXEL_BUDGET / 1e6:.0f} megapixels",
+            f"image {path} is too large to decode safely ({first_line(err)})",
+            f"downscale it below {limit / 1e6:g} megapixels",
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise SimpleMatchError(

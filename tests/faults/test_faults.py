@@ -158,7 +158,11 @@ def _png_header(path: Path, width: int, height: int) -> None:
     ("size", "limit", "message"),
     [
         ((12500, 12500), None, "above the 150 MP that smatch decodes"),  # Pillow: a warning only
-        ((20000, 20000), None, "is larger than 179 MP"),  # Pillow: its DecompressionBombError
+        (
+            (20000, 20000),
+            None,
+            "is too large to decode safely (Image size (400000000 pixels) exceeds",
+        ),  # Pillow: its DecompressionBombError
         ((10000, 9000), 1 * GIB, "decoding it needs about 1.0 GiB"),  # fits the budget, not the limit
     ],
     ids=["over-budget", "over-pillow-limit", "over-memory-limit"],
