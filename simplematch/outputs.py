@@ -12,8 +12,8 @@ A failure (disk full, permission, a signal) removes every staged file and every 
 created, and leaves what existed: an existing file that ``--force`` replaces is moved aside first and put
 back if a later move fails. Torch-free.
 
-Inside the block, :func:`simplematch.io.atomic_path` (and the writers built on it) and
-:func:`simplematch.io.ensure_writable_dir` join the open transaction, so a command wraps its writing
+Inside the block, :func:`simplematch.files.atomic_path` (and the writers built on it) and
+:func:`simplematch.files.make_dir` join the open transaction, so a command wraps its writing
 code once instead of threading ``tx`` through every writer.
 """
 
@@ -171,7 +171,7 @@ _CURRENT: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("o
 
 
 def current() -> Transaction | None:
-    """The transaction open in this context, if any (the writers in :mod:`simplematch.io` join it)."""
+    """The transaction open in this context, if any (the writers in :mod:`simplematch.files` join it)."""
     return _CURRENT.get()
 
 

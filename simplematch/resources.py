@@ -18,6 +18,7 @@ import functools
 from typing import Any
 
 from simplematch.errors import SimpleMatchError
+from simplematch.geometry import feature_side
 
 GIB = 2**30
 # Largest image decoded, in pixels: above every phone and DSLR photo (200 MP sensors bin to 50 MP files),
@@ -38,7 +39,7 @@ def memory_lower_bound(cfg: Any, batch: int, *, training: bool) -> int:
     # Channels of the 1/4 map: the decoder width, or a lower bound of it (ResNet: align_dim; ViT: 384, the
     # width of ViT-S, the smallest timm ViT the presets use).
     channels = cfg.decoder_dim or (cfg.align_dim if cfg.family == "resnet" else 384)
-    per_image = 3 * s * s + channels * (s // 4) ** 2
+    per_image = 3 * s * s + channels * feature_side(s) ** 2
     need = 2 * batch * per_image * 4 * (2 if training else 1)
     if cfg.family == "vit":
         need += (s // 14 + 1) ** 2 * 384 * 4  # the position table at its finest patch (14 px)

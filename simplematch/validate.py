@@ -8,6 +8,8 @@ Output rules (one rule, written once):
 * an output is never one of the command's inputs (same file, however spelled);
 * an existing file or a non-empty folder is only replaced with ``force=True`` (``--force``);
 * the nearest existing ancestor must be a writable folder (the output is created later, atomically).
+
+Folders are never created here: :mod:`simplematch.files` makes them when it writes.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _writable_base(path: Path, flag: str, *, folder: bool = False) -> None:
+def writable_base(path: PathLike, flag: str, *, folder: bool = False) -> None:
     """The folder that will hold ``path`` (``folder``: ``path`` itself) exists or can be created there."""
+    path = Path(path)
     if not folder and path.exists() and not os.access(path, os.W_OK):
         raise SimpleMatchError(f"cannot write {flag} {path}: it is read-only", "choose a writable path")
     base = _nearest_existing(path if folder else path.parent)
@@ -95,7 +98,7 @@ def output_file(
         raise SimpleMatchError(
             f"{flag} {path} already exists", "pass --force to overwrite it, or choose another path"
         )
-    _writable_base(path, flag)
+    writable_base(path, flag)
     return path
 
 
@@ -123,7 +126,23 @@ def output_dir(
             "pass --force to replace it, or choose a new folder"
             + (" (or --resume it)" if what == "run" else ""),
         )
-    _writable_base(path, flag, folder=True)
+    writable_base(path, flag, folder=True)
+    return path
+
+
+CHECKPOINT_FIX = "pass a folder made by `smatch train` or `smatch convert`"
+
+
+def checkpoint_dir(path: PathLike) -> Path:
+    """A checkpoint folder to read: it exists and holds ``model.safetensors``."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        what = (
+            "checkpoint folder not found"
+            if not path.is_dir()
+            else "no model.safetensors in checkpoint folder"
+        )
+        raise SimpleMatchError(f"{what}: {path}", CHECKPOINT_FIX)
     return path
 
 

@@ -247,13 +247,13 @@ def test_convert_on_a_full_disk_leaves_no_empty_folder(
     # In-process: the import is replaced by the tiny model (an official file is a full-size network).
     from rich.console import Console
 
-    import simplematch.convert
+    import simplematch.official
     from simplematch.checkpoint import load_checkpoint
-    from simplematch.cli.convert import run_convert
     from simplematch.errors import SimpleMatchError
+    from simplematch.official import run_convert
 
     model, cfg = load_checkpoint(ws / "run")
-    monkeypatch.setattr(simplematch.convert, "convert_official", lambda *a, **k: (model, cfg, {"keys": 1}))
+    monkeypatch.setattr(simplematch.official, "convert_official", lambda *a, **k: (model, cfg, {"keys": 1}))
     with pytest.raises(SimpleMatchError, match="the disk is full"):
         run_convert(
             ws / "run", "resnet101", full_fs / "conv", img_size=64, backbone_weights=None, to_official=False,
@@ -360,7 +360,7 @@ def test_signal_while_saving_finishes_the_checkpoint_first(ws: Path, tmp_path: P
     [
         ("simplematch.checkpoint:load_checkpoint:SIGTERM:1", "SIGTERM"),  # loading the model
         ("simplematch.evaluate:evaluate_model:SIGINT:1", "SIGINT"),  # evaluating
-        ("simplematch.io:write_json:SIGTERM:1", "SIGTERM"),  # writing: predictions staged, JSON next
+        ("simplematch.files:write_json:SIGTERM:1", "SIGTERM"),  # writing: predictions staged, JSON next
     ],
     ids=["load", "evaluate", "write"],
 )
