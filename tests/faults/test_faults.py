@@ -359,7 +359,7 @@ def test_signal_while_saving_finishes_the_checkpoint_first(ws: Path, tmp_path: P
     ("point", "signame"),
     [
         ("simplematch.checkpoint:load_checkpoint:SIGTERM:1", "SIGTERM"),  # loading the model
-        ("simplematch.evaluate:evaluate_model:SIGINT:1", "SIGINT"),  # evaluating
+        ("simplematch.evaluation.torch_predictor:evaluate_model:SIGINT:1", "SIGINT"),  # evaluating
         ("simplematch.files:write_json:SIGTERM:1", "SIGTERM"),  # writing: predictions staged, JSON next
     ],
     ids=["load", "evaluate", "write"],
