@@ -38,6 +38,8 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(black, rgba)
+    if img.mode == "RGB":  # no convert(): it would copy the whole image once more
+        return np.asarray(img, dtype=np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
@@ -73,8 +75,9 @@ def load_image(path: str | Path, *, exif_orientation: bool = True) -> np.ndarray
         with img:
             check_pixels(path, *img.size)  # from the header: before anything is decoded
             img.load()  # force decoding now: truncated files fail here, not later
-            shown = ImageOps.exif_transpose(img) if exif_orientation else img
-            arr = to_rgb_uint8(shown)
+            if exif_orientation:  # in place: a second copy of a large photo is what runs out of memory
+                ImageOps.exif_transpose(img, in_place=True)
+            arr = to_rgb_uint8(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise SimpleMatchError(
             f"cannot read image {path} ({type(err).__name__}: {err})", "re-export it as PNG or JPEG"
