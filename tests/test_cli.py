@@ -283,7 +283,7 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
         ["eval", "ckpt_truncated", "--dataset", "synthetic"],
         "not a readable safetensors file",
     ),
-    ("eval", "unknown dataset", [*E, "--dataset", "coco"], "Invalid value for '--dataset'"),
+    ("eval", "unknown dataset", [*E, "--dataset", "kitti"], "Invalid value for '--dataset'"),
     (
         "eval",
         "annotation file missing",
