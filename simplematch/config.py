@@ -39,6 +39,9 @@ ConfidenceCue = Literal[
     "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle"
 ]
 DEFAULT_CONFIDENCE: ConfidenceCue = "mass_ratio_cycle"
+# How `smatch transfer` combines several references' matches of one keypoint (simplematch.runtime.transfer).
+TransferCombine = Literal["vote", "best", "mean"]
+DEFAULT_TRANSFER_COMBINE: TransferCombine = "vote"
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
 COORD_CONVENTIONS: tuple[str, ...] = typing.get_args(Coord)
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
@@ -48,6 +51,7 @@ FRAMES: tuple[str, ...] = typing.get_args(Frame)
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 OFFICIAL_FAMILIES: tuple[str, ...] = typing.get_args(OfficialFamily)
 CONFIDENCE_CUES: tuple[str, ...] = typing.get_args(ConfidenceCue)
+TRANSFER_COMBINES: tuple[str, ...] = typing.get_args(TransferCombine)
 # COCO keypoints (your own data): the target annotation's bbox, like SPair-71k.
 THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img",
               "coco": "bbox"}  # fmt: skip

@@ -89,6 +89,8 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
                      "simplematch/data/matfile.py", "simplematch/data/coco.py",
                      "simplematch/data/coco_pairs.py", "simplematch/evaluation/coco.py",
                      "simplematch/cli/coco_flags.py",
+                     "simplematch/cli/__init__.py", "simplematch/cli/transfer.py",
+                     "simplematch/progress.py", "simplematch/errors.py",
                      # `smatch bench --model m.onnx`: every bench module but the torch ones (executors
                      # torch_eager / train_memory, cuda, random_model), which only torch paths import.
                      "simplematch/bench/__init__.py", "simplematch/bench/__main__.py",

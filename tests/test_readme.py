@@ -3,7 +3,8 @@
 * Every ```bash block runs verbatim in bash (``set -euo pipefail``, ``smatch`` = ``python -m
   simplematch.cli``) and every ```python block with this checkout's Python, each in a fresh copy of a
   folder holding what the README assumes a user has: ``src.jpg``, ``tgt.jpg`` (the example pair),
-  ``kps.json`` (``[[x, y], ...]``), ``pairs.csv``, a checkpoint folder ``runs/d252`` (a tiny random one),
+  ``kps.json`` (``[[x, y], ...]``), ``pairs.csv``, ``refs.json`` (the source image labelled as COCO
+  keypoints) with a ``photos/`` folder of targets, a checkpoint folder ``runs/d252`` (a tiny random one),
   ``model.onnx`` exported from it, and ``PF-WILLOW`` (a link to ../shared/data/pf-willow; a block naming it
   is skipped when that data is absent). Each block must exit 0. The Python blocks must not import torch.
 * A block that needs what a test cannot have (a GPU, a benchmark, pretrained weights, a venv) is marked on
@@ -133,6 +134,25 @@ def test_every_readme_smatch_command_parses(argv: list[str]) -> None:
         pytest.fail(f"README: `smatch {' '.join(argv)}`: {exc.format_message()}")
 
 
+def _coco_reference(image: Path, kps: list[list[float]]) -> dict:
+    """``refs.json`` of the README: one labelled image as a labelling tool exports COCO keypoints."""
+    from PIL import Image
+
+    with Image.open(image) as im:
+        w, h = im.size
+    xs, ys = [p[0] for p in kps], [p[1] for p in kps]
+    bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    names = [f"kp{i}" for i in range(len(kps))]
+    return {
+        "images": [{"id": 1, "file_name": image.name, "width": w, "height": h}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox,
+             "keypoints": [c for x, y in kps for c in (x, y, 2)], "num_keypoints": len(kps)}
+        ],
+        "categories": [{"id": 1, "name": "object", "keypoints": names, "skeleton": []}],
+    }  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def user_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What the README assumes a user has, in one folder."""
@@ -150,6 +170,9 @@ def user_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     kps = json.loads((EXAMPLES / "kps.json").read_text())["keypoints"]
     (root / "kps.json").write_text(json.dumps(kps))
     (root / "pairs.csv").write_text("src,tgt,kps\nsrc.jpg,tgt.jpg,kps.json\ntgt.jpg,src.jpg,kps.json\n")
+    (root / "refs.json").write_text(json.dumps(_coco_reference(root / "src.jpg", kps)))
+    (root / "photos").mkdir()
+    shutil.copy(root / "tgt.jpg", root / "photos" / "tgt.jpg")
     cfg = tiny_config()
     torch.manual_seed(0)
     save_checkpoint(SimpleMatch(cfg), cfg, root / "runs" / "d252")
