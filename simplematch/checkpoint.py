@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +88,13 @@ def save_checkpoint(
     }
     weights = out / WEIGHTS_NAME
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+        try:
+            save_file(state, str(tmp), metadata=metadata)
+        except Exception as err:  # safetensors reports a failed write as its own type: give it back its errno
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(weights)) from err
     cfg.save(out / CONFIG_NAME)
     return weights
 
@@ -141,13 +149,18 @@ def load_model_weights(model: torch.nn.Module, weights: str | Path) -> dict[str,
 
 
 def load_checkpoint(
-    path_or_dir: str | Path, device: str | torch.device = "cpu"
+    path_or_dir: str | Path, device: str | torch.device = "cpu", *, batch: int = 1
 ) -> tuple[torch.nn.Module, Config]:
-    """Folder (or its ``model.safetensors``) -> (model in eval mode on ``device``, its config)."""
+    """Folder (or its ``model.safetensors``) -> (model in eval mode on ``device``, its config).
+
+    A config whose size cannot run ``batch`` pairs on ``device`` is refused before the model is built."""
     from simplematch.model import SimpleMatch
+    from simplematch.resources import check_memory
 
     weights, config_path = _resolve(path_or_dir)
     cfg = Config.load(config_path)
+    fix = f"check img_size in {config_path} (a training size, e.g. 256), or lower --batch-size"
+    check_memory(cfg, batch, str(device), training=False, fix=fix)
     # Everything is in the safetensors file: do not require (or read) the pretrained backbone file.
     model = SimpleMatch(
         dataclasses.replace(cfg, weights=None, init=None), backbone_kwargs=backbone_kwargs(weights)

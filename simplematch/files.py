@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from simplematch import outputs
 from simplematch.errors import SimpleMatchError
 
 
@@ -24,7 +25,10 @@ def make_dir(path: Path) -> Path:
     nothing, so a folder appears only once a command writes its first file.
     """
     path = Path(path)
+    tx = outputs.current()
     try:
+        if tx is not None:  # a folder this command creates is removed again if the command fails
+            tx.make_folder(path)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SimpleMatchError(
@@ -35,8 +39,20 @@ def make_dir(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
+
+    Inside :func:`simplematch.outputs.transaction` the rename waits for the whole transaction."""
     path = Path(path)
+    tx = outputs.current()
+    if tx is not None:
+        staged = tx.path(path)
+        try:
+            yield staged
+        except OSError as err:
+            raise outputs.write_error(err, path) or SimpleMatchError(
+                f"cannot write {path} ({err.strerror or err})", "choose another path"
+            ) from err
+        return
     make_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -53,7 +69,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~umask)
             os.replace(tmp_path, path)
         except OSError as err:  # disk full, path turned into a folder, ...: the user can fix these
-            raise SimpleMatchError(
+            raise outputs.write_error(err, path) or SimpleMatchError(
                 f"cannot write {path} ({err.strerror or err})", "free disk space or choose another path"
             ) from err
     finally:

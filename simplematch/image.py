@@ -9,12 +9,14 @@ ImageNet normalisation is *not* done here: it lives inside the model (and so ins
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from simplematch.errors import SimpleMatchError, first_line
+from simplematch.resources import PIXEL_BUDGET, check_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,19 +25,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
     """Any Pillow mode (L, LA, P, RGBA, I;16, I, F, CMYK...) -> (H, W, 3) uint8 RGB.
 
-    16-bit and float images are scaled by their own range (no clipping of 16-bit data to 255); alpha is
-    composited onto black so transparent regions do not leak undefined colour values.
+    Deeper-than-8-bit images are scaled by their bit depth, not by their own range, so a dark 16-bit
+    photo stays dark (as every image viewer shows it): 16-bit (``I;16*``, and ``I``, which Pillow uses for
+    16-bit PNGs) maps 0..65535 to 0..255 (values outside are clipped); float (``F``) maps 0..1 to 0..255.
+    Alpha is composited onto black so transparent regions do not leak undefined colour values.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
-        arr = np.round(arr).astype(np.uint8)
+        full = 1.0 if img.mode == "F" else 65535.0
+        arr = np.round(np.clip(arr / full, 0.0, 1.0) * 255.0).astype(np.uint8)
         return np.repeat(arr[:, :, None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(black, rgba)
+    if img.mode == "RGB":  # no convert(): it would copy the whole image once more
+        return np.asarray(img, dtype=np.uint8)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
@@ -68,21 +73,36 @@ def decode_image(data: bytes, name: str, *, max_pixels: int | None = None) -> np
 
 def _decode(source: Path | io.BytesIO, name: str, *, exif_orientation: bool, max_pixels: int | None):
     try:
-        with Image.open(source) as img:
+        # Pillow warns (DecompressionBombWarning) above 89 MP; the pixel budget below speaks instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except Image.DecompressionBombError as err:  # above 2x Pillow's limit, refused by Pillow at open
+        limit = min(PIXEL_BUDGET, 2 * (Image.MAX_IMAGE_PIXELS or PIXEL_BUDGET))
+        raise ImageTooLargeError(
+            f"image {name} is too large to decode safely ({first_line(err)})",
+            f"downscale it below {limit / 1e6:g} megapixels",
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise SimpleMatchError(
+            f"cannot read image {name} ({type(err).__name__}: {err})", "re-export it as PNG or JPEG"
+        ) from err
+    try:
+        with img:  # sizes from the header: refused before anything is decoded
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageTooLargeError(
                     f"image {name} is {img.width}x{img.height} px, over the {max_pixels / 1e6:g}-megapixel"
                     " limit",
                     f"downscale it below {max_pixels / 1e6:g} megapixels",
                 )
+            try:
+                check_pixels(name, *img.size)
+            except SimpleMatchError as err:
+                raise ImageTooLargeError(err.problem, err.fix) from None
             img.load()  # force decoding now: truncated files fail here, not later
-            shown = ImageOps.exif_transpose(img) if exif_orientation else img
-            arr = to_rgb_uint8(shown)
-    except Image.DecompressionBombError as err:  # Pillow's guard against decompression bombs
-        raise ImageTooLargeError(
-            f"image {name} is too large to decode safely ({first_line(err)})",
-            f"downscale it below {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels",
-        ) from err
+            if exif_orientation:  # in place: a second copy of a large photo is what runs out of memory
+                ImageOps.exif_transpose(img, in_place=True)
+            arr = to_rgb_uint8(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise SimpleMatchError(
             f"cannot read image {name} ({type(err).__name__}: {err})", "re-export it as PNG or JPEG"
@@ -129,8 +149,9 @@ def resize_bilinear(img: np.ndarray, width: int, height: int) -> np.ndarray:
         return img
     y0, y1, b0, b1 = _linear_taps(h, height)
     x0, x1, a0, a1 = _linear_taps(w, width)
-    src = img.astype(np.int64)
-    rows = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]  # horizontal pass, x 2048
+    # Gather the two taps from the uint8 image before widening: an int64 copy of a whole 100 MP photo
+    # would need 2.4 GB, its two output-width columns only height x width x 48 bytes.
+    rows = img[:, x0].astype(np.int64) * a0[None, :, None] + img[:, x1].astype(np.int64) * a1[None, :, None]
     b0, b1 = b0[:, None, None], b1[:, None, None]
     out = (((b0 * (rows[y0] >> 4)) >> 16) + ((b1 * (rows[y1] >> 4)) >> 16) + 2) >> 2  # vertical, SIMD rule
     return np.clip(out, 0, 255).astype(np.uint8)

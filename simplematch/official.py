@@ -350,9 +350,10 @@ def run_convert(
     """``smatch convert``: the authors' ``best_model.pth`` -> our checkpoint folder ``out``, or
     (``to_official``) our checkpoint -> a ``.pth`` file in their layout. Every input and ``out`` are checked
     before any tensor is loaded; ``replace`` (``--force``) replaces an existing ``out``."""
-    from simplematch import validate
+    from simplematch import outputs, runlock, validate
     from simplematch.checkpoint import load_checkpoint, save_checkpoint
     from simplematch.files import atomic_path, atomic_write_text
+    from simplematch.official import to_official as ours_to_official  # the flag shadows the function
     from simplematch.provenance import stamped
 
     inputs = [checkpoint, backbone_weights]
@@ -369,8 +370,8 @@ def run_convert(
                 f"{checkpoint} is a {official_family(cfg)} model, not {family}",
                 f"pass --family {official_family(cfg)}",
             )
-        sd = to_official(model, cfg)
-        with atomic_path(Path(out)) as tmp:
+        sd = ours_to_official(model, cfg)
+        with runlock.hold(out), outputs.transaction(), atomic_path(Path(out)) as tmp:
             torch.save(sd, tmp)
         console.print(f"wrote {len(sd)} tensors in the official {family} layout -> {out}")
         return {"keys": len(sd)}
@@ -381,13 +382,15 @@ def run_convert(
     if backbone_weights is not None and not Path(backbone_weights).is_file():
         raise SimpleMatchError(f"backbone weights not found: {backbone_weights}", "check the path")
     model, cfg, report = convert_official(checkpoint, family, img_size, backbone_weights)
-    if replace:  # --force over an earlier run: drop its checkpoints too, or --resume would use them
-        from simplematch.train import clear_run
+    # One writer per folder; the files appear together or not at all (a full disk leaves no empty folder).
+    with runlock.hold(out), outputs.transaction():
+        save_checkpoint(model, cfg, out)
+        stamped_report = json.dumps(stamped(report, "convert"), indent=2, default=str)
+        atomic_write_text(Path(out) / "convert_report.json", stamped_report + "\n")
+        if replace:  # --force over an earlier run: drop its checkpoints too, or --resume would use them
+            from simplematch.train import clear_run
 
-        clear_run(Path(out))
-    save_checkpoint(model, cfg, out)
-    stamped_report = json.dumps(stamped(report, "convert"), indent=2, default=str)
-    atomic_write_text(Path(out) / "convert_report.json", stamped_report + "\n")
+            clear_run(Path(out), keep=("config.json", "model.safetensors"))  # those two are replaced
     console.print(
         f"{family}: {report['keys_in_file']} keys in file, {report['consumed']} consumed,"
         f" {report['ignored']} ignored"

@@ -20,6 +20,7 @@ checkpoint. So N steps == N/2 steps + resume + N/2 steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from simplematch import distributed as dist_utils
-from simplematch import validate
+from simplematch import runlock, validate
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import COCO_FLAGS, THRESHOLDS, Config
 from simplematch.data import load_records
@@ -52,19 +53,17 @@ from simplematch.files import atomic_path, atomic_write_text, make_dir
 from simplematch.matching import keypoint_loss
 from simplematch.progress import progress_bar
 from simplematch.provenance import stamped
+from simplematch.signals import Interrupted
 
 TRAIN_SPLIT = "trn"
 VAL_SPLIT = "val"
 
 
 def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SimpleMatchError(
-            "CUDA was requested but torch sees no GPU", "pass --device cpu or install a CUDA build"
-        )
-    return torch.device(name)
+    """``auto`` / ``cpu`` / ``cuda[:i]`` as a torch device; a GPU that is not there is one line."""
+    from simplematch.resources import probe_device
+
+    return torch.device(probe_device(name))
 
 
 def seed_everything(seed: int) -> None:
@@ -108,16 +107,24 @@ class TrainResult:
     best: dict[str, Any] | None
     out_dir: Path
     seconds: float
+    signum: int | None = None  # the signal that interrupted the run
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves a resumable checkpoint at the end of the current step."""
+    """SIGINT/SIGTERM set a flag; the loop saves a resumable checkpoint at the end of the current step.
+
+    During a validation (``abortable``) the signal also raises at once: a validation changes nothing that
+    a checkpoint holds, and a full one can take minutes, so it is dropped and redone on resume."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.abortable = False
 
     def __call__(self, signum: int, _frame: Any) -> None:
         self.signum = signum
+        if self.abortable:
+            self.abortable = False
+            raise Interrupted(signum)
 
 
 @contextmanager
@@ -166,16 +173,20 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> tuple[torch.optim.Op
     return opt, sched
 
 
-def _save_resumable(out: Path, model: torch.nn.Module, cfg: Config, state: dict[str, Any], step: int) -> None:
-    """Write ckpt-<step>/ completely, then switch last.json to it, then drop older checkpoint folders."""
+def _save_resumable(
+    out: Path, model: torch.nn.Module, cfg: Config, state: dict[str, Any], step: int, validated: bool = True
+) -> None:
+    """Write ckpt-<step>/ completely, then switch last.json to it, then drop older checkpoint folders.
+
+    ``validated`` False: the step's validation was interrupted (last.json says so; a resume redoes it)."""
     ckpt = out / f"ckpt-{step:08d}"
     if ckpt.exists():
         shutil.rmtree(ckpt)
     save_checkpoint(model, cfg, ckpt)
     with atomic_path(ckpt / "state.pt") as tmp:
         torch.save(state, tmp)
-    last = stamped({"checkpoint": ckpt.name, "step": step}, "train_last")
-    atomic_write_text(out / "last.json", json.dumps(last) + "\n")
+    pointer = {"checkpoint": ckpt.name, "step": step, **({} if validated else {"validated": False})}
+    atomic_write_text(out / "last.json", json.dumps(stamped(pointer, "train_last")) + "\n")
     for old in out.glob("ckpt-*"):
         if old != ckpt and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
@@ -248,6 +259,7 @@ class _Run:
     batch_in_epoch: int = 0
     best: dict[str, Any] | None = None
     started: dict[str, Any] | None = None  # --init: where the weights came from (init.json)
+    pending_validation: bool = False  # this step's validation was interrupted: redo it on resume
 
 
 def train(
@@ -266,34 +278,47 @@ def train(
     """
     t0 = time.time()
     out = Path(out_dir)
-    device = _setup_device(cfg)
-    # Fail before the slow set-up; the folder itself is created once inputs are valid.
-    validate.writable_base(out, "--out", folder=True)
-    train_records, val_records, data_info = _load_splits(cfg)
-    if data_info and console is not None and dist_utils.is_main():
-        console.print(_describe_data(data_info), soft_wrap=True)
-    # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams do
-    # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
-    progress = progress_bar(
-        console,
-        enabled=show_progress and dist_utils.is_main(),
-        transient=False,
-        extra="loss {task.fields[loss]:.3f}",
-    )
-    seed_everything(cfg.seed + dist_utils.rank())
-    run = _setup(
-        cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0, fresh=not resume
-    )
-    if resume:
-        _restore(run)
-    else:
-        _start_fresh(run, data_info)
-    _wrap_ddp(run)
-    flag = _StopFlag()
-    with _catch_signals(flag), progress as bar, _clean_up_failed_start(out, not resume, run.created):
-        task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"))
-        status = _train_loop(run, flag, lambda loss: bar.update(task, completed=run.step, loss=loss))
-    return TrainResult(status=status, step=run.step, best=run.best, out_dir=out, seconds=time.time() - t0)
+    # One process writes a run folder (a second `smatch train --out SAME` is refused); ranks of one
+    # torchrun job share the main rank's lock.
+    with runlock.hold(out) if dist_utils.is_main() else contextlib.nullcontext():
+        device = _setup_device(cfg)
+        # Fail before the slow set-up; the folder itself is created once inputs are valid.
+        validate.writable_base(out, "--out", folder=True)
+        train_records, val_records, data_info = _load_splits(cfg)
+        if data_info and console is not None and dist_utils.is_main():
+            console.print(_describe_data(data_info), soft_wrap=True)
+        # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams
+        # do not depend on whether this process imported rich earlier: a resumed run must match a straight
+        # one.
+        progress = progress_bar(
+            console,
+            enabled=show_progress and dist_utils.is_main(),
+            transient=False,
+            extra="loss {task.fields[loss]:.3f}",
+        )
+        seed_everything(cfg.seed + dist_utils.rank())
+        flag = _StopFlag()
+        # From the first write on, a failure or a signal before the first checkpoint removes what this run
+        # wrote; the signal handlers are in place before that write, so no phase is left uncovered.
+        with _clean_up_failed_start(out, not resume, not out.exists()), _catch_signals(flag):
+            flag.abortable = not dist_utils.is_distributed()  # nothing to save yet: stop at once
+            run = _setup(
+                cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0,
+                fresh=not resume,
+            )  # fmt: skip
+            if resume:
+                _restore(run)
+            else:
+                _start_fresh(run, data_info)
+            flag.abortable = False
+            _wrap_ddp(run)
+            with progress as bar:
+                task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"))
+                status = _train_loop(run, flag, lambda loss: bar.update(task, completed=run.step, loss=loss))
+    return TrainResult(
+        status=status, step=run.step, best=run.best, out_dir=out, seconds=time.time() - t0,
+        signum=flag.signum if status == "interrupted" else None,
+    )  # fmt: skip
 
 
 # ---- setup ---------------------------------------------------------------------------------------------
@@ -457,6 +482,7 @@ def _restore(run: _Run) -> None:
         run.step, run.epoch = int(state["step"]), int(state["epoch"])
         run.batch_in_epoch = int(state["batch_in_epoch"])
         run.best = json.loads(state["best"]) if state.get("best") else None
+        run.pending_validation = bool(state.get("pending_validation", False))
         set_rng_state(state["rng"][min(dist_utils.rank(), len(state["rng"]) - 1)])
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
         raise SimpleMatchError(
@@ -472,6 +498,10 @@ def _restore(run: _Run) -> None:
 def _train_loop(run: _Run, flag: _StopFlag, show: Any) -> str:
     """Epochs of steps, validating and checkpointing every ``eval_every``; "finished" or "interrupted"."""
     stop = False
+    if run.pending_validation:  # the run was interrupted in a validation: redo it first
+        stop = _validate_and_save(run, flag)
+        if stop:
+            return _interrupt(run)
     while run.step < run.total:
         batches = epoch_batches(len(run.train_ds), run.cfg.batch_size, run.cfg.seed, run.epoch)
         for batch in _epoch_loader(run, batches):
@@ -481,8 +511,7 @@ def _train_loop(run: _Run, flag: _StopFlag, show: Any) -> str:
             if run.step % 10 == 0 or run.step == 1:
                 _log_step(run, loss, heads)
             if run.step % run.eval_every == 0 or run.step == run.total:
-                _validate(run)
-                _save_state(run)
+                stop = _validate_and_save(run, flag) or stop
             if stop or run.step >= run.total:
                 break
         if stop:
@@ -490,6 +519,25 @@ def _train_loop(run: _Run, flag: _StopFlag, show: Any) -> str:
         if run.step < run.total and run.batch_in_epoch >= len(batches):
             run.epoch, run.batch_in_epoch = run.epoch + 1, 0
     return "finished"
+
+
+def _validate_and_save(run: _Run, flag: _StopFlag) -> bool:
+    """Validate, then save a resumable checkpoint; True when a signal came meanwhile (stop the run).
+
+    A signal during the validation aborts it (see :class:`_StopFlag`); the checkpoint of this step is then
+    saved as not validated, and a resume validates it first."""
+    flag.abortable = not dist_utils.is_distributed()  # under DDP every rank must reach the same collectives
+    try:
+        _validate(run)
+    except Interrupted:
+        run.pending_validation = True
+    finally:
+        flag.abortable = False
+    if not run.pending_validation:
+        _save_state(run)
+        return flag.signum is not None
+    _save_state(run)
+    return True
 
 
 def _epoch_loader(run: _Run, batches: list[list[int]]) -> DataLoader:
@@ -553,6 +601,7 @@ def _refuse_non_finite(run: _Run, loss: float) -> NoReturn:
 # ---- validate, save, interrupt -------------------------------------------------------------------------
 def _validate(run: _Run) -> dict[str, Any]:
     """Validation PCK, logged; a new best (by PCK@0.1) is saved as the run's model + best.json."""
+    run.pending_validation = False
     cfg = run.cfg
     res = evaluate_model(
         run.model, cfg, run.val_records, dataset=cfg.dataset, split=VAL_SPLIT, batch_size=cfg.batch_size,
@@ -583,8 +632,9 @@ def _save_state(run: _Run) -> None:
             "batch_in_epoch": run.batch_in_epoch,
             "best": json.dumps(run.best) if run.best else "",
             "rng": rngs,
+            "pending_validation": run.pending_validation,
         }
-        _save_resumable(run.out, run.model, run.cfg, state, run.step)
+        _save_resumable(run.out, run.model, run.cfg, state, run.step, validated=not run.pending_validation)
     dist_utils.barrier()
 
 
@@ -678,7 +728,7 @@ def plan_run(
             force=force,
             what="run",
         )
-    validate.check_memory(cfg, cfg.batch_size, _memory_device(cfg.device), training=True)
+    validate.check_memory(cfg, cfg.batch_size, cfg.device, training=True)
     return cfg, run
 
 
@@ -771,8 +821,9 @@ def _plan_resume(
     cfg = Config.load(run / "config.json")
     cfg = dataclasses.replace(cfg, **{k: v for k, v in (("max_steps", max_steps), ("device", device)) if v})
     cfg.validate()
-    reached = _step_reached(run)
-    if cfg.max_steps is not None and cfg.max_steps <= reached:
+    reached, validated = _step_reached(run)
+    # A run interrupted in its last validation resumes at the same total, to validate.
+    if cfg.max_steps is not None and (cfg.max_steps < reached or (cfg.max_steps == reached and validated)):
         raise SimpleMatchError(
             f"--max-steps {cfg.max_steps} is not beyond step {reached}, where {run} stopped",
             f"pass --max-steps larger than {reached} (it is the new total, not the steps to add)",
@@ -780,8 +831,8 @@ def _plan_resume(
     return cfg, run
 
 
-def _step_reached(run: Path) -> int:
-    """The step of the run's last resumable checkpoint (``last.json``), without loading it."""
+def _step_reached(run: Path) -> tuple[int, bool]:
+    """(step of the run's last resumable checkpoint, whether that step was validated), from last.json."""
     pointer = run / "last.json"
     if not pointer.is_file():
         raise SimpleMatchError(
@@ -789,21 +840,19 @@ def _step_reached(run: Path) -> int:
             "start a new run with --out (a run saves one every validation and on Ctrl-C)",
         )
     try:
-        return int(json.loads(pointer.read_text())["step"])
+        info = json.loads(pointer.read_text())
+        return int(info["step"]), bool(info.get("validated", True))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise SimpleMatchError(f"{pointer} is malformed", "delete it and restart the run") from err
 
 
-def _memory_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def clear_run(out: Path, keep: Sequence[str] = ()) -> None:
+    """Remove what an earlier run wrote in ``out`` (``--force``), so no stale checkpoint survives.
 
-
-def clear_run(out: Path) -> None:
-    """Remove what an earlier run wrote in ``out`` (``--force``), so no stale checkpoint survives."""
+    ``keep``: files the caller is about to replace itself (atomically)."""
     for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+        if name not in keep:
+            (out / name).unlink(missing_ok=True)
     for old in out.glob("ckpt-*"):
         if old.is_dir():
             shutil.rmtree(old)

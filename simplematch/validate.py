@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from simplematch.errors import SimpleMatchError
-from simplematch.geometry import feature_side
+
+# The memory rules live in the one resource guard (simplematch.resources); importable from here too.
+from simplematch.resources import available_memory, check_memory, memory_lower_bound  # noqa: F401
 
 PathLike = str | os.PathLike
 
@@ -202,50 +204,6 @@ def alphas(values: Sequence[float] | None, default: Sequence[float]) -> tuple[fl
     if len(set(chosen)) != len(chosen):
         raise SimpleMatchError(f"--alpha repeats a value ({', '.join(map(str, chosen))})", "give each once")
     return chosen
-
-
-def memory_lower_bound(cfg: Any, batch: int, *, training: bool) -> int:
-    """Bytes that one step of ``cfg`` needs at the very least: the two input images and the two fine
-    feature maps (float32), twice when training (activations + gradients), plus a ViT's resampled position
-    table. The true need is several times larger; this only catches sizes that cannot possibly fit."""
-    s = cfg.img_size
-    # Channels of the 1/4 map: the decoder width, or a lower bound of it (ResNet: align_dim; ViT: 384, the
-    # width of ViT-S, the smallest timm ViT the presets use).
-    channels = cfg.decoder_dim or (cfg.align_dim if cfg.family == "resnet" else 384)
-    per_image = 3 * s * s + channels * feature_side(s) ** 2
-    need = 2 * batch * per_image * 4 * (2 if training else 1)
-    if cfg.family == "vit":
-        need += (s // 14 + 1) ** 2 * 384 * 4  # the position table at its finest patch (14 px)
-    return need
-
-
-def available_memory(device: str) -> tuple[int, str]:
-    """(bytes available now, where: the device and its total size) on ``device`` (``cpu`` or ``cuda[:i]``).
-
-    The message names the total, not the free amount, so it reads the same from run to run."""
-    gib = 2**30
-    if str(device).startswith("cuda"):
-        import torch
-
-        free, total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free), f"{device} ({total / gib:.0f} GiB)"
-    import psutil
-
-    mem = psutil.virtual_memory()
-    return int(mem.available), f"RAM ({mem.total / gib:.0f} GiB)"
-
-
-def check_memory(cfg: Any, batch: int, device: str, *, training: bool) -> None:
-    """Refuse up front a size that cannot fit (instead of the kernel killing the process minutes later)."""
-    need = memory_lower_bound(cfg, batch, training=training)
-    have, what = available_memory(device)
-    if need > have:
-        gib = 2**30
-        raise SimpleMatchError(
-            f"img_size {cfg.img_size} with batch {batch} needs at least {need / gib:.1f} GiB,"
-            f" more than is free in {what}",
-            "lower --img-size or --batch-size",
-        )
 
 
 def window(k: int | None, map_side: int, flag: str = "--window") -> int | None:

@@ -16,7 +16,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 # Lowest first; docs/architecture.md lists the same layers (checked below). A name covers its sub-modules.
 LAYERS = [
     ["config", "validate", "errors", "files", "extras", "progress", "keypoints", "image", "metadata"]
-    + ["geometry", "confidence", "provenance"],
+    + ["geometry", "confidence", "provenance", "resources", "outputs", "signals", "runlock", "quiet"],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],

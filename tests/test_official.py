@@ -478,3 +478,25 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
         assert needle in err, (name, err)
         assert "Traceback" not in err
         assert not out.exists(), name
+
+
+def test_run_convert_to_official_writes_the_official_layout(tmp_path: Path):
+    """The command path of `smatch convert --to-official` (its flag shares the name of the function)."""
+    from rich.console import Console
+
+    from simplematch.checkpoint import save_checkpoint
+    from simplematch.official import run_convert
+
+    official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
+    model, cfg, _ = convert_official(
+        _save(tmp_path, official), "resnet101", 128, backbone_kwargs=TINY_RESNET, overrides={"align_dim": 64}
+    )
+    save_checkpoint(model, cfg, tmp_path / "ours")
+    out = tmp_path / "theirs.pth"
+    res = run_convert(
+        tmp_path / "ours", "resnet101", out, img_size=None, backbone_weights=None, to_official=True,
+        console=Console(quiet=True),
+    )  # fmt: skip
+    back = torch.load(out, map_location="cpu", weights_only=True)
+    assert res == {"keys": len(official)} and list(back) == list(official)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pth", "ours", "theirs.pth"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simplematch import validate
+from simplematch import resources, validate
 from simplematch.errors import SimpleMatchError
 
 
@@ -121,10 +121,10 @@ def test_check_memory_refuses_what_cannot_fit(monkeypatch: pytest.MonkeyPatch) -
     from tests.helpers import tiny_config
 
     cfg = tiny_config()
-    monkeypatch.setattr(validate, "available_memory", lambda device: (10**6, "RAM (1 GiB)"))
+    monkeypatch.setattr(resources, "available_memory", lambda device: (10**6, "RAM (1 GiB)"))
     with pytest.raises(SimpleMatchError, match=r"needs at least .* GiB"):
         validate.check_memory(cfg, 64, "cpu", training=True)
-    monkeypatch.setattr(validate, "available_memory", lambda device: (10**12, "RAM (1 GiB)"))
+    monkeypatch.setattr(resources, "available_memory", lambda device: (10**12, "RAM (1 GiB)"))
     validate.check_memory(cfg, 64, "cpu", training=True)
 
 

@@ -7,6 +7,8 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -225,7 +227,7 @@ def train(
 ) -> None:
     """Train SimpleMatch (PyTorch). Writes model.safetensors, config.json, metrics.jsonl, best.json.
 
-    Ctrl-C (SIGINT/SIGTERM) saves a resumable checkpoint and exits with code 130. Under
+    Ctrl-C (SIGINT) or SIGTERM saves a resumable checkpoint and exits with code 130 / 143. Under
     `torchrun --nproc_per_node N -m simplematch.cli train ...` it trains with DDP (gloo on CPU, nccl on CUDA).
     """
     from simplematch.extras import require
@@ -250,11 +252,15 @@ def train(
     finally:
         _cleanup_distributed()
     if res.status == "interrupted":
+        from simplematch import signals
+
+        signum = getattr(res, "signum", None) or 2  # 2: SIGINT
         if main_rank:
-            console.print(
-                f"interrupted at step {res.step}; resume with: smatch train --resume {out}", soft_wrap=True
+            print(
+                f"{signals.message(signum)} at step {res.step}; resume with: smatch train --resume {out}",
+                file=sys.stderr,
             )
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_code(signum))
     best = res.best or {}
     if main_rank:
         pck = best.get("pck", {}).get("0.1", float("nan"))
@@ -854,37 +860,96 @@ def _one_line_usage_error(err: TyperException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app, turning user errors into one line and exit code 2."""
+    """Entry point: runs the app, turning user errors into one line and exit code 2.
+
+    The machine pushing back is one line too: a signal (130 / 143, after the command cleaned up), a full
+    disk or a read-only folder, memory running out; a closed stdout ends the command quietly.
+    """
+    from simplematch import outputs, quiet, signals
     from simplematch.extras import missing_module_error
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    quiet.configure(debug)
+    signals.install()
     try:
-        rc = app(args=args, prog_name="smatch", standalone_mode=False)
-        return rc if isinstance(rc, int) else 0
+        rc = _run(args)
+        outputs.flush_stdout()
+        return rc
     except SimpleMatchError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(str(err), err.exit_code)
     except ModuleNotFoundError as err:
         # An optional extra that this install lacks (e.g. torch in a runtime-only install): name it.
         user_error = missing_module_error(err)
         if debug or user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
-        return user_error.exit_code
+        return _fail(str(user_error), user_error.exit_code)
     except typer.Exit as err:
         return int(getattr(err, "exit_code", 0) or 0)
-    except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (typer.Abort, KeyboardInterrupt) as err:
+        signum = signals.signum_of(err)
+        _fail(signals.message(signum), 0)
+        return signals.exit_code(signum)
     except TyperException as err:  # typer's (vendored click's) usage errors all derive from it
         if debug:
             raise
         if type(err).__name__ == "NoArgsIsHelpError":  # bare `smatch`: the help text is the answer
             err.show()
             return 2
-        print(_one_line_usage_error(err), file=sys.stderr)
-        return 2
+        return _fail(_one_line_usage_error(err), 2)
+    except BrokenPipeError:
+        outputs.stdout_closed()  # the reader left (`| head`): quiet, as a pipeline's other tools are
+        return 141  # 128 + SIGPIPE, what a shell reports for them
+    except OSError as err:
+        one = outputs.write_error(err, "to standard output" if _is_stdout(err) else None)
+        if debug or one is None:
+            raise
+        if _is_stdout(err):
+            outputs.stdout_closed()  # nothing more can be written there
+        return _fail(f"error: {one}", one.exit_code)
+    except MemoryError:
+        if debug:
+            raise
+        return _fail("error: out of memory. Fix: lower --img-size or --batch-size, or free memory", 2)
+
+
+def _run(args: list[str]) -> int:
+    """The command, without typer's own handling of Ctrl-C and closed pipes (main() does both)."""
+    command = typer.main.get_command(app)
+    with command.make_context("smatch", args) as ctx:
+        rc = command.invoke(ctx)
+    return rc if isinstance(rc, int) else 0
+
+
+def _is_stdout(err: OSError) -> bool:
+    """The write that failed was to standard output (``> /dev/full``, a full disk behind ``> file``)."""
+    if err.filename is not None:
+        return False
+    try:
+        os.write(sys.stdout.fileno(), b"")  # a device that refuses every write (/dev/full) says so here
+    except (OSError, ValueError):
+        return True
+    # Otherwise: was stdout the file being written, in the frames of the failed print (click's echo holds
+    # it as ``file``, rich's Console as ``self.file``)?
+    streams = {id(sys.stdout), id(sys.__stdout__)}
+    tb = err.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        owner = local.get("self")
+        if id(local.get("file")) in streams or (
+            type(owner).__name__ == "Console" and id(getattr(owner, "file", None)) in streams
+        ):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _fail(message: str, code: int) -> int:
+    """One line on stderr (prefixed ``error: `` unless it already is) and the exit code."""
+    line = message if message.startswith(("error: ", "interrupted")) else f"error: {message}"
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+    return code

@@ -9,6 +9,7 @@ import numpy as np
 
 from simplematch.data.records import PairRecord
 from simplematch.image import to_model_frame
+from simplematch.validate import number
 
 
 def _image_key(rec: PairRecord, side: str) -> str:
@@ -25,7 +26,13 @@ def keypoint_fusion_stats(
 
     Each image is counted once: its keypoints are the union (exact duplicates removed) of the keypoints it
     has in any pair, resized to ``img_size`` x ``img_size`` and binned with ``floor(kp / (img_size / map))``.
+    ``img_size`` must be an integer of at least the largest map (a cell of one pixel or more): zero or a
+    negative size would bin every keypoint into one cell and report a meaningless count.
     """
+    number(
+        img_size, "--img-size", low=max(map_sizes), integer=True,
+        fix=f"pass an input size of at least {max(map_sizes)}, e.g. --img-size 256",
+    )  # fmt: skip
     per_image: dict[str, tuple[list[np.ndarray], tuple[int, int]]] = {}
     for rec in records:
         for side in ("src", "trg"):

@@ -75,6 +75,7 @@ def run_evaluation(
     from simplematch.data.load import load_records_with_info
     from simplematch.files import write_json
     from simplematch.metrics import DEFAULT_ALPHAS
+    from simplematch.outputs import transaction as all_or_nothing
     from simplematch.provenance import stamped
 
     alphas = validate.alphas(request.alphas, DEFAULT_ALPHAS)
@@ -97,14 +98,18 @@ def run_evaluation(
     )  # fmt: skip
     if coco is not None:
         check_held_out(model, recorded, data)
-    res = _evaluate_with_outputs(model, records, request, alphas, outputs)
-    res["options"] = _options(request, alphas, res["threshold"])
-    if data:
-        res["data"] = {k: v for k, v in data.items() if k != "image_ids"} | {"images": len(data["image_ids"])}
-    if main_process:
-        if show is not None:
-            show(res)
-        write_json(outputs.json, stamped(res, "eval"))
+    # Every file of the command or none: a failure (full disk, signal) at the last one removes the others.
+    with all_or_nothing():
+        res = _evaluate_with_outputs(model, records, request, alphas, outputs)
+        res["options"] = _options(request, alphas, res["threshold"])
+        if data:
+            res["data"] = {k: v for k, v in data.items() if k != "image_ids"} | {
+                "images": len(data["image_ids"])
+            }
+        if main_process:
+            write_json(outputs.json, stamped(res, "eval"))
+    if main_process and show is not None:
+        show(res)
     return res
 
 
@@ -275,7 +280,7 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
     # Under torchrun each rank evaluates pairs[rank::world]; the per-pair counts are gathered exactly.
     dist_utils.init_from_env(dev)
     dev = dist_utils.local_device(dev)
-    net, cfg = load_checkpoint(model_dir, device=dev)
+    net, cfg = load_checkpoint(model_dir, device=dev, batch=batch_size)
     with progress_bar(enabled=dist_utils.is_main()) as bar:
         task = bar.add_task("eval", total=len(records))
         return evaluate_model(

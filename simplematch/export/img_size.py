@@ -20,14 +20,20 @@ from simplematch.config import Config
 from simplematch.errors import SimpleMatchError
 
 
-def rebuild_at_size(ckpt_dir: Path, model: torch.nn.Module, cfg: Config, size: int) -> tuple[Any, Config]:
-    """A copy of ``model`` built at ``size`` with the trained weights (position table resampled)."""
+def rebuild_at_size(
+    ckpt_dir: Path, model: torch.nn.Module, cfg: Config, size: int, batch: int = 1
+) -> tuple[Any, Config]:
+    """A copy of ``model`` built at ``size`` with the trained weights (position table resampled).
+
+    A size whose trace (``batch`` pairs, on the CPU) cannot fit in memory is refused before building."""
     from simplematch.checkpoint import _read_header, _resolve
     from simplematch.model import SimpleMatch, resample_pos_embed_released
+    from simplematch.resources import check_memory
 
     if size == cfg.img_size:
         return model, cfg
     new_cfg = dataclasses.replace(cfg, img_size=size, weights=None)
+    check_memory(new_cfg, batch, "cpu", training=False)
     weights, _ = _resolve(ckpt_dir)
     kwargs = json.loads(_read_header(weights)[1].get("backbone_kwargs", "{}"))
     try:

@@ -111,31 +111,33 @@ def export_checkpoint(
         int8=int8, calib_data=calib_data, calib_method=calib_method, img_size=img_size,
     )  # fmt: skip
 
+    from simplematch import runlock
     from simplematch.checkpoint import load_checkpoint
     from simplematch.export.onnx_export import checkpoint_sha, export_onnx
     from simplematch.export.parity import images_from_dir
 
-    images = images_from_dir(check_data) if (check and check_data) else None
-    model, cfg = load_checkpoint(ckpt_dir, device="cpu")
-    trained = cfg.img_size
-    if img_size is not None:
-        from simplematch.export.img_size import rebuild_at_size
+    with runlock.hold(out):  # one process writes an output at a time
+        images = images_from_dir(check_data) if (check and check_data) else None
+        model, cfg = load_checkpoint(ckpt_dir, device="cpu")
+        trained = cfg.img_size
+        if img_size is not None:
+            from simplematch.export.img_size import rebuild_at_size
 
-        model, cfg = rebuild_at_size(ckpt_dir, model, cfg, img_size)
-    kwargs = dict(checkpoint_sha256=checkpoint_sha(ckpt_dir), fp16=fp16, opset=opset, batch=batch)
-    kwargs["trained_img_size"] = trained
-    if int8:
-        assert calib_data is not None
-        return _export_int8(
-            model, cfg, out, check_data=check_data, images=images, calib_data=calib_data,
-            method=calib_method, min_agreement=int8_min_agreement, **kwargs,
-        )  # fmt: skip
-    if fmt == "onnx":
-        res = export_onnx(
-            model, cfg, out, check=check, check_images=images, with_matching=with_matching, **kwargs
-        )
-        return {"format": "onnx", **res.__dict__}
-    return _export_trt(model, cfg, out, check=check, images=images, **kwargs)
+            model, cfg = rebuild_at_size(ckpt_dir, model, cfg, img_size, batch or 1)
+        kwargs = dict(checkpoint_sha256=checkpoint_sha(ckpt_dir), fp16=fp16, opset=opset, batch=batch)
+        kwargs["trained_img_size"] = trained
+        if int8:
+            assert calib_data is not None
+            return _export_int8(
+                model, cfg, out, check_data=check_data, images=images, calib_data=calib_data,
+                method=calib_method, min_agreement=int8_min_agreement, **kwargs,
+            )  # fmt: skip
+        if fmt == "onnx":
+            res = export_onnx(
+                model, cfg, out, check=check, check_images=images, with_matching=with_matching, **kwargs
+            )
+            return {"format": "onnx", **res.__dict__}
+        return _export_trt(model, cfg, out, check=check, images=images, **kwargs)
 
 
 def _export_trt(

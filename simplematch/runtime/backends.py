@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from simplematch import quiet
 from simplematch.errors import SimpleMatchError
 from simplematch.metadata import ModelMeta
 
@@ -37,6 +38,29 @@ TRT_INSTALL_FIX = (
     "on a machine with an NVIDIA GPU run `pip install 'simplematch[trt]' cuda-python` (TensorRT wheels from "
     "NVIDIA, https://docs.nvidia.com/deeplearning/tensorrt/), or run the .onnx model instead"
 )
+
+
+def cuda_unusable(ort: Any, what: str = "CUDA") -> SimpleMatchError:
+    """Why onnxruntime cannot run on CUDA here, in one line: the fix differs whether onnxruntime-gpu is
+    installed (then the driver or the CUDA libraries are missing) or not."""
+    import ctypes.util
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return SimpleMatchError(
+            f"{what} requested but this onnxruntime has no CUDA support (onnxruntime-gpu is not installed)",
+            GPU_INSTALL_FIX,
+        )
+    if ctypes.util.find_library("cuda") is None:
+        return SimpleMatchError(
+            f"{what} requested but this machine has no NVIDIA driver (libcuda not found); onnxruntime-gpu is"
+            " installed",
+            "run on a machine with an NVIDIA GPU and driver, or pass --device cpu",
+        )
+    return SimpleMatchError(
+        f"{what} requested but onnxruntime-gpu cannot load the CUDA / cuDNN libraries it needs",
+        "install simplematch[gpu] (NVIDIA's CUDA and cuDNN wheels), or pass --device cpu (--debug shows"
+        " onnxruntime's log)",
+    )
 
 
 class GraphMatches(NamedTuple):
@@ -177,6 +201,8 @@ class OnnxBackend:
             requested.append("CPUExecutionProvider")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the provider check below explains a fallback in one line
+        # The default logger prints the failed loading of provider libraries (pages of native log).
+        ort.set_default_logger_severity(quiet.onnxruntime_severity())
         if threads:
             opts.intra_op_num_threads = threads
         try:
@@ -194,6 +220,8 @@ class OnnxBackend:
         if self.device in TRT_DEVICES and self.provider != "TensorrtExecutionProvider":
             with contextlib.suppress(OSError):  # leave nothing behind: drop the cache folder if still empty
                 trt_cache_dir(self.path).rmdir()
+            if self.provider == "CPUExecutionProvider":  # no CUDA at all: that is the cause to name
+                raise cuda_unusable(ort, "TensorRT")
             raise SimpleMatchError(
                 f"TensorRT requested but onnxruntime runs {self.path.name} on {self.provider}",
                 "install onnxruntime-gpu and TensorRT on a machine with an NVIDIA GPU, or pass --device cuda",
@@ -202,10 +230,7 @@ class OnnxBackend:
             write_engine_env(trt_cache_dir(self.path))
         if self.device == "cuda" and self.provider == "CPUExecutionProvider":
             if not allow_fallback:
-                raise SimpleMatchError(
-                    "CUDA requested but onnxruntime runs on CPU (onnxruntime-gpu missing or CUDA unusable)",
-                    GPU_INSTALL_FIX,
-                )
+                raise cuda_unusable(ort)
             # One line on stderr (a Python warning would also print this source line).
             print(
                 "warning: CUDA unavailable to onnxruntime; running on CPU (--allow-fallback)", file=sys.stderr

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from simplematch import validate
+from simplematch import outputs, validate
 from simplematch.confidence import DEFAULT_CONFIDENCE
 from simplematch.errors import SimpleMatchError
-from simplematch.files import atomic_path, atomic_write_bytes, atomic_write_text
+from simplematch.files import atomic_path
 from simplematch.image import load_image
 from simplematch.provenance import stamped
 from simplematch.runtime.matcher import Features, Matcher, MatchResult, check_confidence
@@ -234,11 +234,12 @@ def run_infer(
             )
         )  # fmt: skip
 
-    # 3. Write, each file atomically.
-    if ins.out is not None:
-        atomic_write_text(ins.out, json.dumps(report, indent=2) + "\n")
-    if ins.viz is not None and picture is not None:
-        atomic_write_bytes(ins.viz, picture)
+    # 3. Write: both files or neither (a full disk at the picture removes the JSON written before it).
+    with outputs.transaction() as tx:
+        if ins.out is not None:
+            tx.write_text(ins.out, json.dumps(report, indent=2) + "\n")
+        if ins.viz is not None and picture is not None:
+            tx.write_bytes(ins.viz, picture)
     return report
 
 

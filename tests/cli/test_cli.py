@@ -675,8 +675,8 @@ RUN_FAULTS = [
     ),
     (
         "train",
-        "Ctrl-C / SIGTERM (exit 130, on stdout)",
-        "interrupted at step 7; resume with: smatch train --resume run",
+        "Ctrl-C / SIGTERM (exit 130 / 143, on stderr)",
+        "interrupted by SIGINT at step 7; resume with: smatch train --resume run",
     ),
     (
         "train",
