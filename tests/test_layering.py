@@ -10,7 +10,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "simplematch"
 # Lowest first; the README's architecture map lists the same layers. A name covers its sub-modules.
 LAYERS = [
-    ["config", "validate", "errors", "io", "extras", "progress", "keypoints", "image", "metadata"],
+    ["config", "validate", "errors", "io", "extras", "progress", "keypoints", "image", "metadata",
+     "calibration"],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],

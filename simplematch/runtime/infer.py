@@ -192,7 +192,8 @@ def run_infer(
         "target": str(trg),
         "model": str(ins.model),
         "provider": matcher.provider,
-        "confidence": confidence,
+        "confidence": result.confidence_kind,
+        "calibration": calibration_note(matcher),
         "min_confidence": min_confidence,
         "keypoints": keypoint_rows(result, ins.truth, ins.trg_img.shape[:2]),
         "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
@@ -317,6 +318,14 @@ class _FeatureCache:
                 self.cache.pop(str(job[side]), None)
 
 
+def calibration_note(matcher: Matcher) -> dict[str, Any]:
+    """Which calibration produced ``confidence`` (dataset, split, alpha, pairs, date), or that none did."""
+    cal = matcher.calibration
+    if cal is None:
+        return {"calibrated": False, "note": "the model has no calibration (smatch calibrate)"}
+    return cal.describe()
+
+
 def _match_job(job: dict[str, Any], k: int, cache: _FeatureCache, confidence: str, min_confidence) -> dict:
     """One pairs-file job -> its JSONL record; a bad job raises :class:`SimpleMatchError`."""
     if job["error"]:
@@ -332,7 +341,8 @@ def _match_job(job: dict[str, Any], k: int, cache: _FeatureCache, confidence: st
         "line": job["line"],
         "source": str(job["src"]),
         "target": str(job["tgt"]),
-        "confidence": confidence,
+        "confidence": res.confidence_kind,
+        "calibration": calibration_note(cache.matcher),
         "min_confidence": min_confidence,
         "keypoints": keypoint_rows(res, truth, thw),
     }

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simplematch import calibration
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image, resize_square, to_image_frame, to_model_frame, to_rgb_uint8
 from simplematch.metadata import ModelMeta
@@ -72,6 +73,8 @@ class MatchResult:
     confidence: np.ndarray | None = None
     rejected: np.ndarray | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
+    # The cue ``confidence`` holds: the one asked for, or the fallback of an uncalibrated model.
+    confidence_kind: str = ""
 
 
 def as_rgb_uint8(image: ImageLike) -> np.ndarray:
@@ -130,6 +133,8 @@ class Matcher:
         self.model_path = Path(model_path)
         self.backend = backend if backend is not None else load_backend(model_path, device, allow_fallback)
         self.batch_size = max(1, int(batch_size))
+        # The model's calibration (None: uncalibrated), checked once here rather than at every match.
+        self.calibration = calibration.from_config(self.meta.config, source=str(self.model_path))
 
     @property
     def meta(self) -> ModelMeta:
@@ -193,8 +198,11 @@ class Matcher:
             meta.beta,
             meta.coord,
         )
+        raw = {k: np.asarray(v, np.float64) for k, v in m._asdict().items() if k != "pred"}
         cues = confidence_cues(m, meta.img_size)
-        conf = cues[confidence]
+        cues = calibration.with_calibrated(cues, raw, meta.img_size, self.calibration)
+        kind = calibration.resolve(confidence, self.calibration)
+        conf = cues[kind]
         rejected = conf < min_confidence if min_confidence is not None else np.zeros(len(conf), bool)
         target_all = to_image_frame(m.pred, trg.hw, meta.img_size)
         target = np.where(rejected[:, None], np.nan, target_all)
@@ -205,10 +213,11 @@ class Matcher:
             target_kps_all=target_all,
             score=m.peak_cos.astype(np.float64),
             peak_mass=m.peak_mass,
-            raw={k: np.asarray(v, np.float64) for k, v in m._asdict().items() if k != "pred"},
+            raw=raw,
             cues=cues,
             confidence=conf,
             rejected=rejected,
+            confidence_kind=kind,
         )
 
     def match_images(
