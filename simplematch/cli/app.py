@@ -606,3 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(_one_line_usage_error(err), file=sys.stderr)
         return 2
+
+
+# Commands in their own modules register on ``app`` when imported (after ``app`` exists).
+from simplematch.cli import calibrate as _calibrate  # noqa: E402, F401
