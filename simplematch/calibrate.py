@@ -39,8 +39,9 @@ class CalibrateRequest:
     device: str = "auto"
 
 
-def points_of(preds: Sequence[Any], alpha: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The valid points of per-pair predictions: their raw cues (each (P,)) and "correct at alpha" (P,)."""
+def points_of(preds: Sequence[Any], alpha: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The valid points of per-pair predictions: their raw cues (each (P,)), "correct at alpha" (P,) and
+    the index of each point's pair (P,), which keeps a pair's points together in cross-validation."""
     from simplematch.metrics import correct_mask
 
     valid = [np.asarray(p.valid, bool) for p in preds]
@@ -48,7 +49,10 @@ def points_of(preds: Sequence[Any], alpha: float) -> tuple[dict[str, np.ndarray]
     keys = ("peak_cos", "peak_mass", "second_cos", "cycle_px")
     raw = {k: np.concatenate([np.asarray(p.raw[k], np.float64)[v] for p, v in zip(preds, valid, strict=True)])
            for k in keys}  # fmt: skip
-    return raw, np.concatenate(ok) if ok else np.zeros(0, bool)
+    pair = (
+        np.concatenate([np.full(int(v.sum()), i) for i, v in enumerate(valid)]) if valid else np.zeros(0, int)
+    )
+    return raw, np.concatenate(ok) if ok else np.zeros(0, bool), pair
 
 
 def select_categories(records: list, categories: Sequence[str] | None) -> list:
@@ -107,10 +111,10 @@ def calibrate_model(
         model, records, dataset=request.dataset, split=request.split, alphas=[request.alpha],
         frame="resized", batch_size=request.batch_size, device=request.device, predictions=preds,
     )  # fmt: skip
-    raw, ok = points_of(preds, request.alpha)
+    raw, ok, pair = points_of(preds, request.alpha)
     img_size = int(res["config"]["img_size"])
     cal = calibration.fit(
-        raw, ok, img_size, alpha=request.alpha, dataset=request.dataset, split=request.split,
+        raw, ok, img_size, groups=pair, alpha=request.alpha, dataset=request.dataset, split=request.split,
         pairs=len(records), date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         extra={"threshold": res["threshold"], "categories": sorted({str(r.category) for r in records}),
                "img_size": img_size, "model_sha256": res["model"].get("sha256")},

@@ -7,10 +7,12 @@ the model was not trained on, from the raw cues the matcher already computes to 
 
     P(correct) = sigmoid(intercept + sum_i coef_i * feature_i)
 
-with the features of :data:`FEATURES` (:func:`features`). Logistic regression rather than isotonic
-regression: it is monotone in every cue at once, needs five numbers, and its output is a smooth
-probability; the fit is plain maximum likelihood with an L2 penalty on the standardised coefficients,
-minimised by ``scipy.optimize`` (scikit-learn is not a dependency and would be the only reason to add it).
+with the features of :data:`FEATURES` (:func:`features`). The linear score is chosen by measurement
+(:func:`fit`): the free 5-feature model or one cue's log, whichever has the lowest cross-validated
+log-loss on the calibration pairs. Logistic regression rather than isotonic regression: five numbers, a
+smooth monotone probability, no steps to overfit on a few thousand points; the fit is maximum likelihood
+with an L2 penalty on the standardised coefficients, minimised by ``scipy.optimize`` (scikit-learn is not a
+dependency and would be the only reason to add it).
 Applying it is a dot product and a sigmoid: a few numpy lines in the runtime.
 
 :class:`Calibration` is the fitted model plus where it came from (dataset, split, alpha, pairs, points,
@@ -38,11 +40,25 @@ DEFAULT_ALPHA = 0.1
 DEFAULT_L2 = 1e-3
 ECE_BINS = 15
 FAMILY = "logistic"
-# Features of the raw cues, in this order (see :func:`features`).
-FEATURES = ("peak_cos", "logit_mass", "ratio", "second_cos", "log_cycle")
+# Features of the raw cues, in this order (see :func:`features`). Every cue of docs/confidence.md is a
+# monotone function of one linear combination of them (the log of each cue is linear in these features).
+FEATURES = ("peak_cos", "log_mass", "log_ratio", "second_cos", "cycle_e")
+# The linear scores the fit chooses from (besides the free 5-feature model): each cue's log, as a direction
+# in feature space. A 1-D logistic on a cue's log ranks exactly as the cue does.
+CUE_DIRECTIONS: dict[str, tuple[float, ...]] = {
+    "peak_cos": (1, 0, 0, 0, 0),
+    "peak_mass": (0, 1, 0, 0, 0),
+    "ratio": (0, 0, 1, 0, 0),
+    "cycle": (0, 0, 0, 0, -1),
+    "mass_cycle": (0, 0.5, 0, 0, -0.5),
+    "ratio_cycle": (0, 0, 0.5, 0, -0.5),
+    "mass_ratio_cycle": (0, 1 / 3, 1 / 3, 0, -1 / 3),
+}
+FOLDS = 5
 # The cycle error's unit, alpha * S with alpha = 0.1, as the ``cycle`` cue (docs/confidence.md).
 CYCLE_ALPHA = 0.1
-_MASS_EPS = 1e-6
+# Floors of the logs: a peak mass or ratio of exactly 0 stays finite.
+_LOG_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class Calibration:
     family: str = FAMILY
     features: tuple[str, ...] = FEATURES
     l2: float = DEFAULT_L2
+    score: str = "all"  # "all" (free 5-feature model) or the cue whose log is the linear score
     dataset: str = ""
     split: str = ""
     pairs: int = 0
@@ -86,7 +103,12 @@ class Calibration:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise SimpleMatchError(f"{source} is malformed ({err})", fix) from err
-        if cal.family != FAMILY or tuple(cal.features) != FEATURES or len(cal.coef) != len(FEATURES):
+        if (
+            cal.family != FAMILY
+            or tuple(cal.features) != FEATURES
+            or len(cal.coef) != len(FEATURES)
+            or cal.score not in ("all", *CUE_DIRECTIONS)
+        ):
             raise SimpleMatchError(
                 f"{source}: family {cal.family!r} with features {list(cal.features)} is not the one this "
                 f"version applies ({FAMILY}, {list(FEATURES)})",
@@ -100,26 +122,26 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         """What a result JSON records about the calibration behind ``confidence`` (no coefficients)."""
-        keys = ("family", "alpha", "dataset", "split", "pairs", "points", "date")
+        keys = ("family", "score", "alpha", "dataset", "split", "pairs", "points", "date")
         return {"calibrated": True, **{k: getattr(self, k) for k in keys}}
 
 
 def features(raw: Mapping[str, Any], img_size: int) -> np.ndarray:
     """Raw cues (``peak_cos``, ``peak_mass``, ``second_cos``, ``cycle_px``; each (...,)) -> (..., F) float64.
 
-    ``peak_cos`` as is; ``logit_mass`` the log-odds of the peak mass (clipped to 1e-6, so a peak mass of
-    exactly 0 or 1 stays finite); ``ratio`` 1 - d1 / d2 with d = sqrt(2 - 2 cos) (the ``ratio`` cue);
-    ``second_cos`` as is; ``log_cycle`` log(1 + e), e = ``cycle_px`` / (0.1 S), which keeps a wild
-    back-match from dominating the linear score.
+    ``peak_cos`` as is; ``log_mass`` log of the peak mass; ``log_ratio`` log of the ratio cue 1 - d1 / d2
+    with d = sqrt(2 - 2 cos); ``second_cos`` as is; ``cycle_e`` the cycle error e = ``cycle_px`` / (0.1 S).
+    The logs are floored at log(1e-6). So log(cue) is linear in these for every cue (``cycle`` = exp(-e),
+    the combinations are geometric means).
     """
     cos = np.asarray(raw["peak_cos"], np.float64)
     second = np.asarray(raw["second_cos"], np.float64)
-    mass = np.clip(np.asarray(raw["peak_mass"], np.float64), _MASS_EPS, 1.0 - _MASS_EPS)
+    mass = np.clip(np.asarray(raw["peak_mass"], np.float64), _LOG_FLOOR, 1.0)
     d1 = np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None))
     d2 = np.sqrt(np.clip(2.0 - 2.0 * second, 0.0, None))
-    ratio = np.clip(1.0 - d1 / np.maximum(d2, 1e-12), 0.0, 1.0)
-    cycle = np.log1p(np.asarray(raw["cycle_px"], np.float64) / (CYCLE_ALPHA * img_size))
-    return np.stack((cos, np.log(mass) - np.log1p(-mass), ratio, second, cycle), axis=-1)
+    ratio = np.clip(1.0 - d1 / np.maximum(d2, 1e-12), _LOG_FLOOR, 1.0)
+    cycle = np.asarray(raw["cycle_px"], np.float64) / (CYCLE_ALPHA * img_size)
+    return np.stack((cos, np.log(mass), np.log(ratio), second, cycle), axis=-1)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -165,19 +187,67 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = DEFAULT_L2) -> tuple[
     return w, float(res.x[-1] - w @ mean)
 
 
+def _fit_score(x: np.ndarray, y: np.ndarray, score: str, l2: float) -> tuple[np.ndarray, float]:
+    """Coefficients of one candidate: the free model (``all``) or a 1-D logistic on a cue's log."""
+    if score == "all":
+        return fit_logistic(x, y, l2)
+    d = np.asarray(CUE_DIRECTIONS[score], np.float64)
+    w, b = fit_logistic((x @ d)[:, None], y, l2)
+    return w[0] * d, b
+
+
+def cross_validated_log_loss(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float = DEFAULT_L2, folds: int = FOLDS
+) -> dict[str, np.ndarray]:
+    """Held-out log-loss of every point under every candidate score, ``folds``-fold over ``groups`` (pairs:
+    the points of one pair are never split between fitting and judging). Log-loss: a proper score of a
+    probability, so it rewards ranking and calibration at once."""
+    ids = np.unique(groups)
+    fold_of = dict(zip(ids, np.random.default_rng(0).permutation(len(ids)) % folds, strict=True))
+    fold = np.array([fold_of[g] for g in groups])
+    out = {}
+    for score in ("all", *CUE_DIRECTIONS):
+        loss = np.full(len(y), np.inf)
+        for k in range(folds):
+            train, test = fold != k, fold == k
+            if test.any() and y[train].any() and not y[train].all():
+                w, b = _fit_score(x[train], y[train], score, l2)
+                s = x[test] @ w + b
+                loss[test] = np.logaddexp(0.0, s) - y[test] * s
+        out[score] = loss
+    return out
+
+
+def choose_score(losses: Mapping[str, np.ndarray]) -> str:
+    """The candidate with the lowest mean held-out loss, except that the free model must beat the best
+    single-cue score by more than one standard error of their paired difference (the one-standard-error
+    rule): with a few thousand noisy points, five free coefficients overfit the classes they saw."""
+    mean = {k: float(v.mean()) for k, v in losses.items()}
+    best = min(mean, key=mean.__getitem__)
+    if best != "all":
+        return best
+    single = min((k for k in mean if k != "all"), key=mean.__getitem__)
+    diff = losses[single] - losses["all"]
+    return single if diff.mean() <= diff.std() / math.sqrt(len(diff)) else "all"
+
+
 def fit(
     raw: Mapping[str, Any],
     correct: np.ndarray,
     img_size: int,
     *,
+    groups: np.ndarray | None = None,
     alpha: float = DEFAULT_ALPHA,
     l2: float = DEFAULT_L2,
+    score: str | None = None,
     **provenance: Any,
 ) -> Calibration:
     """Fit a :class:`Calibration` on the raw cues of valid points and their "correct at alpha" labels.
 
-    ``provenance``: dataset, split, pairs, date, extra (recorded, not used). Refuses data with only one
-    class (a probability cannot be learned from it).
+    ``score`` None chooses the linear score by measurement (:func:`choose_score`): the candidate (the free
+    5-feature model, or one cue's log) with the lowest cross-validated log-loss over ``groups`` (the pair
+    of each point; None: every point its own group); the mean losses go into ``extra["cv_log_loss"]``.
+    ``provenance``: dataset, split, pairs, date, extra (recorded, not used). Refuses data with only one class.
     """
     y = np.asarray(correct, bool).reshape(-1)
     n_pos = int(y.sum())
@@ -186,14 +256,23 @@ def fit(
             f"all {len(y)} calibration points are {'correct' if n_pos else 'wrong'} at alpha {alpha:g}",
             "calibrate on more pairs, or at another --alpha",
         )
-    coef, intercept = fit_logistic(features(raw, img_size).reshape(len(y), -1), y, l2)
+    x = features(raw, img_size).reshape(len(y), -1)
+    extra = dict(provenance.pop("extra", {}))
+    if score is None:
+        g = np.arange(len(y)) if groups is None else np.asarray(groups).reshape(-1)
+        losses = cross_validated_log_loss(x, y, g, l2)
+        score = choose_score(losses)
+        extra["cv_log_loss"] = {k: float(v.mean()) for k, v in losses.items()}
+    coef, intercept = _fit_score(x, y, score, l2)
     return Calibration(
         coef=tuple(float(c) for c in coef),
-        intercept=intercept,
+        intercept=float(intercept),
         alpha=float(alpha),
         l2=float(l2),
+        score=score,
         points=len(y),
         positives=n_pos,
+        extra=extra,
         **provenance,
     )
 

@@ -36,9 +36,8 @@ def _features_by_hand(raw: dict[str, np.ndarray], img_size: int) -> np.ndarray:
     """The documented features, written out independently of calibration.features (one point at a time)."""
     rows = []
     for c, s, m, e in zip(raw["peak_cos"], raw["second_cos"], raw["peak_mass"], raw["cycle_px"], strict=True):
-        m = min(max(m, 1e-6), 1 - 1e-6)
-        ratio = min(max(1 - math.sqrt(max(2 - 2 * c, 0)) / max(math.sqrt(max(2 - 2 * s, 0)), 1e-12), 0), 1)
-        rows.append([c, math.log(m / (1 - m)), ratio, s, math.log(1 + e / (0.1 * img_size))])
+        ratio = min(max(1 - math.sqrt(max(2 - 2 * c, 0)) / max(math.sqrt(max(2 - 2 * s, 0)), 1e-12), 1e-6), 1)
+        rows.append([c, math.log(max(m, 1e-6)), math.log(ratio), s, e / (0.1 * img_size)])
     return np.array(rows)
 
 
@@ -50,7 +49,8 @@ def _prob_by_hand(c: cal.Calibration, raw: dict[str, np.ndarray], img_size: int)
 def test_features_and_apply_match_the_definitions() -> None:
     rng = np.random.default_rng(0)
     raw = _raw_cues(rng, 50, 64)
-    raw["peak_mass"][:2] = [0.0, 1.0]  # clipped, still finite
+    raw["peak_mass"][:2] = [0.0, 1.0]  # floored, still finite
+    raw["second_cos"][2] = raw["peak_cos"][2]  # ratio 0, floored
     np.testing.assert_allclose(cal.features(raw, 64), _features_by_hand(raw, 64), rtol=1e-12, atol=1e-12)
     c = cal.Calibration(coef=(1.5, 0.7, -2.0, 0.3, -1.1), intercept=0.2)
     np.testing.assert_allclose(cal.apply(c, raw, 64), _prob_by_hand(c, raw, 64), rtol=0, atol=1e-12)
