@@ -18,7 +18,7 @@ LAYERS = [
     ["runtime"],
     ["distributed", "evaluate", "train"],
     ["export"],
-    ["evaluation", "plots", "baselines", "convert", "bench", "demo"],
+    ["evaluation", "calibrate", "plots", "baselines", "convert", "bench", "demo"],
     ["cli"],
 ]
 

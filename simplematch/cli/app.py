@@ -608,5 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-# Commands in their own modules register on ``app`` when imported (after ``app`` exists).
-from simplematch.cli import calibrate as _calibrate  # noqa: E402, F401
+# Commands written in their own modules.
+from simplematch.cli.calibrate import calibrate  # noqa: E402
+
+app.command()(calibrate)

@@ -1,17 +1,20 @@
-"""``smatch calibrate MODEL``: a confidence that is a probability (registers on the ``smatch`` app)."""
+"""``smatch calibrate MODEL``: a confidence that is a probability. ``simplematch.cli.app`` registers the
+command (this module does not import the app, so the two form no import cycle)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from simplematch.calibration import DEFAULT_ALPHA
-from simplematch.cli.app import Dataset, _console, app
+from simplematch.config import DATASETS
+
+Dataset = Enum("Dataset", [(v, v) for v in DATASETS], type=str)  # as simplematch.cli.app's choices
 
 
-@app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Checkpoint folder or exported .onnx file.")],
     out: Annotated[
@@ -41,7 +44,9 @@ def calibrate(
     )  # fmt: skip
     res = calibrate_model(model, request, out, force=force)
     cal, q = res["calibration"], res["quality"]
-    _console().print(
+    from rich.console import Console
+
+    Console(highlight=False).print(
         f"calibrated on {cal['pairs']} {cal['dataset']} {cal['split']} pairs ({q['points']} points,"
         f" {100 * q['correct_fraction']:.1f}% correct at alpha {cal['alpha']:g}); on these pairs: AUROC"
         f" {q['auroc']:.3f}, ECE {q['ece']:.3f}, Brier {q['brier']:.3f} -> {res['out']}"

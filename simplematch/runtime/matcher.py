@@ -22,11 +22,12 @@ import numpy as np
 from PIL import Image
 
 from simplematch import calibration
+from simplematch.config import CONFIDENCE_CUES
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image, resize_square, to_image_frame, to_model_frame, to_rgb_uint8
 from simplematch.metadata import ModelMeta
 from simplematch.runtime.backends import Backend, load_backend
-from simplematch.runtime.matching import CUES, DEFAULT_CONFIDENCE, confidence_cues, match_keypoints
+from simplematch.runtime.matching import DEFAULT_CONFIDENCE, confidence_cues, match_keypoints
 
 ImageLike = np.ndarray | str | Path | Image.Image
 
@@ -110,8 +111,10 @@ def _timing_ms(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:
 
 def check_confidence(confidence: str, min_confidence: float | None) -> None:
     """A known cue name and a ``min_confidence`` in [0, 1] (outside it every or no match would be kept)."""
-    if confidence not in CUES:
-        raise SimpleMatchError(f"unknown confidence '{confidence}'", f"use one of {', '.join(CUES)}")
+    if confidence not in CONFIDENCE_CUES:
+        raise SimpleMatchError(
+            f"unknown confidence '{confidence}'", f"use one of {', '.join(CONFIDENCE_CUES)}"
+        )
     if min_confidence is not None and not (0.0 <= float(min_confidence) <= 1.0):
         raise SimpleMatchError(
             f"--min-confidence {min_confidence} is outside [0, 1]", "confidences lie in [0, 1]: pass e.g. 0.5"
