@@ -83,7 +83,8 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
                      "simplematch/keypoints.py", "simplematch/metadata.py", "simplematch/cli/app.py",
                      "simplematch/extras.py", "simplematch/io.py", "simplematch/config.py",
                      "simplematch/data/records.py", "simplematch/data/pfwillow.py",
-                     "simplematch/data/matfile.py",
+                     "simplematch/data/matfile.py", "simplematch/calibration.py",
+                     "simplematch/cli/calibrate.py",
                      # `smatch bench --model m.onnx`: every bench module but the torch ones (executors
                      # torch_eager / train, cuda, random_model), which only torch paths import.
                      "simplematch/bench/__init__.py", "simplematch/bench/__main__.py",
