@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from simplematch import calibration
 from simplematch.errors import SimpleMatchError
 
@@ -37,22 +35,6 @@ class CalibrateRequest:
     seed: int = 0
     batch_size: int = 8
     device: str = "auto"
-
-
-def points_of(preds: Sequence[Any], alpha: float) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """The valid points of per-pair predictions: their raw cues (each (P,)), "correct at alpha" (P,) and
-    the index of each point's pair (P,), which keeps a pair's points together in cross-validation."""
-    from simplematch.metrics import correct_mask
-
-    valid = [np.asarray(p.valid, bool) for p in preds]
-    ok = [correct_mask(p, [alpha])[:, 0][v] for p, v in zip(preds, valid, strict=True)]
-    keys = ("peak_cos", "peak_mass", "second_cos", "cycle_px")
-    raw = {k: np.concatenate([np.asarray(p.raw[k], np.float64)[v] for p, v in zip(preds, valid, strict=True)])
-           for k in keys}  # fmt: skip
-    pair = (
-        np.concatenate([np.full(int(v.sum()), i) for i, v in enumerate(valid)]) if valid else np.zeros(0, int)
-    )
-    return raw, np.concatenate(ok) if ok else np.zeros(0, bool), pair
 
 
 def select_categories(records: list, categories: Sequence[str] | None) -> list:
@@ -81,7 +63,7 @@ def calibrate_model(
     from simplematch import validate
     from simplematch.data import load_records
     from simplematch.evaluation import evaluate_any, sample_pairs
-    from simplematch.metrics import auroc
+    from simplematch.metrics import auroc, confidence_points
 
     model = Path(model)
     if not model.exists():
@@ -111,7 +93,7 @@ def calibrate_model(
         model, records, dataset=request.dataset, split=request.split, alphas=[request.alpha],
         frame="resized", batch_size=request.batch_size, device=request.device, predictions=preds,
     )  # fmt: skip
-    raw, ok, pair = points_of(preds, request.alpha)
+    raw, ok, pair = confidence_points(preds, request.alpha)
     img_size = int(res["config"]["img_size"])
     cal = calibration.fit(
         raw, ok, img_size, groups=pair, alpha=request.alpha, dataset=request.dataset, split=request.split,

@@ -207,7 +207,7 @@ def cross_validated_log_loss(
     fold = np.array([fold_of[g] for g in groups])
     out = {}
     for score in ("all", *CUE_DIRECTIONS):
-        loss = np.full(len(y), np.inf)
+        loss = np.full(len(y), np.nan)  # NaN: a point whose training folds hold one class only
         for k in range(folds):
             train, test = fold != k, fold == k
             if test.any() and y[train].any() and not y[train].all():
@@ -222,6 +222,10 @@ def choose_score(losses: Mapping[str, np.ndarray]) -> str:
     """The candidate with the lowest mean held-out loss, except that the free model must beat the best
     single-cue score by more than one standard error of their paired difference (the one-standard-error
     rule): with a few thousand noisy points, five free coefficients overfit the classes they saw."""
+    judged = np.logical_and.reduce([np.isfinite(v) for v in losses.values()])
+    if not judged.any():  # too few points to cross-validate: the default cue's score
+        return UNCALIBRATED_DEFAULT
+    losses = {k: v[judged] for k, v in losses.items()}
     mean = {k: float(v.mean()) for k, v in losses.items()}
     best = min(mean, key=mean.__getitem__)
     if best != "all":
@@ -262,7 +266,10 @@ def fit(
         g = np.arange(len(y)) if groups is None else np.asarray(groups).reshape(-1)
         losses = cross_validated_log_loss(x, y, g, l2)
         score = choose_score(losses)
-        extra["cv_log_loss"] = {k: float(v.mean()) for k, v in losses.items()}
+        judged = np.logical_and.reduce([np.isfinite(v) for v in losses.values()])
+        extra["cv_log_loss"] = {
+            k: float(v[judged].mean()) if judged.any() else None for k, v in losses.items()
+        }
     coef, intercept = _fit_score(x, y, score, l2)
     return Calibration(
         coef=tuple(float(c) for c in coef),

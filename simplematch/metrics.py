@@ -289,6 +289,21 @@ def precision_coverage(
     return rows
 
 
+def confidence_points(
+    preds: Sequence[PairPrediction], alpha: float = CONFIDENCE_ALPHA
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The valid points of per-pair predictions, what a calibration is fitted on: their raw cues (each
+    (P,)), "correct at alpha" (P,) and the index of each point's pair (P,), which keeps a pair's points
+    together in cross-validation."""
+    valid = [np.asarray(p.valid, bool) for p in preds]
+    ok = [correct_mask(p, [alpha])[:, 0][v] for p, v in zip(preds, valid, strict=True)]
+    keys = ("peak_cos", "peak_mass", "second_cos", "cycle_px")
+    raw = {k: np.concatenate([np.asarray(p.raw[k], np.float64)[v] for p, v in zip(preds, valid, strict=True)])
+           for k in keys}  # fmt: skip
+    pair = np.concatenate([np.full(int(v.sum()), i) for i, v in enumerate(valid)])
+    return raw, np.concatenate(ok), pair
+
+
 def confidence_tables(
     preds: Sequence[PairPrediction],
     *,

@@ -190,3 +190,69 @@ def test_calibrate_onnx_writes_a_calibrated_copy(tmp_path: Path) -> None:
         calibrate_model(model, req, out)
     with pytest.raises(SimpleMatchError, match="is this command's input|input"):
         calibrate_model(model, req, model, force=True)
+
+
+def _predictions(rng: np.random.Generator, pairs: int, n: int, img_size: int) -> list:
+    """Per-pair predictions whose correctness follows a known law of the raw cues."""
+    from simplematch.metrics import PairPrediction
+
+    truth = cal.Calibration(coef=(2.0, 0.8, 1.5, -1.0, -1.2), intercept=-0.5)
+    out = []
+    for i in range(pairs):
+        raw = _raw_cues(rng, n, img_size)
+        ok = rng.uniform(size=n) < _prob_by_hand(truth, raw, img_size)
+        gt = rng.uniform(0, img_size, (n, 2))
+        pred = gt + np.where(ok, 1.0, 0.5 * img_size)[:, None] * np.array([1.0, 0.0])  # 1 px or 0.5 S off
+        out.append(
+            PairPrediction(
+                index=i, pair_id=str(i), category="c", src_image=None, trg_image=None, src_kps=gt, gt=gt,
+                pred=pred, valid=np.ones(n, bool), threshold=float(img_size), raw=raw,
+                cues=npm.confidence_cues(npm.Matches(pred, **raw), img_size),
+            )
+        )  # fmt: skip
+    return out
+
+
+def test_training_calibrates_the_saved_model_on_its_validation_pairs() -> None:
+    pytest.importorskip("torch")
+    from simplematch.metrics import confidence_points
+    from simplematch.train import _calibrated
+
+    preds = _predictions(np.random.default_rng(3), 60, 30, 128)
+    raw, ok, pair = confidence_points(preds)
+    assert len(ok) == 1800 and set(np.bincount(pair)) == {30}
+    cfg = resolve_config("demo_cpu")
+    got = cal.from_config(_calibrated(cfg, preds, {"threshold": "img"}).to_dict())
+    assert got is not None and (got.split, got.pairs, got.points) == ("val", 60, 1800)
+    assert got.score == "all"  # the law uses every feature: the free model wins the cross-validation
+    assert cfg.calibration is None  # the run's own config is not changed
+    # Nothing to fit when every validation point is wrong: the config stays uncalibrated.
+    for p in preds:
+        p.pred = p.gt + 0.5 * 128
+    assert _calibrated(cfg, preds, {"threshold": "img"}).calibration is None
+
+
+def test_eval_json_reports_calibration_quality() -> None:
+    from simplematch.metrics import evaluation_json
+
+    preds = _predictions(np.random.default_rng(4), 40, 30, 128)
+    c = cal.fit(*confidence_points_of(preds), 128)
+    for p in preds:
+        p.cues = cal.with_calibrated(p.cues, p.raw, 128, c)
+    cfg = {"img_size": 128, "calibration": c.to_dict()}
+    kw = dict(dataset="synthetic", split="test", threshold="img", frame="resized", model={}, config=cfg)
+    res = evaluation_json(preds, [0.1], confidence="calibrated", **kw)["confidence"]
+    assert res["default"] == "calibrated" and res["calibration"]["calibrated"] is True
+    assert set(res["ece"]) == set(res["brier"]) == set(res["auroc"]) == {*npm.CUES, "calibrated"}
+    assert res["ece"]["calibrated"] < 0.05 < res["ece"]["peak_cos"]
+    assert sum(r["count"] for r in res["reliability"]) == 1200 and len(res["reliability"]) == 15
+    plain = evaluation_json(preds, [0.1], confidence="calibrated", **{**kw, "config": {"img_size": 128}})
+    assert plain["confidence"]["default"] == "mass_ratio_cycle"
+    assert plain["confidence"]["calibration"]["calibrated"] is False
+
+
+def confidence_points_of(preds: list) -> tuple:
+    from simplematch.metrics import confidence_points
+
+    raw, ok, _ = confidence_points(preds)
+    return raw, ok
