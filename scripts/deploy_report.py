@@ -18,7 +18,7 @@ from pathlib import Path
 
 from simplematch.checkpoint import load_checkpoint
 from simplematch.data import load_records
-from simplematch.evaluate import evaluate_model
+from simplematch.evaluation.torch_predictor import evaluate_model
 from simplematch.export import export_checkpoint
 from simplematch.export.parity import match_graph_eval
 
@@ -49,7 +49,7 @@ def main() -> None:
             "graph_vs_numpy_within_1e-3px": got["graph_vs_numpy_within_1e-3px"],
             "seconds": time.time() - t0,
         }  # fmt: skip
-    from simplematch.runtime.evaluate import evaluate_runtime
+    from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
     for size in [int(v) for v in args.sizes.split(",") if v]:
         out = args.out / f"model.s{size}.onnx"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15 GPU numbers, in one run. For a CUDA machine that has torch, timm, onnx and onnxruntime (CPU) but
+# GPU numbers (paper Table 3 throughput, Table 11 training memory), in one run. For a CUDA machine that has torch, timm, onnx and onnxruntime (CPU) but
 # no package registry and no TensorRT. Run from the repository root:
 #
 #     bash scripts/gpu_check.sh [OUT_DIR]          # default OUT_DIR: runs/gpu_check (or $OUT when set)

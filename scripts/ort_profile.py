@@ -2,20 +2,15 @@
 
     python scripts/ort_profile.py runs/r15/model.int8.minmax.onnx [--batch 1] [--iters 10] [--threads 2]
 
-Prints the share of node time per op type (top 12, all runs including the one warm-up) and the mean run
-time (warm-up excluded), from onnxruntime's own ``enable_profiling`` trace.
+A thin command-line caller of :func:`simplematch.bench.profile_onnx` (warm-up run excluded): prints each op
+type's time per run and its share of all node time, largest first.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import json
-import os
-import tempfile
 
-import numpy as np
-import onnxruntime as ort
+from simplematch.bench import profile_onnx
 
 
 def main() -> None:
@@ -25,27 +20,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(tmp, "prof")
-        opts.intra_op_num_threads = args.threads
-        sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        size = inp.shape[-1]
-        x = np.random.default_rng(0).random((args.batch, 3, size, size), dtype=np.float32)
-        for _ in range(args.iters + 1):
-            sess.run(None, {inp.name: x})
-        trace = json.load(open(sess.end_profiling()))
-    nodes = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    runs = [e["dur"] for e in trace if e.get("name") == "model_run"][1:]
-    by_op: collections.Counter[str] = collections.Counter()
-    for e in nodes:
-        by_op[e["args"].get("op_name", "?")] += e["dur"]
-    total = sum(by_op.values())
-    print(f"{args.model}: mean run {np.mean(runs) / 1e3:.1f} ms over {len(runs)} runs (batch {args.batch})")
-    for op, dur in by_op.most_common(12):
-        print(f"  {op:<24} {dur / total * 100:5.1f} %")
+    rows = profile_onnx(args.model, batch=args.batch, iters=args.iters, threads=args.threads)
+    total = sum(ms for _, ms, _ in rows) / max(sum(share for _, _, share in rows), 1e-12)
+    print(f"{args.model}: {total:.1f} ms node time per run (batch {args.batch}, {args.iters} runs)")
+    for op, ms, share in rows:
+        print(f"  {op:<24} {ms:8.2f} ms/run {share * 100:5.1f} %")
 
 
 if __name__ == "__main__":

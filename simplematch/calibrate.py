@@ -116,7 +116,7 @@ def calibrate_model(
 def write_calibrated(model: Path, out: Path, cal: calibration.Calibration) -> None:
     """A copy of ``model`` whose config carries ``cal``; built beside ``out`` and moved in place at the end,
     so a failure leaves nothing behind."""
-    from simplematch.io import atomic_path
+    from simplematch.files import atomic_path
 
     if model.is_dir():
         from simplematch.config import Config

@@ -19,7 +19,7 @@ import torch
 
 from simplematch.config import Config
 from simplematch.errors import SimpleMatchError
-from simplematch.io import atomic_path, ensure_writable_dir
+from simplematch.files import atomic_path
 from simplematch.weights import describe_keys
 
 WEIGHTS_NAME = "model.safetensors"
@@ -60,7 +60,7 @@ def save_checkpoint(
             "this model's LoRA was merged (merge_lora), so it no longer matches finetune=lora",
             "save the checkpoint before calling merge_lora()",
         )
-    out = ensure_writable_dir(Path(out_dir))
+    out = Path(out_dir)  # created by the atomic writer
     module = getattr(model, "module", model)  # DDP wrapper
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     metadata = {

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simplematch.errors import SimpleMatchError
+from simplematch.geometry import FEATURE_STRIDE
 
 # The choices are types: Config's fields use them, Config.validate checks against them, and the CLI derives
 # its choices from them (simplematch/cli/app.py), so each list is written once.
@@ -128,7 +129,7 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
-        from simplematch.io import atomic_write_text
+        from simplematch.files import atomic_write_text
 
         atomic_write_text(Path(path), self.to_json() + "\n")
 
@@ -190,10 +191,10 @@ class Config:
         example = 252 if self.family == "vit" else 256  # ViT: a multiple of the patch (14 or 16) and of 4
         if self.img_size < 32:
             raise bad("img_size", "must be an integer >= 32", f"pass e.g. --img-size {example}")
-        if self.img_size % 4:
+        if self.img_size % FEATURE_STRIDE:
             raise bad(
                 "img_size",
-                "must be divisible by 4 (the fine head is at exactly 1/4)",
+                f"must be divisible by {FEATURE_STRIDE} (the fine head is at exactly 1/{FEATURE_STRIDE})",
                 f"pass e.g. --img-size {example}",
             )
         if len(self.windows) != 3 or any(k < 0 for k in self.windows):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from simplematch.errors import SimpleMatchError
-from simplematch.io import atomic_write_text
+from simplematch.files import atomic_write_text
 
 DEFAULT_WILLOW = Path("../shared/data/pf-willow")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -201,7 +201,7 @@ def _eval_untrained(cfg: Any, console: Any) -> dict[str, Any]:
     import torch
 
     from simplematch.data import load_records
-    from simplematch.evaluate import evaluate_model
+    from simplematch.evaluation.torch_predictor import evaluate_model
     from simplematch.model import SimpleMatch
 
     torch.manual_seed(cfg.seed)

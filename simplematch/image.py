@@ -47,6 +47,8 @@ def load_image(path: str | Path, *, exif_orientation: bool = True) -> np.ndarray
     annotations are in the stored frame.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SimpleMatchError(f"{path} is a folder, not an image file", "pass the path of one image file")
     if not path.is_file():
         raise SimpleMatchError(f"image not found: {path}", "check the path")
     try:

@@ -1,9 +1,14 @@
-"""Torch-free parsing of user keypoints (CLI `--kps` and the runtime): JSON in, (N, 2) array out."""
+"""Torch-free rules for user keypoints (CLI `--kps` and the Python API): JSON in, (N, 2) array out.
+
+One border rule for every entry point (:func:`check_inside`): a keypoint is a 0-based pixel of its image,
+``0 <= x <= w - 1`` and ``0 <= y <= h - 1``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -60,12 +65,36 @@ def parse_keypoints_json(text_or_obj: Any, image_size: tuple[int, int] | None = 
                 raise SimpleMatchError(f"keypoint {i} has a non-finite coordinate", FIX)
             out[i, j] = fv
     if image_size is not None:
-        w, h = image_size
-        inside = (out[:, 0] >= 0) & (out[:, 0] <= w - 1) & (out[:, 1] >= 0) & (out[:, 1] <= h - 1)
-        if not inside.all():
-            i = int(np.flatnonzero(~inside)[0])
-            raise SimpleMatchError(
-                f"keypoint {i} ({out[i, 0]:g}, {out[i, 1]:g}) lies outside the {w}x{h} image",
-                "use 0-based pixel coordinates inside the image",
-            )
+        check_inside(out, image_size)
     return out
+
+
+def check_inside(kps: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Refuse (N, 2) ``x, y`` pixels outside the ``image_size=(w, h)`` image: 0 <= x <= w-1, 0 <= y <= h-1."""
+    w, h = image_size
+    kps = np.asarray(kps, dtype=np.float64)
+    inside = (kps[:, 0] >= 0) & (kps[:, 0] <= w - 1) & (kps[:, 1] >= 0) & (kps[:, 1] <= h - 1)
+    if not inside.all():
+        i = int(np.flatnonzero(~inside)[0])
+        raise SimpleMatchError(
+            f"keypoint {i} ({kps[i, 0]:g}, {kps[i, 1]:g}) lies outside the {w}x{h} image",
+            "use 0-based pixel coordinates inside the image",
+        )
+    return kps
+
+
+def warn_if_normalised(kps: np.ndarray, image_size: tuple[int, int]) -> bool:
+    """One warning (not an error: a point in a corner is legal) when every keypoint lies in [0, 1] on an
+    image larger than 2x2 -- they look like normalised coordinates, not the pixels the matcher expects.
+    Returns whether it warned."""
+    w, h = image_size
+    kps = np.asarray(kps, dtype=np.float64)
+    if len(kps) == 0 or max(w, h) <= 2 or not ((kps >= 0) & (kps <= 1)).all():
+        return False
+    warnings.warn(
+        f"all {len(kps)} keypoints lie in [0, 1] on a {w}x{h} image: they look normalised, but keypoints "
+        "are pixels (multiply by the image width and height)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True

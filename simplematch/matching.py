@@ -7,7 +7,9 @@ evaluator hands numpy predictions to :mod:`simplematch.metrics`, which holds the
 Conventions
 -----------
 * Keypoints are ``(..., 2)`` pixel coordinates in the model's square input frame, **x then y**.
-* A feature map of size ``h x w`` made from an ``S x S`` input has stride ``s = S / h`` (e.g. 252 / 63 = 4).
+* A feature map of size ``h x w`` made from an ``S x S`` input has stride ``s = S / h`` (e.g. 252 / 63 = 4,
+  :data:`simplematch.geometry.FEATURE_STRIDE`); ``window_size`` and ``cells_to_pixels`` are shared with
+  the numpy twins (:mod:`simplematch.geometry`).
 * Source features are taken at the nearest cell ``floor(x / s), floor(y / s)`` (eq. 6, as released).
 * Cell ``i`` maps back to pixel ``i * s`` (``coord="corner"``, the released code, so released
   checkpoints score as published) or ``(i + 0.5) * s`` (``coord="center"``).
@@ -20,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from simplematch.geometry import cells_to_pixels, window_size
 
 
 class SoftArgmax(NamedTuple):
@@ -78,11 +82,6 @@ def window_starts(center: torch.Tensor, k: int, size: int) -> torch.Tensor:
     return (center - k // 2).clamp(0, size - k)
 
 
-def window_size(window: int, h: int, w: int) -> tuple[int, int]:
-    """(ky, kx): ``window`` <= 0 or >= the side means the whole axis."""
-    return (h if window <= 0 or window >= h else window), (w if window <= 0 or window >= w else window)
-
-
 def window_soft_argmax(sim: torch.Tensor, window: int, beta: float) -> SoftArgmax:
     """Eq. 10-12: coarse argmax, k x k window kept inside the map, softmax(sim / beta), expectation.
 
@@ -118,15 +117,6 @@ def best_outside_window(sim: torch.Tensor, window: int) -> torch.Tensor:
     xs = torch.arange(w, device=sim.device)[None, :]
     inside = (ys >= y0) & (ys < y0 + ky) & (xs >= x0) & (xs < x0 + kx)
     return sim.masked_fill(inside, float("-inf")).flatten(2).amax(dim=-1).clamp_min(-1.0)
-
-
-def cells_to_pixels(cells: torch.Tensor, stride: float, coord: str = "corner") -> torch.Tensor:
-    """Cell-unit positions -> pixels: ``i * s`` (corner, released) or ``(i + 0.5) * s`` (center)."""
-    if coord == "center":
-        return (cells + 0.5) * stride
-    if coord != "corner":
-        raise ValueError(f"unknown coord convention {coord!r}")
-    return cells * stride
 
 
 def match_keypoints(

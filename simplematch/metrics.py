@@ -1,10 +1,10 @@
 """The evaluation stack (torch-free): the one PCK rule, its counting and aggregation, and the result JSON.
 
 Everything that turns predictions into numbers lives here and is shared by every caller: the PyTorch
-evaluation (:mod:`simplematch.evaluate`, also training's validation), the runtime evaluation
-(:mod:`simplematch.runtime.evaluate`), the training-free baselines, the export's one-graph PCK check and
-the plots. Callers only *predict*: each makes one :class:`PairPrediction` per pair (keypoints, ground
-truth, prediction, threshold and the confidence cues, all in the evaluation frame).
+evaluation (:mod:`~simplematch.evaluation.torch_predictor`, also training's validation), the runtime
+evaluation (:mod:`~simplematch.evaluation.runtime_predictor`), the training-free baselines, the export's
+one-graph PCK check and the plots. Callers only *predict*: each makes one :class:`PairPrediction` per pair
+(keypoints, ground truth, prediction, threshold and the confidence cues, all in the evaluation frame).
 
 The rule, written once in :func:`correct_points`: a keypoint is correct at ``alpha`` when it is valid and
 ``d < alpha * threshold`` (strict, the paper's formula; ``<=`` under ``inclusive``, the released code's
@@ -148,7 +148,7 @@ class PairPrediction:
 
     ``src_kps``, ``gt``, ``pred``: (N, 2) x, y; ``valid``: (N,) bool; ``threshold``: the PCK normaliser;
     ``raw``: the raw cues (peak_cos, peak_mass, second_cos, cycle_px), ``cues``: each confidence in [0, 1]
-    (:func:`simplematch.runtime.matching.confidence_cues`), all (N,).
+    (:func:`simplematch.confidence.confidence_cues`), all (N,).
     """
 
     index: int

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from simplematch.config import Config
 from simplematch.errors import SimpleMatchError
+from simplematch.geometry import FEATURE_STRIDE
 from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
 from simplematch.matching import Matches, match_keypoints
 
@@ -376,7 +377,7 @@ class SimpleMatch(nn.Module):
         self, images: torch.Tensor, fine_only: bool = False, split: int | None = None
     ) -> list[torch.Tensor]:
         x = (images - self.pixel_mean) / self.pixel_std
-        out_hw = (images.shape[-2] // 4, images.shape[-1] // 4)
+        out_hw = (images.shape[-2] // FEATURE_STRIDE, images.shape[-1] // FEATURE_STRIDE)
         feats = self.encoder(x)
         if split is None:
             return self.decoder(feats, out_hw, fine_only)

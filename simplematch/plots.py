@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from simplematch.io import atomic_write_bytes, ensure_writable_dir
+from simplematch.files import atomic_write_bytes
 from simplematch.metrics import (
     CONFIDENCE_ALPHA,
     PairPrediction,
@@ -119,7 +119,7 @@ def write_plots(
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    out = ensure_writable_dir(Path(out_dir))
+    out = Path(out_dir)  # created by the atomic writer
     title = f"{res['dataset']} {res['split']} ({res['pairs']} pairs, threshold {res['threshold']})"
     figs: dict[str, bytes] = {}
 

@@ -40,13 +40,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from simplematch import distributed as dist_utils
+from simplematch import validate
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import THRESHOLDS, Config
 from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
 from simplematch.errors import SimpleMatchError
-from simplematch.evaluate import evaluate_model
-from simplematch.io import atomic_path, atomic_write_text, check_writable_dir, ensure_writable_dir
+from simplematch.evaluation.torch_predictor import evaluate_model
+from simplematch.files import atomic_path, atomic_write_text, make_dir
 from simplematch.matching import keypoint_loss
 from simplematch.progress import progress_bar
 
@@ -262,7 +263,8 @@ def train(
     t0 = time.time()
     out = Path(out_dir)
     device = _setup_device(cfg)
-    check_writable_dir(out)  # fail before the slow set-up; the folder itself is created once inputs are valid
+    # Fail before the slow set-up; the folder itself is created once inputs are valid.
+    validate.writable_base(out, "--out", folder=True)
     train_records, val_records = _load_splits(cfg)
     # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams do
     # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
@@ -344,7 +346,7 @@ def _setup(
     created = not out.exists()
     if clear and not created:
         clear_run(out)
-    ensure_writable_dir(out)
+    make_dir(out)
     opt, sched = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

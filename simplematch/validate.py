@@ -8,6 +8,8 @@ Output rules (one rule, written once):
 * an output is never one of the command's inputs (same file, however spelled);
 * an existing file or a non-empty folder is only replaced with ``force=True`` (``--force``);
 * the nearest existing ancestor must be a writable folder (the output is created later, atomically).
+
+Folders are never created here: :mod:`simplematch.files` makes them when it writes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from simplematch.errors import SimpleMatchError
+from simplematch.geometry import feature_side
 
 PathLike = str | os.PathLike
 
@@ -37,8 +40,9 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _writable_base(path: Path, flag: str, *, folder: bool = False) -> None:
+def writable_base(path: PathLike, flag: str, *, folder: bool = False) -> None:
     """The folder that will hold ``path`` (``folder``: ``path`` itself) exists or can be created there."""
+    path = Path(path)
     if not folder and path.exists() and not os.access(path, os.W_OK):
         raise SimpleMatchError(f"cannot write {flag} {path}: it is read-only", "choose a writable path")
     base = _nearest_existing(path if folder else path.parent)
@@ -92,7 +96,7 @@ def output_file(
         raise SimpleMatchError(
             f"{flag} {path} already exists", "pass --force to overwrite it, or choose another path"
         )
-    _writable_base(path, flag)
+    writable_base(path, flag)
     return path
 
 
@@ -120,7 +124,23 @@ def output_dir(
             "pass --force to replace it, or choose a new folder"
             + (" (or --resume it)" if what == "run" else ""),
         )
-    _writable_base(path, flag, folder=True)
+    writable_base(path, flag, folder=True)
+    return path
+
+
+CHECKPOINT_FIX = "pass a folder made by `smatch train` or `smatch convert`"
+
+
+def checkpoint_dir(path: PathLike) -> Path:
+    """A checkpoint folder to read: it exists and holds ``model.safetensors``."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        what = (
+            "checkpoint folder not found"
+            if not path.is_dir()
+            else "no model.safetensors in checkpoint folder"
+        )
+        raise SimpleMatchError(f"{what}: {path}", CHECKPOINT_FIX)
     return path
 
 
@@ -181,7 +201,7 @@ def memory_lower_bound(cfg: Any, batch: int, *, training: bool) -> int:
     # Channels of the 1/4 map: the decoder width, or a lower bound of it (ResNet: align_dim; ViT: 384, the
     # width of ViT-S, the smallest timm ViT the presets use).
     channels = cfg.decoder_dim or (cfg.align_dim if cfg.family == "resnet" else 384)
-    per_image = 3 * s * s + channels * (s // 4) ** 2
+    per_image = 3 * s * s + channels * feature_side(s) ** 2
     need = 2 * batch * per_image * 4 * (2 if training else 1)
     if cfg.family == "vit":
         need += (s // 14 + 1) ** 2 * 384 * 4  # the position table at its finest patch (14 px)

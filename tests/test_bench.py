@@ -103,7 +103,7 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     "args, needle",
     [
         (["--runtime", "tflite"], "unknown runtime"),
-        (["--checkpoint", "{tmp}/missing"], "checkpoint not found"),
+        (["--checkpoint", "{tmp}/missing"], "checkpoint folder not found"),
         (["--json", "{tmp}/file.txt/out.json"], "file.txt"),
         (["--batch", "0"], "--batch"),
         (["--model", "{tmp}/nope.onnx"], "not found"),

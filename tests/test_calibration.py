@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from simplematch import calibration as cal
+from simplematch import confidence
 from simplematch.config import resolve_config
 from simplematch.errors import SimpleMatchError
 from simplematch.runtime import matching as npm
@@ -207,7 +208,7 @@ def _predictions(rng: np.random.Generator, pairs: int, n: int, img_size: int) ->
             PairPrediction(
                 index=i, pair_id=str(i), category="c", src_image=None, trg_image=None, src_kps=gt, gt=gt,
                 pred=pred, valid=np.ones(n, bool), threshold=float(img_size), raw=raw,
-                cues=npm.confidence_cues(npm.Matches(pred, **raw), img_size),
+                cues=confidence.confidence_cues(npm.Matches(pred, **raw), img_size),
             )
         )  # fmt: skip
     return out
@@ -243,7 +244,7 @@ def test_eval_json_reports_calibration_quality() -> None:
     kw = dict(dataset="synthetic", split="test", threshold="img", frame="resized", model={}, config=cfg)
     res = evaluation_json(preds, [0.1], confidence="calibrated", **kw)["confidence"]
     assert res["default"] == "calibrated" and res["calibration"]["calibrated"] is True
-    assert set(res["ece"]) == set(res["brier"]) == set(res["auroc"]) == {*npm.CUES, "calibrated"}
+    assert set(res["ece"]) == set(res["brier"]) == set(res["auroc"]) == {*confidence.CUES, "calibrated"}
     assert res["ece"]["calibrated"] < 0.05 < res["ece"]["peak_cos"]
     assert sum(r["count"] for r in res["reliability"]) == 1200 and len(res["reliability"]) == 15
     plain = evaluation_json(preds, [0.1], confidence="calibrated", **{**kw, "config": {"img_size": 128}})

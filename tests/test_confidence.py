@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from simplematch import metrics
+from simplematch import confidence, metrics
 from simplematch.runtime import matching as npm
 
 
@@ -93,8 +93,8 @@ def test_confidence_cue_formulas() -> None:
         second_cos=np.array([0.0, 0.5, -1.0]),
         cycle_px=np.array([0.0, 12.8, 6.4]),
     )
-    cues = npm.confidence_cues(m, img_size=128)  # cycle unit 0.1 * 128 = 12.8 px
-    assert list(cues) == list(npm.CUES)
+    cues = confidence.confidence_cues(m, img_size=128)  # cycle unit 0.1 * 128 = 12.8 px
+    assert list(cues) == list(confidence.CUES)
     np.testing.assert_allclose(cues["peak_cos"], [1.0, 0.75, 0.95])
     d = lambda c: np.sqrt(2 - 2 * c)  # noqa: E731
     np.testing.assert_allclose(cues["ratio"], [1.0, 0.0, 1 - d(0.9) / 2.0])
@@ -197,10 +197,10 @@ def test_cli_defaults_are_the_library_default() -> None:
 
     for fn in (app.infer, app.eval_cmd):
         default = inspect.signature(fn).parameters["confidence"].default
-        assert default == npm.DEFAULT_CONFIDENCE
+        assert default == confidence.DEFAULT_CONFIDENCE
     for command in ("infer", "eval"):  # the help lists every cue
         help_text = " ".join(_cli_help(command).split())
-        assert all(cue in help_text for cue in npm.CUES)
+        assert all(cue in help_text for cue in confidence.CUES)
 
 
 def test_pck_curve_by_hand() -> None:

@@ -388,8 +388,17 @@ def test_unwritable_output(ckpts, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")  # a file where the output folder should be: fails even for root
     rc = main(["export", str(ckpts["vit"]), "--out", str(blocker / "model.onnx")])
-    _one_line_error(capsys, rc, "cannot create output folder")
+    _one_line_error(capsys, rc, f"cannot write --out {blocker / 'model.onnx'}: {blocker} is not a folder")
     assert blocker.read_text() == "x"
+
+
+def test_output_check_creates_nothing(tmp_path):
+    """The option check only checks: a missing output folder is made by the writer, not by the check."""
+    from simplematch.export import check_output_path
+
+    out = tmp_path / "new" / "sub" / "model.onnx"
+    assert check_output_path(out, "onnx") == out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_is_a_folder(ckpts, tmp_path, capsys):

@@ -97,7 +97,7 @@ def test_one_graph_matches_numpy_matching_of_its_features(graphs, ckpt, n_kps):
     kps = np.repeat(grid_keypoints(SIZE, n_kps)[None], 3, axis=0)
     kps[1] = kps[1][::-1]  # different keypoint order per pair
     valid = np.ones((3, n_kps), bool)
-    pred, peak, mass, fsrc, ftgt = backend._run_match(src, tgt, kps, valid)
+    pred, peak, mass, fsrc, ftgt = backend.match(src, tgt, kps, valid)
     ref, ref_peak, ref_mass, *_ = np_match(fsrc, ftgt, kps, SIZE, cfg.fine_window, cfg.beta, cfg.coord)
     assert np.abs(pred - ref).max() <= 1e-3
     assert np.abs(peak - ref_peak).max() <= 1e-5 and np.abs(mass - ref_mass).max() <= 1e-5
@@ -107,7 +107,7 @@ def test_invalid_keypoints_are_nan_with_zero_cues(graphs):
     backend = OnnxBackend(graphs["match"])
     kps = np.repeat(grid_keypoints(SIZE, 4)[None], 2, axis=0)
     valid = np.array([[True, False, True, False], [False, False, False, True]])
-    pred, peak, mass = backend.match_pairs(_images(2, 3), _images(2, 4), kps, valid)
+    pred, peak, mass, *_ = backend.match(_images(2, 3), _images(2, 4), kps, valid)
     assert np.isnan(pred[~valid]).all() and np.isfinite(pred[valid]).all()
     assert (peak[~valid] == 0).all() and (mass[~valid] == 0).all() and (mass[valid] > 0).all()
 
@@ -129,14 +129,14 @@ def test_matcher_uses_the_one_graph_and_agrees_with_the_features_model(graphs, m
     # The targets are the graph's own output (the numpy twin only adds the cues the graph lacks: ratio,
     # cycle, from the graph's `features` output), so the recorded graph run must be what is returned.
     runs = []
-    real_run = one.backend._run_match
+    real_run = one.backend.match
 
     def spy(*args):
         out = real_run(*args)
         runs.append(out)
         return out
 
-    monkeypatch.setattr(one.backend, "_run_match", spy)
+    monkeypatch.setattr(one.backend, "match", spy)
     got = one.match_images(a, b, kps)
     monkeypatch.undo()
     assert len(runs) == 1
@@ -150,7 +150,7 @@ def test_matcher_uses_the_one_graph_and_agrees_with_the_features_model(graphs, m
 @pytest.mark.skipif(not PF_WILLOW.is_dir(), reason="PF-WILLOW subset not at ../shared/data/pf-willow")
 def test_one_graph_pck_equals_pytorch_evaluation_on_pf_willow(graphs, ckpt):
     from simplematch.data import load_records
-    from simplematch.evaluate import evaluate_model
+    from simplematch.evaluation.torch_predictor import evaluate_model
 
     records = load_records("pfwillow", PF_WILLOW, "test")[::30][:12]
     model, cfg = load_checkpoint(ckpt)
@@ -197,12 +197,18 @@ def test_force_replaces(ckpt, tmp_path):
     assert onnx.load(str(out)).graph.input[0].name == "image"
 
 
+def test_missing_output_folder_is_made_by_the_writer(ckpt, tmp_path):
+    out = tmp_path / "new" / "sub" / "m.onnx"  # checked (nothing created), then made when the file is written
+    assert main(["export", str(ckpt), "--no-check", "--out", str(out), "--batch", "1"]) == 0
+    assert onnx.load(str(out)).graph.input[0].name == "image"
+
+
 @pytest.mark.parametrize(
     "args, needles",
     [
         (["--opset", "0"], ["opset 0 is too old"]),
-        (["--out", "m.engine"], ["does not fit --format onnx", ".onnx"]),
-        (["--out", "model"], ["does not fit --format onnx"]),
+        (["--out", "m.engine"], ["--out m.engine must end in .onnx", "pass e.g. m.onnx"]),
+        (["--out", "model"], ["--out model must end in .onnx"]),
         (["--with-matching", "--fp16"], ["--with-matching exports an fp32 ONNX graph only"]),
     ],
 )
@@ -236,7 +242,7 @@ def test_batch8_model_in_infer_and_eval(batch8, tmp_path):
     import json
 
     from simplematch.data import load_records
-    from simplematch.runtime.evaluate import evaluate_runtime
+    from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     res = tmp_path / "r.json"
@@ -270,7 +276,7 @@ def test_one_graph_torch_cuda_equals_onnx_cpu(graphs, ckpt):
     valid = np.ones((2, 12), bool)
     with torch.no_grad():
         got = module(*(torch.from_numpy(a).cuda() for a in (src, tgt, kps, valid)))[0].cpu().numpy()
-    ref, *_ = OnnxBackend(graphs["match"])._run_match(src, tgt, kps, valid)
+    ref, *_ = OnnxBackend(graphs["match"]).match(src, tgt, kps, valid)
     assert np.abs(got - ref).max() <= 0.05  # TF32 / cuDNN differences; a wrong graph is pixels off
 
 
@@ -280,7 +286,7 @@ def test_static_batch_one_graph_pads_the_last_chunk(ckpt, graphs, tmp_path):
     kps = np.repeat(grid_keypoints(SIZE, 5)[None], 3, axis=0)
     valid = np.ones((3, 5), bool)
     args = (_images(3, 11), _images(3, 12), kps, valid)
-    got = OnnxBackend(out).match_pairs(*args)
-    ref = OnnxBackend(graphs["match"]).match_pairs(*args)
+    got = OnnxBackend(out).match(*args)
+    ref = OnnxBackend(graphs["match"]).match(*args)
     assert OnnxBackend(out).max_batch == 2 and got[0].shape == (3, 5, 2)
     assert all(np.abs(g - r).max() <= 1e-4 for g, r in zip(got, ref, strict=True))

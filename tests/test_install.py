@@ -81,12 +81,15 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
     """Every third-party module imported by the torch-free runtime path belongs to a base dependency."""
     runtime_files = ("simplematch/runtime/", "simplematch/metrics.py", "simplematch/image.py",
                      "simplematch/keypoints.py", "simplematch/metadata.py", "simplematch/cli/app.py",
-                     "simplematch/extras.py", "simplematch/io.py", "simplematch/config.py",
+                     "simplematch/extras.py", "simplematch/files.py", "simplematch/config.py",
+                     "simplematch/geometry.py", "simplematch/confidence.py",
+                     "simplematch/evaluation/__init__.py",
+                     "simplematch/evaluation/dispatch.py", "simplematch/evaluation/runtime_predictor.py",
                      "simplematch/data/records.py", "simplematch/data/pfwillow.py",
                      "simplematch/data/matfile.py", "simplematch/calibration.py",
                      "simplematch/cli/calibrate.py",
                      # `smatch bench --model m.onnx`: every bench module but the torch ones (executors
-                     # torch_eager / train, cuda, random_model), which only torch paths import.
+                     # torch_eager / train_memory, cuda, random_model), which only torch paths import.
                      "simplematch/bench/__init__.py", "simplematch/bench/__main__.py",
                      "simplematch/bench/options.py", "simplematch/bench/machine.py",
                      "simplematch/bench/plan.py", "simplematch/bench/measure.py",

@@ -10,15 +10,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "simplematch"
 # Lowest first; the README's architecture map lists the same layers. A name covers its sub-modules.
 LAYERS = [
-    ["config", "validate", "errors", "io", "extras", "progress", "keypoints", "image", "metadata",
-     "calibration"],
+    ["config", "validate", "errors", "files", "extras", "progress", "keypoints", "image", "metadata"]
+    + ["geometry", "confidence", "calibration"],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],
-    ["runtime"],
-    ["distributed", "evaluate", "train"],
+    ["runtime", "evaluation.runtime_predictor"],
+    ["distributed", "evaluation.torch_predictor", "train"],
     ["export"],
-    ["evaluation", "calibrate", "plots", "baselines", "convert", "bench", "demo"],
+    ["evaluation", "calibrate", "plots", "baselines", "official", "bench", "demo"],
     ["cli"],
 ]
 
@@ -120,6 +120,10 @@ def test_every_module_has_a_layer_and_imports_only_from_its_layer_or_below() -> 
     upward = [f"{m} -> {t}" for m, targets in graph.items() for t in targets if layer_of(t) > layer_of(m)]
     assert upward == []
     assert layer_of("simplematch.runtime.matching") == 3 and layer_of("simplematch.runtime.infer") == 4
+    # The evaluation package spans layers: each predictor sits with what it predicts with.
+    assert layer_of("simplematch.evaluation.runtime_predictor") == 4
+    assert layer_of("simplematch.evaluation.torch_predictor") == 5
+    assert layer_of("simplematch.evaluation.dispatch") == layer_of("simplematch.evaluation") == 7
 
 
 def test_the_library_never_imports_the_cli() -> None:

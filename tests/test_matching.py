@@ -117,6 +117,33 @@ def test_cells_to_pixels_conventions() -> None:
         M.cells_to_pixels(c, 4.0, "middle")
 
 
+def test_geometry_is_written_once_for_both_array_libraries() -> None:
+    """torch and numpy matching use the same helpers; the model's fine map is at 1 / FEATURE_STRIDE."""
+    import numpy as np
+
+    from simplematch import geometry
+    from simplematch.model import SimpleMatch
+    from simplematch.runtime import matching as npm
+
+    assert M.cells_to_pixels is npm.cells_to_pixels is geometry.cells_to_pixels
+    assert M.window_size is npm.window_size is geometry.window_size
+    cells = np.array([[0.0, 1.5], [7.25, 3.0]])
+    for coord in ("corner", "center"):
+        np.testing.assert_array_equal(
+            geometry.cells_to_pixels(torch.from_numpy(cells), 4.0, coord).numpy(),
+            geometry.cells_to_pixels(cells, 4.0, coord),
+        )
+    assert geometry.window_size(0, 9, 7) == (9, 7) and geometry.window_size(5, 9, 7) == (5, 5)
+    assert geometry.window_size(8, 9, 7) == (8, 7)  # >= the side: that whole axis
+    assert geometry.FEATURE_STRIDE == 4  # paper Fig. 3: the fine head is at H/4
+    from tiny import tiny_config
+
+    model = SimpleMatch(tiny_config()).eval()
+    with torch.no_grad():
+        maps = model.encode(torch.zeros(1, 3, 64, 64))
+    assert maps.shape[-2:] == (geometry.feature_side(64),) * 2 == (64 // 4,) * 2
+
+
 def test_match_keypoints_identity_features() -> None:
     """Features equal for the same cell on both maps: each keypoint maps to its own cell."""
     torch.manual_seed(3)

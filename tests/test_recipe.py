@@ -84,7 +84,7 @@ def _released_resnet_maps(official: dict, img: torch.Tensor, training: bool) -> 
     statistics of src alone, then trg alone); f8 = layer2 + trans_conv2(f16) (no align: 512 = 512);
     f4 = aligns.0(layer1) + bilinear(f8, align_corners=True). Returns [proj1(f16), proj2(f8), proj3(f4)].
     """
-    from test_convert import RESNET_PREFIX, TINY_RESNET
+    from test_official import RESNET_PREFIX, TINY_RESNET
 
     net = timm.create_model("resnet101", pretrained=False, num_classes=1000, **TINY_RESNET)
     prefix = RESNET_PREFIX + "backbone."
@@ -141,10 +141,10 @@ def _released_resnet_maps(official: dict, img: torch.Tensor, training: bool) -> 
 
 @pytest.mark.parametrize("training", [False, True])
 def test_resnet_forward_matches_released_recomputation(tmp_path, training: bool) -> None:
-    from test_convert import TINY_RESNET, official_resnet
+    from test_official import TINY_RESNET, official_resnet
 
-    from simplematch.convert import convert_official
     from simplematch.matching import match_keypoints
+    from simplematch.official import convert_official
 
     official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
     torch.save(official, tmp_path / "best_model.pth")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from simplematch import confidence
 from simplematch.errors import SimpleMatchError
 from simplematch.image import to_image_frame, to_model_frame
 from simplematch.metadata import ModelMeta
@@ -247,6 +248,15 @@ def test_onnx_backend_encodes_and_validates(models: dict[str, Path], tmp_path: P
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     with pytest.raises(SimpleMatchError, match="model input must be"):
         be.encode(np.zeros((1, 3, 16, 16), np.float32))
+    # The public match of the Backend protocol: a features-only file says how to get the matching graph.
+    from simplematch.runtime.backends import Backend
+
+    assert isinstance(be, Backend) and not be.matches
+    kps = np.zeros((1, 1, 2), np.float32)
+    with pytest.raises(SimpleMatchError, match="--with-matching"):
+        be.match(
+            np.zeros((1, 3, S, S), np.float32), np.zeros((1, 3, S, S), np.float32), kps, np.ones((1, 1), bool)
+        )
 
     no_meta = make_onnx(tmp_path / "nometa.onnx", with_meta=False)
     with pytest.raises(SimpleMatchError, match="no simplematch metadata"):
@@ -366,6 +376,65 @@ def test_keypoint_scaling_round_trip(models: dict[str, Path], model: str) -> Non
     rel_err = np.abs(res.target_kps / [trg_hw[1], trg_hw[0]] - kps / [src_hw[1], src_hw[0]])
     assert (rel_err <= stride / S + 1e-9).all()
     np.testing.assert_allclose(res.score, 1.0, atol=1e-5)
+
+
+def test_matcher_refuses_keypoints_the_cli_refuses(models: dict[str, Path], tmp_path: Path) -> None:
+    """The border rule of `smatch infer --kps` (0 <= x <= w-1, 0 <= y <= h-1 in source pixels), same text."""
+    from simplematch.keypoints import parse_keypoints_json
+
+    m = Matcher(models["conv"])
+    src = np.zeros((30, 40, 3), np.uint8)  # w = 40, h = 30
+    fsrc, ftrg = m.encode([src, np.zeros((50, 20, 3), np.uint8)])
+    ok = [[0.0, 0.0], [39.0, 29.0]]  # both corners are inside
+    assert m.match(fsrc, ftrg, ok).target_kps.shape == (2, 2)
+    assert m.match_images(src, src, ok).target_kps.shape == (2, 2)
+    for bad in ([[-0.5, 3.0]], [[39.01, 3.0]], [[3.0, 29.5]], [[3.0, -1.0]]):
+        with pytest.raises(SimpleMatchError) as cli:
+            parse_keypoints_json(bad, image_size=(40, 30))
+        for call in (lambda b=bad: m.match(fsrc, ftrg, b), lambda b=bad: m.match_images(src, src, b)):
+            with pytest.raises(SimpleMatchError) as api:
+                call()
+            assert str(api.value) == str(cli.value) and "outside the 40x30 image" in str(api.value)
+    # The target image's size does not enter the source rule: 39 is inside a 40-wide source only.
+    with pytest.raises(SimpleMatchError, match="outside the 20x50 image"):
+        m.match(ftrg, fsrc, [[39.0, 3.0]])
+
+
+def test_matcher_encode_refuses_one_image_and_folders(models: dict[str, Path], tmp_path: Path) -> None:
+    m = Matcher(models["conv"])
+    img = write_image(tmp_path / "a.png", 40, 30)
+    for single in (str(img), img, np.zeros((30, 40, 3), np.uint8), Image.open(img)):
+        with pytest.raises(SimpleMatchError, match=r"list of images.*encode\(\[image\]\)"):
+            m.encode(single)
+    assert len(m.encode([str(img)])) == 1
+    folder = tmp_path / "photos.png"
+    folder.mkdir()
+    for call in (
+        lambda: m.encode([folder]),
+        lambda: m.prepare(str(folder)),
+        lambda: m.match_images(folder, img, []),
+    ):
+        with pytest.raises(SimpleMatchError, match="is a folder, not an image file"):
+            call()
+
+
+def test_matcher_warns_once_on_normalised_looking_keypoints(models: dict[str, Path]) -> None:
+    import warnings
+
+    m = Matcher(models["conv"])
+    big, tiny = np.zeros((30, 40, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)
+    fbig, ftiny = m.encode([big, tiny])
+    with pytest.warns(UserWarning, match="look normalised") as caught:
+        m.match(fbig, fbig, [[0.1, 0.2], [0.9, 1.0], [0.0, 0.5]])
+    assert len(caught) == 1
+    with pytest.warns(UserWarning, match="look normalised") as caught:
+        m.match_images(big, big, [[0.5, 0.5]])
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails
+        m.match(fbig, fbig, [[0.1, 0.2], [1.5, 0.5]])  # one point beyond 1: pixels
+        m.match(ftiny, ftiny, [[0.0, 1.0], [1.0, 0.0]])  # a 2x2 image: [0, 1] is all there is
+        m.match(fbig, fbig, np.zeros((0, 2)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -576,7 +645,7 @@ def test_viz_size_colours_and_labels() -> None:
 # ----------------------------------------------------------------------------------------------------------
 def test_evaluate_runtime_json(models: dict[str, Path], tmp_path: Path) -> None:
     from simplematch.data.records import PairRecord
-    from simplematch.runtime.evaluate import evaluate_runtime
+    from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
     rng = np.random.default_rng(0)
     src_path = write_image(tmp_path / "a.png", 64, 48)
@@ -633,7 +702,7 @@ def test_eval_limit_predictions_plots_cli(
     assert res["sample"]["limit"] == 5 and res["sample"]["of"] > 5
     rej = res["confidence"]["rejection"]
     assert rej["min_confidence"] == 0.5 and 0.0 <= rej["kept_fraction"] <= 1.0
-    assert set(res["confidence"]["auroc"]) == set(npm.CUES)
+    assert set(res["confidence"]["auroc"]) == set(confidence.CUES)
     lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(lines) == 5 and {"id", "category", "src_kps", "gt", "pred", "raw_cues", "correct"} <= set(
         lines[0]
@@ -666,7 +735,8 @@ def test_runtime_imports_no_torch(models: dict[str, Path], tmp_path: Path) -> No
             pass
         else:
             raise SystemExit("torch import did not fail")
-        import simplematch.runtime, simplematch.runtime.infer, simplematch.runtime.evaluate  # noqa: E401
+        import simplematch.runtime, simplematch.runtime.infer  # noqa: E401
+        import simplematch.evaluation, simplematch.evaluation.runtime_predictor  # noqa: E401
         import simplematch.runtime.viz, simplematch.metrics  # noqa: E401
         from simplematch.runtime import Matcher
         m = Matcher({str(models["conv"])!r})

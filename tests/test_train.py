@@ -19,7 +19,7 @@ from simplematch.checkpoint import load_checkpoint
 from simplematch.cli.app import main
 from simplematch.data import load_records
 from simplematch.errors import SimpleMatchError
-from simplematch.evaluate import evaluate_model
+from simplematch.evaluation.torch_predictor import evaluate_model
 from simplematch.train import load_resume_state, plan_from_flags, train
 
 

@@ -181,13 +181,9 @@ def _check_model_file(path: Path, batches: Sequence[int]) -> Path:
 
 
 def _check_checkpoint(ckpt: Path) -> Path:
-    from simplematch.checkpoint import WEIGHTS_NAME
+    from simplematch import validate
 
-    if not (ckpt.is_dir() and (ckpt / WEIGHTS_NAME).is_file()):
-        raise SimpleMatchError(
-            f"checkpoint not found: {ckpt} (needs {WEIGHTS_NAME})", "pass a folder made by `smatch train`"
-        )
-    return ckpt
+    return validate.checkpoint_dir(ckpt)
 
 
 def fixed_batch(path: Path) -> int | None:
@@ -230,7 +226,7 @@ def _check_fixed_batch(path: Path, batches: Sequence[int]) -> None:
 # --------------------------------------------------------------------------------------------------------
 def make_plan(opts: BenchOptions, workdir: Path, say: Log) -> Plan:
     """The model every runtime measures, its exports under ``workdir``, and what is skipped and why."""
-    from simplematch.io import sha256_file
+    from simplematch.files import sha256_file
 
     ckpt_dir = _resolve_checkpoint(opts, workdir, say)
     if ckpt_dir is not None:

@@ -60,7 +60,7 @@ def bench_document(
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    from simplematch.io import atomic_write_text
+    from simplematch.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
 

@@ -323,10 +323,6 @@ def export(
 
     if batch != "dynamic" and not batch.isdigit():
         raise SimpleMatchError(f"--batch {batch!r} is invalid", "pass a positive integer or 'dynamic'")
-    if not Path(checkpoint).is_dir():
-        raise SimpleMatchError(
-            f"checkpoint folder not found: {checkpoint}", "pass a folder made by `smatch train`"
-        )
     res = export_checkpoint(
         checkpoint, fmt=fmt.value, out=out, fp16=fp16, batch=None if batch == "dynamic" else int(batch),
         opset=opset, check=check, check_data=check_data, with_matching=with_matching, force=force,
@@ -468,18 +464,11 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out (file or run).")] = False,
 ) -> None:
     """Import the authors' released checkpoints (strict key accounting), or write ours in their layout."""
-    from simplematch import validate
     from simplematch.extras import require
 
     require("train", "`smatch convert`")
-    from simplematch.cli.convert import run_convert
+    from simplematch.official import run_convert
 
-    # Checked before the conversion (which loads every tensor), so a bad --out fails at once.
-    inputs = [checkpoint, backbone_weights]
-    if to_official:
-        validate.output_file(out, "--out", suffixes=(".pth", ".pt"), inputs=inputs, force=force)
-    else:
-        validate.output_dir(out, "--out", inputs=inputs, force=force, what="checkpoint")
     run_convert(checkpoint, family.value, out, img_size=img_size, backbone_weights=backbone_weights,
                 to_official=to_official, replace=force, console=_console())  # fmt: skip
 

@@ -131,7 +131,7 @@ def int8_parity(
 def _pck_change(fp32_path: Path, int8_path: Path, root: Path, n_pairs: int) -> dict[str, Any]:
     """PCK@0.1 (PF-WILLOW's kps threshold, resized frame) of both models on every k-th test pair."""
     from simplematch.data import load_records
-    from simplematch.runtime.evaluate import evaluate_runtime
+    from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
     try:
         records = load_records("pfwillow", root, "test")

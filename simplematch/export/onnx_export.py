@@ -30,8 +30,8 @@ import torch
 import simplematch
 from simplematch.config import Config
 from simplematch.errors import SimpleMatchError, first_line
+from simplematch.files import atomic_path, sha256_file
 from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
-from simplematch.io import atomic_path, sha256_file
 from simplematch.metadata import INPUT_NAME, OUTPUT_NAME, ModelMeta
 
 # LayerNormalization is one node from opset 17, but torch's dynamo exporter implements opset 18+ only and

@@ -329,7 +329,7 @@ def match_graph_eval(
             m = len(rec.src_kps)
             kps[i, :m] = to_model_frame(np.where(ok[:, None], rec.src_kps, 0.0), hws[i][0], size)
             valid[i, :m] = ok
-        pred, _, _, fsrc, ftgt = backend._run_match(np.stack(srcs), np.stack(tgts), kps, valid)
+        pred, _, _, fsrc, ftgt = backend.match(np.stack(srcs), np.stack(tgts), kps, valid)
         if compare_numpy:
             ref = np_match(fsrc, ftgt, kps, size, meta.window, meta.beta, meta.coord).pred
             diffs.append(np.linalg.norm(pred[valid].astype(np.float64) - ref[valid], axis=-1))

@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 
 from simplematch.errors import SimpleMatchError
-from simplematch.io import atomic_path, atomic_write_text
+from simplematch.files import atomic_path, atomic_write_text
 from simplematch.metadata import ModelMeta
 
 TRT_MISSING = SimpleMatchError(

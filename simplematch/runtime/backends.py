@@ -13,7 +13,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,6 +39,20 @@ TRT_INSTALL_FIX = (
 )
 
 
+class GraphMatches(NamedTuple):
+    """What :meth:`Backend.match` returns for B pairs of N keypoints (one-graph model).
+
+    ``target_kps`` (B, N, 2) in the model frame (NaN where invalid), ``peak_cos`` / ``peak_mass`` (B, N)
+    (0 where invalid), ``src_features`` / ``tgt_features`` (B, C, h, w): the graph's own feature maps.
+    """
+
+    target_kps: np.ndarray
+    peak_cos: np.ndarray
+    peak_mass: np.ndarray
+    src_features: np.ndarray
+    tgt_features: np.ndarray
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the :class:`~simplematch.runtime.matcher.Matcher` needs from an inference engine."""
@@ -48,9 +62,26 @@ class Backend(Protocol):
     provider: str  # the execution provider that really runs the model, e.g. "CPUExecutionProvider"
     runtime: str  # "onnxruntime" | "tensorrt"
 
+    @property
+    def matches(self) -> bool:
+        """True when :meth:`match` works: the file holds the one graph (``smatch export --with-matching``)."""
+        ...
+
     def encode(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, S, S) float32 in [0, 1] -> (B, C, S/stride, S/stride) float32."""
         ...
+
+    def match(self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray) -> GraphMatches:
+        """One-graph model only: (B, 3, S, S) source and target images, (B, N, 2) source keypoints in the
+        model frame, (B, N) validity -> :class:`GraphMatches`. Raises when :attr:`matches` is False."""
+        ...
+
+
+def _no_match_graph(path: Path) -> SimpleMatchError:
+    return SimpleMatchError(
+        f"{path} holds the features model only, not the matching graph",
+        "export it with `smatch export --with-matching`, or match with Matcher.match on encoded features",
+    )
 
 
 def _check_device(device: str) -> str:
@@ -185,7 +216,7 @@ class OnnxBackend:
 
     @property
     def matches(self) -> bool:
-        """True for a one-graph model (``smatch export --with-matching``): :meth:`match_pairs` works."""
+        """True for a one-graph model (``smatch export --with-matching``): :meth:`match` works."""
         return self.meta.graph == "matching"
 
     def _validate_io(self) -> None:
@@ -227,25 +258,14 @@ class OnnxBackend:
         # pads the last one (repeating its last image), so `--batch 8` models work in infer / eval too.
         self.max_batch = _static_dim(shape[0])
 
-    def match_pairs(
-        self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One-graph model only: (B, 3, S, S) x 2, (B, N, 2) keypoints, (B, N) validity ->
-        (B, N, 2) target keypoints (NaN where invalid), (B, N) peak cosine, (B, N) peak mass."""
+    def match(self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray) -> GraphMatches:
+        """The one graph over pairs in chunks; a static batch gets its exact size (last chunk padded)."""
+        if not self.matches:
+            raise _no_match_graph(self.path)
         src = _check_images(src, self.meta.img_size)
         tgt = _check_images(tgt, self.meta.img_size)
         kps = np.ascontiguousarray(kps, dtype=np.float32)
         valid = np.ascontiguousarray(valid, dtype=bool)
-        pred, peak, mass, _, _ = self._run_match(src, tgt, kps, valid)
-        return pred, peak, mass
-
-    def _run_match(
-        self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray
-    ) -> tuple[np.ndarray, ...]:
-        """The one graph over pairs in chunks; a static batch gets its exact size (last chunk padded).
-
-        Returns ``(tgt_kps, peak_cos, peak_mass, src_features, tgt_features)`` for all pairs.
-        """
         step = self.max_batch or max(len(src), 1)
         parts: list[list[np.ndarray]] = [[], [], [], [], []]
         for start in range(0, len(src), step):
@@ -263,7 +283,7 @@ class OnnxBackend:
             b = len(feed[0])  # features are the b source maps, then the b target maps
             for store, value in zip(parts, (pred, peak, mass, feats[:b], feats[b:]), strict=True):
                 store.append(np.asarray(value)[:n])
-        return tuple(np.concatenate(p) for p in parts)
+        return GraphMatches(*(np.concatenate(p) for p in parts))
 
     def _encode_with_match_graph(self, images: np.ndarray) -> np.ndarray:
         """Features from a one-graph file: the images go in as sources and targets of half as many pairs
@@ -273,7 +293,7 @@ class OnnxBackend:
         if len(tgt) < half:  # odd count: the last image doubles as the missing target, dropped below
             tgt = np.concatenate([tgt, images[-1:]])
         kps = np.zeros((half, 1, 2), np.float32)
-        *_, fsrc, ftgt = self._run_match(src, tgt, kps, np.zeros((half, 1), bool))
+        *_, fsrc, ftgt = self.match(src, tgt, kps, np.zeros((half, 1), bool))
         out = np.concatenate([fsrc, ftgt])[: len(images)]
         return _check_features(out, self.meta, len(images), str(self.path))
 
@@ -369,7 +389,7 @@ def write_engine_env(cache: Path) -> None:
     """Record what built the engines in ``cache`` (once; an existing record was checked before)."""
     side = cache / ENGINE_ENV_FILE
     if cache.is_dir() and not side.exists():
-        from simplematch.io import atomic_write_text
+        from simplematch.files import atomic_write_text
 
         atomic_write_text(side, json.dumps(current_engine_env(), indent=2) + "\n")
 
@@ -557,6 +577,13 @@ class TensorRTBackend:
         self._cuda(cudart.cudaMemcpyAsync(host_out.ctypes.data, d_out, host_out.nbytes, d2h, self._stream))
         self._cuda(cudart.cudaStreamSynchronize(self._stream))
         return host_out
+
+    @property
+    def matches(self) -> bool:
+        return False  # engines are built from the features graph only
+
+    def match(self, src: np.ndarray, tgt: np.ndarray, kps: np.ndarray, valid: np.ndarray) -> GraphMatches:
+        raise _no_match_graph(self.path)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = _check_images(images, self.meta.img_size)

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from simplematch import validate
+from simplematch.confidence import DEFAULT_CONFIDENCE
 from simplematch.errors import SimpleMatchError
+from simplematch.files import atomic_path, atomic_write_bytes, atomic_write_text
 from simplematch.image import load_image
-from simplematch.io import atomic_path, atomic_write_bytes, atomic_write_text
 from simplematch.runtime.matcher import Features, Matcher, MatchResult, check_confidence
-from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.runtime.viz import png_bytes, render_matches
 
 # The --truth error is also given as a fraction of this PCK threshold: max(w, h) of the target image (the

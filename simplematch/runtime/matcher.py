@@ -22,12 +22,13 @@ import numpy as np
 from PIL import Image
 
 from simplematch import calibration
+from simplematch.confidence import DEFAULT_CONFIDENCE, confidence_cues
 from simplematch.config import CONFIDENCE_CUES
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image, resize_square, to_image_frame, to_model_frame, to_rgb_uint8
 from simplematch.metadata import ModelMeta
 from simplematch.runtime.backends import Backend, load_backend
-from simplematch.runtime.matching import DEFAULT_CONFIDENCE, confidence_cues, match_keypoints
+from simplematch.runtime.matching import match_keypoints
 
 ImageLike = np.ndarray | str | Path | Image.Image
 
@@ -104,6 +105,17 @@ def _check_kps(kps: np.ndarray | Sequence[Sequence[float]], what: str) -> np.nda
     return arr
 
 
+def _user_kps(kps: np.ndarray | Sequence[Sequence[float]], hw: tuple[int, int]) -> np.ndarray:
+    """Source keypoints from a user: (N, 2) finite pixels inside the (h, w) source image, the CLI's rule."""
+    from simplematch.keypoints import check_inside, warn_if_normalised
+
+    arr = _check_kps(kps, "source keypoints")
+    size = (hw[1], hw[0])  # (w, h)
+    check_inside(arr, size)
+    warn_if_normalised(arr, size)
+    return arr
+
+
 def _timing_ms(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:
     """``timing_ms`` of a match from its four ``perf_counter`` marks: preprocess, encode, match."""
     return {"preprocess": (t1 - t0) * 1e3, "encode": (t2 - t1) * 1e3, "match": (t3 - t2) * 1e3}
@@ -158,7 +170,14 @@ class Matcher:
         return Prepared(resize_square(rgb, self.meta.img_size), (int(rgb.shape[0]), int(rgb.shape[1])), name)
 
     def encode(self, images: Sequence[Prepared | ImageLike]) -> list[Features]:
-        """Encode images in batches of ``batch_size``; unprepared images are prepared first."""
+        """Encode a list of images in batches of ``batch_size``; unprepared images are prepared first."""
+        if isinstance(images, (str, Path, Image.Image, Prepared)) or (
+            isinstance(images, np.ndarray) and images.ndim == 3
+        ):
+            raise SimpleMatchError(
+                f"Matcher.encode takes a list of images, got one {type(images).__name__}",
+                "wrap it in a list: encode([image])",
+            )
         prepared = [im if isinstance(im, Prepared) else self.prepare(im) for im in images]
         out: list[Features] = []
         for start in range(0, len(prepared), self.batch_size):
@@ -176,16 +195,20 @@ class Matcher:
         window: int | None = None,
         confidence: str = DEFAULT_CONFIDENCE,
         min_confidence: float | None = None,
+        check_keypoints: bool = True,
     ) -> MatchResult:
         """Match (N, 2) source-image pixels -> target-image pixels (plus scores), with the model's metadata.
 
         ``window`` overrides the metadata's fine window (0 = whole map), as ``smatch eval --window``.
-        ``confidence`` names the cue (:data:`simplematch.runtime.matching.CUES`); a match whose confidence
+        ``confidence`` names the cue (:data:`simplematch.confidence.CUES`); a match whose confidence
         is below ``min_confidence`` is rejected (``rejected`` True, its ``target_kps`` row NaN).
+        The keypoints follow the CLI's rule (:func:`simplematch.keypoints.check_inside`: 0-based pixels of the
+        source image) and warn when they look normalised; ``check_keypoints=False`` is for benchmark
+        annotations already checked by their reader (whose 1-based values may reach w and h).
         """
         meta = self.meta
         check_confidence(confidence, min_confidence)
-        kps = _check_kps(src_kps, "source keypoints")
+        kps = _user_kps(src_kps, src.hw) if check_keypoints else _check_kps(src_kps, "source keypoints")
         if src.map.shape != trg.map.shape:
             raise SimpleMatchError(
                 f"feature maps differ: {src.map.shape} vs {trg.map.shape}",
@@ -235,12 +258,15 @@ class Matcher:
         """prepare + encode (one batch of two) + match, with ``timing_ms`` {preprocess, encode, match}."""
         t0 = time.perf_counter()
         prepared = [self.prepare(src), self.prepare(trg)]
+        src_kps = _user_kps(src_kps, prepared[0].hw)  # before any model run; match() then skips the check
         t1 = time.perf_counter()
-        if getattr(self.backend, "matches", False):  # one-graph file: encode + match in one session run
+        if self.backend.matches:  # one-graph file: encode + match in one session run
             return self._match_in_graph(*prepared, src_kps, t0, t1, confidence, min_confidence)
         fsrc, ftrg = self.encode(prepared)
         t2 = time.perf_counter()
-        result = self.match(fsrc, ftrg, src_kps, confidence=confidence, min_confidence=min_confidence)
+        result = self.match(
+            fsrc, ftrg, src_kps, confidence=confidence, min_confidence=min_confidence, check_keypoints=False
+        )
         t3 = time.perf_counter()
         result.timing_ms = _timing_ms(t0, t1, t2, t3)
         return result
@@ -264,16 +290,18 @@ class Matcher:
         kps_model = to_model_frame(kps, src.hw, size).astype(np.float32)
         if len(kps) == 0:  # the graph's keypoint axis starts at 1; nothing to match anyway
             fs, ft = self.encode([src, trg])
-            result = self.match(fs, ft, kps, confidence=confidence, min_confidence=min_confidence)
+            result = self.match(
+                fs, ft, kps, confidence=confidence, min_confidence=min_confidence, check_keypoints=False
+            )
             result.timing_ms = _timing_ms(t0, t1, t1, t1)
             return result
-        pred, _peak, _mass, fsrc, ftrg = self.backend._run_match(  # type: ignore[attr-defined]
+        pred, _peak, _mass, fsrc, ftrg = self.backend.match(
             src.tensor[None], trg.tensor[None], kps_model[None], np.ones((1, len(kps)), bool)
         )
         t2 = time.perf_counter()
         result = self.match(
             Features(fsrc[0], src.hw), Features(ftrg[0], trg.hw), kps,
-            confidence=confidence, min_confidence=min_confidence,
+            confidence=confidence, min_confidence=min_confidence, check_keypoints=False,
         )  # fmt: skip
         graph_model = pred[0].astype(np.float64)
         graph_image = to_image_frame(graph_model, trg.hw, size)

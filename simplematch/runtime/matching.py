@@ -11,14 +11,8 @@ Same conventions, same arithmetic order, pinned to the torch functions by ``test
 
 Everything is vectorised over batch and keypoints (no Python loop per keypoint).
 
-Confidence cues (``docs/confidence.md``), all from the two feature maps that matching already has:
-
-* ``peak_cos``: the largest cosine similarity; ``peak_mass``: the soft-argmax probability of the peak cell;
-* ``second_cos``: the best similarity *outside* the k x k window (a ratio test, best vs runner-up);
-* ``cycle_px``: match the prediction back into the source (same window soft-argmax) and measure the
-  distance to the query keypoint, in pixels of the S x S frame.
-
-:func:`confidence_cues` maps them to [0, 1] (higher = more likely correct) and forms the combinations.
+:func:`match_keypoints` also returns the raw confidence cues (``peak_cos``, ``peak_mass``, ``second_cos``,
+``cycle_px``); :mod:`simplematch.confidence` maps them to [0, 1].
 """
 
 from __future__ import annotations
@@ -27,17 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from simplematch import config
-
-# The runtime's names for the config's choices (defined once there).
-COORDS = config.COORD_CONVENTIONS
-# The cues :func:`confidence_cues` computes, in its order; ``calibrated`` is added by a model's calibration.
-CUES = tuple(c for c in config.CONFIDENCE_CUES if c != "calibrated")
-DEFAULT_CONFIDENCE = config.DEFAULT_CONFIDENCE
-
-# The cycle error is expressed in units of alpha * S with alpha = 0.1 (the "img" PCK threshold of the model
-# frame): a threshold that needs no ground truth, so the confidence is the same at inference and in eval.
-CYCLE_ALPHA = 0.1
+from simplematch.geometry import cells_to_pixels, window_size
 
 
 class SoftArgmax(NamedTuple):
@@ -100,11 +84,6 @@ def window_starts(center: np.ndarray, k: int, size: int) -> np.ndarray:
     return np.clip(center - k // 2, 0, size - k)
 
 
-def window_size(window: int, h: int, w: int) -> tuple[int, int]:
-    """(ky, kx): ``window`` <= 0 or >= the side means the whole axis."""
-    return (h if window <= 0 or window >= h else window), (w if window <= 0 or window >= w else window)
-
-
 def window_soft_argmax(sim: np.ndarray, window: int, beta: float) -> SoftArgmax:
     """Eq. 10-12 on (B, N, h, w) similarities -> SoftArgmax((B, N, 2) positions (x, y), (B, N) peak mass).
 
@@ -150,15 +129,6 @@ def best_outside_window(sim: np.ndarray, window: int) -> np.ndarray:
     xs = np.arange(w)[None, :]
     inside = (ys >= y0) & (ys < y0 + ky) & (xs >= x0) & (xs < x0 + kx)  # (B, N, h, w)
     return np.where(inside, -np.inf, sim).reshape(b, n, h * w).max(axis=-1).clip(min=-1.0)
-
-
-def cells_to_pixels(cells: np.ndarray, stride: float, coord: str = "corner") -> np.ndarray:
-    """Cell-unit positions -> pixels: ``i * s`` (corner, released) or ``(i + 0.5) * s`` (center)."""
-    if coord == "center":
-        return (cells + 0.5) * stride
-    if coord != "corner":
-        raise ValueError(f"unknown coord convention {coord!r}")
-    return cells * stride
 
 
 def match_keypoints(
@@ -209,27 +179,3 @@ def match_keypoints(
     cycle = np.linalg.norm(back - src_kps, axis=-1)
     out = Matches(pred, peak, mass, second, cycle)
     return Matches(*(f[0] for f in out)) if single else out
-
-
-def confidence_cues(m: Matches, img_size: int) -> dict[str, np.ndarray]:
-    """Raw cues -> each confidence in [0, 1] (higher = more likely correct), keyed by :data:`CUES`.
-
-    ``peak_cos`` (c + 1) / 2; ``peak_mass`` as is; ``ratio`` 1 - d1 / d2 with d = sqrt(2 - 2 cos) the
-    chordal distance of unit vectors (Lowe's ratio on the best vs the best outside the window);
-    ``cycle`` exp(-e) with e the cycle error in units of ``CYCLE_ALPHA * img_size``; the combinations are
-    geometric means (a match must score on every cue).
-    """
-    d1 = np.sqrt(np.clip(2.0 - 2.0 * np.asarray(m.peak_cos, np.float64), 0.0, None))
-    d2 = np.sqrt(np.clip(2.0 - 2.0 * np.asarray(m.second_cos, np.float64), 0.0, None))
-    ratio = np.clip(1.0 - d1 / np.maximum(d2, 1e-12), 0.0, 1.0)
-    cycle = np.exp(-np.asarray(m.cycle_px, np.float64) / (CYCLE_ALPHA * img_size))
-    mass = np.asarray(m.peak_mass, np.float64)
-    return {
-        "peak_cos": np.clip((np.asarray(m.peak_cos, np.float64) + 1.0) / 2.0, 0.0, 1.0),
-        "peak_mass": mass,
-        "ratio": ratio,
-        "cycle": cycle,
-        "mass_cycle": np.sqrt(mass * cycle),
-        "ratio_cycle": np.sqrt(ratio * cycle),
-        "mass_ratio_cycle": np.cbrt(mass * ratio * cycle),
-    }

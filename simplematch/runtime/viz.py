@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from simplematch.io import atomic_write_bytes
+from simplematch.files import atomic_write_bytes
 
 MAX_SIZE = (2400, 1200)  # (width, height) the picture is scaled down to fit
 MAX_POINTS = 150  # more matches than this are subsampled: beyond it lines and numbers become unreadable

@@ -11,7 +11,7 @@ from pathlib import Path
 from simplematch.bench.executors.base import Executor, Session, measure_inference
 from simplematch.bench.executors.runtime_backends import OnnxRuntimeExecutor, TensorRTExecutor
 from simplematch.bench.executors.torch_eager import TorchExecutor
-from simplematch.bench.executors.train import TrainMemoryExecutor, table11_predict
+from simplematch.bench.executors.train_memory import TrainMemoryExecutor, table11_predict
 from simplematch.bench.options import ENGINE_SUFFIXES
 
 EXECUTORS: dict[str, Executor] = {

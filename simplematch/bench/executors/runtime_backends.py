@@ -31,8 +31,9 @@ class TensorRTExecutor(OnnxRuntimeExecutor):
 
 def _session(spec: dict[str, Any]) -> Session:
     from simplematch import calibration
+    from simplematch.confidence import confidence_cues
     from simplematch.runtime.backends import OnnxBackend, load_backend
-    from simplematch.runtime.matching import confidence_cues, match_keypoints
+    from simplematch.runtime.matching import match_keypoints
 
     device = spec["device"]
     if spec.get("threads") and str(spec["path"]).lower().endswith(".onnx"):

@@ -7,6 +7,7 @@ from typing import Any
 
 from simplematch.bench.machine import current_rss_mib, peak_rss_mib, reset_peak_rss
 from simplematch.bench.options import MIB, NUM_KPS
+from simplematch.geometry import feature_side
 
 
 def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: float, coord: str):
@@ -20,8 +21,8 @@ def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: f
     import torch
     import torch.nn.functional as F
 
+    from simplematch.geometry import cells_to_pixels
     from simplematch.matching import (
-        cells_to_pixels,
         dense_soft_argmax_loss_inputs,
         keypoint_cells,
         match_keypoints,
@@ -53,7 +54,7 @@ class TrainMemoryExecutor:
 
     def run(self, spec: dict[str, Any]) -> dict[str, Any]:
         step, cfg = _training_step(spec)
-        return {**_measure_step(step, spec["device"]), "fine_map": cfg.img_size // 4}
+        return {**_measure_step(step, spec["device"]), "fine_map": feature_side(cfg.img_size)}
 
 
 def _training_step(spec: dict[str, Any]) -> tuple[Callable[[], float], Any]:

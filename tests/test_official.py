@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from simplematch.config import Config
-from simplematch.convert import (
+from simplematch.errors import SimpleMatchError
+from simplematch.model import SimpleMatch, resample_pos_embed_released
+from simplematch.official import (
     RESNET_PREFIX,
     VIT_PREFIX,
     convert_official,
@@ -25,8 +27,6 @@ from simplematch.convert import (
     official_config,
     to_official,
 )
-from simplematch.errors import SimpleMatchError
-from simplematch.model import SimpleMatch, resample_pos_embed_released
 from simplematch.weights import load_backbone_weights
 
 TINY_VIT = dict(depth=2, embed_dim=64, num_heads=2)

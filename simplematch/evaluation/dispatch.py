@@ -1,10 +1,10 @@
 """``smatch eval`` as a library call (torch-free at import): which evaluator, the checks, the files.
 
-A checkpoint folder goes through PyTorch (:mod:`simplematch.evaluate`), an .onnx / .engine file through
-the torch-free runtime (:mod:`simplematch.runtime.evaluate`). Both produce per-pair predictions that
-:mod:`simplematch.metrics` turns into the same JSON (the runtime adds ``runtime`` and ``provider``) and the
-same ``--predictions`` JSONL lines. :func:`run_evaluation` is the whole command after flag parsing, so
-the CLI and the demo run the same code; :func:`print_result` is its table on the console.
+A checkpoint folder goes through PyTorch (:mod:`~simplematch.evaluation.torch_predictor`), an .onnx / .engine
+file through the torch-free runtime (:mod:`~simplematch.evaluation.runtime_predictor`). Both produce per-pair
+predictions that :mod:`simplematch.metrics` turns into the same JSON (the runtime adds ``runtime`` and
+``provider``) and the same ``--predictions`` JSONL lines. :func:`run_evaluation` is the whole command after
+flag parsing, so the CLI and the demo run the same code; :func:`print_result` is its table on the console.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from simplematch.confidence import DEFAULT_CONFIDENCE
 from simplematch.errors import SimpleMatchError
-from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def run_evaluation(
     """
     from simplematch import validate
     from simplematch.data import load_records
-    from simplematch.io import write_json
+    from simplematch.files import write_json
     from simplematch.metrics import DEFAULT_ALPHAS
 
     alphas = validate.alphas(request.alphas, DEFAULT_ALPHAS)
@@ -149,7 +149,7 @@ def _write_predictions(
     path: Path, res: dict[str, Any], preds: list, alphas: Sequence[float], min_confidence: float | None
 ) -> None:
     """``--predictions``: one line per pair, :func:`simplematch.metrics.prediction_record` + the frame."""
-    from simplematch.io import atomic_write_text
+    from simplematch.files import atomic_write_text
     from simplematch.metrics import prediction_record
 
     conf = res["confidence"]
@@ -234,7 +234,7 @@ def evaluate_any(
             model, records, dataset, split, alphas, frame, batch_size, device, window, extra
         )
     if model.suffix in (".onnx", ".engine"):
-        from simplematch.runtime.evaluate import evaluate_runtime
+        from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
         rt_device = "cpu" if device == "auto" else device
         return evaluate_runtime(
@@ -250,7 +250,7 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
     require("train", "evaluating a checkpoint folder (PyTorch)")
     from simplematch import distributed as dist_utils
     from simplematch.checkpoint import load_checkpoint
-    from simplematch.evaluate import checkpoint_info, evaluate_model
+    from simplematch.evaluation.torch_predictor import checkpoint_info, evaluate_model
     from simplematch.progress import progress_bar
     from simplematch.train import select_device
 

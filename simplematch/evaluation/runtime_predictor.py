@@ -1,6 +1,6 @@
 """PCK of an exported model on annotated pairs with the torch-free runtime (``smatch eval MODEL.onnx``).
 
-Mirrors :func:`simplematch.evaluate.evaluate_model`: this module only *predicts* (one
+Mirrors :func:`simplematch.evaluation.torch_predictor.evaluate_model`: this module only *predicts* (one
 :class:`simplematch.metrics.PairPrediction` per pair); :func:`simplematch.metrics.score_predictions` counts,
 aggregates and builds the JSON. Same records, same preprocessing, same matching and same thresholds give
 the same JSON, plus ``runtime`` and ``provider``.
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from simplematch.confidence import DEFAULT_CONFIDENCE
 from simplematch.data.records import FRAMES, PairRecord, pck_threshold, threshold_kind
 from simplematch.errors import SimpleMatchError
+from simplematch.files import sha256_file
 from simplematch.image import to_model_frame
-from simplematch.io import sha256_file
 from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
 from simplematch.runtime.matcher import Features, Matcher, check_confidence
-from simplematch.runtime.matching import DEFAULT_CONFIDENCE
 from simplematch.validate import window as validate_window
 
 
@@ -32,7 +32,7 @@ def _image_key(source: Any, pair: int, side: str) -> str:
     return f"path:{Path(source)}" if isinstance(source, (str, Path)) else f"mem:{pair}:{side}"
 
 
-def predict_pairs(
+def predict_pairs_runtime(
     matcher: Matcher,
     records: Sequence[PairRecord],
     frame: str,
@@ -59,7 +59,8 @@ def predict_pairs(
             trg = feats[_image_key(rec.trg_image, idx, "trg")]
             valid = np.isfinite(rec.src_kps).all(axis=1) & np.isfinite(rec.trg_kps).all(axis=1)
             src_kps = np.where(valid[:, None], rec.src_kps, 0.0)
-            res = matcher.match(src, trg, src_kps, window=window)
+            # The readers have checked the annotations (their 1-based values may reach w and h).
+            res = matcher.match(src, trg, src_kps, window=window, check_keypoints=False)
             if frame == "original":
                 # No min_confidence here: rejection is scored by metrics, so target_kps has no NaN.
                 pred, gt, kps_frame = res.target_kps, rec.trg_kps, src_kps
@@ -122,7 +123,7 @@ def evaluate_runtime(
     dataset = dataset or str(meta.config.get("dataset", ""))
     validate_window(window, round(meta.img_size / meta.stride))
     kind = threshold_kind(dataset, threshold, frame, released_compat)
-    preds = predict_pairs(
+    preds = predict_pairs_runtime(
         matcher, records, frame, kind, batch_size=batch_size, window=window, progress=progress
     )
     model_info = {

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from simplematch.checkpoint import load_checkpoint, save_checkpoint
 from simplematch.cli.app import main
 from simplematch.config import Config
-from simplematch.export.resize import rebuild_at_size
+from simplematch.export.img_size import rebuild_at_size
 from simplematch.metadata import ModelMeta
 from simplematch.model import SimpleMatch
 

@@ -17,54 +17,19 @@ from typing import Any
 from simplematch.errors import SimpleMatchError
 
 
-def ensure_writable_dir(path: Path) -> Path:
-    """Create ``path`` (a folder) if needed; raise a one-line error when that is impossible."""
+def make_dir(path: Path) -> Path:
+    """Create the folder ``path`` (and its parents) when writing into it; one line when that is impossible.
+
+    The writer's side only: the checks before any work are :mod:`simplematch.validate`'s, which create
+    nothing, so a folder appears only once a command writes its first file.
+    """
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SimpleMatchError(
-            f"cannot create output folder {path} ({err.strerror})", "choose a writable path"
+            f"cannot create folder {path} ({err.strerror})", "choose a writable path"
         ) from err
-    if not os.access(path, os.W_OK):
-        raise SimpleMatchError(
-            f"output folder {path} is not writable", "choose a writable path or fix permissions"
-        )
-    return path
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
-    """Raise the one-line error :func:`ensure_writable_dir` would, but create nothing.
-
-    Commands call this before any slow work so a bad output path fails at once and leaves no partial output.
-    """
-    path = Path(path)
-    base = _nearest_existing(path)
-    if not base.is_dir():
-        raise SimpleMatchError(f"cannot create {what} {path}: {base} is not a folder", "choose another path")
-    if not os.access(base, os.W_OK):
-        raise SimpleMatchError(f"{what} {path} is not writable", "choose a writable path or fix permissions")
-    return path
-
-
-def check_output_file(path: str | Path, what: str = "output file") -> Path:
-    """A file we will write later: it must not be a folder and its folder must be creatable/writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise SimpleMatchError(f"{what} {path} is a folder", "pass a file name")
-    base = _nearest_existing(path.parent)
-    if not base.is_dir():
-        raise SimpleMatchError(f"cannot write {what} {path}: {base} is not a folder", "choose another path")
-    if not os.access(base, os.W_OK):
-        raise SimpleMatchError(
-            f"cannot write {what} {path}: {base} is not writable", "choose a writable path"
-        )
     return path
 
 
@@ -72,7 +37,7 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
-    ensure_writable_dir(path.parent)
+    make_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:

@@ -22,14 +22,15 @@ from torch.utils.data import DataLoader, Subset
 
 from simplematch import calibration
 from simplematch import distributed as dist_utils
+from simplematch.confidence import DEFAULT_CONFIDENCE, confidence_cues
 from simplematch.config import Config
 from simplematch.data.dataset import PairDataset, collate_pairs
 from simplematch.metrics import DEFAULT_ALPHAS, PairPrediction, score_predictions
-from simplematch.runtime.matching import DEFAULT_CONFIDENCE, Matches, confidence_cues
+from simplematch.runtime.matching import Matches
 
 
 @torch.no_grad()
-def predict_pairs(
+def predict_pairs_torch(
     model: torch.nn.Module,
     dataset: PairDataset,
     *,
@@ -125,12 +126,13 @@ def evaluate_model(
     ``released_compat``: the released code's scoring quirks (released threshold, ``<=``; docs/recipe.md).
     """
     from simplematch.data.records import threshold_kind
+    from simplematch.geometry import feature_side
     from simplematch.validate import window as check_window
 
-    check_window(window, cfg.img_size // 4)
+    check_window(window, feature_side(cfg.img_size))
     kind = threshold_kind(dataset, threshold, frame, released_compat)
     ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
-    local = predict_pairs(
+    local = predict_pairs_torch(
         model, ds, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress,
         cal=calibration.from_config(cfg.to_dict()),
     )  # fmt: skip
@@ -143,7 +145,7 @@ def evaluate_model(
 
 
 def checkpoint_info(ckpt_dir: str | Path) -> dict[str, Any]:
-    from simplematch.io import sha256_file
+    from simplematch.files import sha256_file
 
     path = Path(ckpt_dir)
     weights = path / "model.safetensors" if path.is_dir() else path

@@ -15,6 +15,7 @@ Families:
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -333,3 +334,62 @@ def to_official(model: SimpleMatch, cfg: Config) -> dict[str, torch.Tensor]:
     out.update(params)
     out.update(buffers)
     return out
+
+
+def run_convert(
+    checkpoint: Path,
+    family: str,
+    out: Path,
+    *,
+    img_size: int | None,
+    backbone_weights: Path | None,
+    to_official: bool,
+    replace: bool = False,
+    console: Any,
+) -> dict[str, Any]:
+    """``smatch convert``: the authors' ``best_model.pth`` -> our checkpoint folder ``out``, or
+    (``to_official``) our checkpoint -> a ``.pth`` file in their layout. Every input and ``out`` are checked
+    before any tensor is loaded; ``replace`` (``--force``) replaces an existing ``out``."""
+    from simplematch import validate
+    from simplematch.checkpoint import load_checkpoint, save_checkpoint
+    from simplematch.files import atomic_path, atomic_write_text
+
+    inputs = [checkpoint, backbone_weights]
+    if to_official:
+        validate.output_file(out, "--out", suffixes=(".pth", ".pt"), inputs=inputs, force=replace)
+    else:
+        validate.output_dir(out, "--out", inputs=inputs, force=replace, what="checkpoint")
+    if not Path(checkpoint).exists():
+        raise SimpleMatchError(f"checkpoint not found: {checkpoint}", "check the path")
+    if to_official:
+        model, cfg = load_checkpoint(checkpoint)
+        if official_family(cfg) != family:
+            raise SimpleMatchError(
+                f"{checkpoint} is a {official_family(cfg)} model, not {family}",
+                f"pass --family {official_family(cfg)}",
+            )
+        sd = to_official(model, cfg)
+        with atomic_path(Path(out)) as tmp:
+            torch.save(sd, tmp)
+        console.print(f"wrote {len(sd)} tensors in the official {family} layout -> {out}")
+        return {"keys": len(sd)}
+    if img_size is None:
+        raise SimpleMatchError(
+            "--img-size is required to import an official checkpoint", "pass e.g. --img-size 252"
+        )
+    if backbone_weights is not None and not Path(backbone_weights).is_file():
+        raise SimpleMatchError(f"backbone weights not found: {backbone_weights}", "check the path")
+    model, cfg, report = convert_official(checkpoint, family, img_size, backbone_weights)
+    if replace:  # --force over an earlier run: drop its checkpoints too, or --resume would use them
+        from simplematch.train import clear_run
+
+        clear_run(Path(out))
+    save_checkpoint(model, cfg, out)
+    atomic_write_text(Path(out) / "convert_report.json", json.dumps(report, indent=2, default=str) + "\n")
+    console.print(
+        f"{family}: {report['keys_in_file']} keys in file, {report['consumed']} consumed,"
+        f" {report['ignored']} ignored"
+        f" {report['ignored_by_reason']}, {report['from_backbone_weights']} from the backbone file -> {out}"
+        " (details in convert_report.json)"
+    )
+    return report
