@@ -142,7 +142,7 @@ def _check_applies(model: Path, c: cal.Calibration, images: tuple[Path, Path]) -
     """The Matcher's default confidence is the calibration's probability of its own raw cues."""
     from simplematch.runtime import Matcher
 
-    res = Matcher(model).match_images(*images, np.array([[3.0, 4.0], [20.0, 11.0], [30.0, 30.0]]))
+    res = Matcher(model).match_images(*images, np.array([[3.0, 4.0], [20.0, 11.0], [30.0, 20.0]]))
     assert res.confidence_kind == "calibrated"
     np.testing.assert_allclose(res.confidence, _prob_by_hand(c, res.raw, S), rtol=0, atol=1e-9)
 
