@@ -68,7 +68,7 @@ def table(fit_on: dict, judge: dict, img_size: int, title: str) -> dict:
         e = cal.expected_calibration_error(s, judge["ok"])
         b = cal.brier_score(s, judge["ok"])
         out[name] = (a, e, b)
-        print(f"| `{name}` | {a:.3f} | {e:.3f} | {b:.3f} |")
+        print(f"| `{name}` | {a:.3f} | {e:.4f} | {b:.3f} |")
     kept = p >= 0.8
     if kept.any():
         print(

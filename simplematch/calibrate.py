@@ -24,7 +24,8 @@ from simplematch.errors import SimpleMatchError
 
 @dataclass(frozen=True)
 class CalibrateRequest:
-    """The pairs to calibrate on: ``categories`` None = all; ``limit`` a seeded sample as ``smatch eval``."""
+    """The pairs to calibrate on: ``categories`` None = all; ``limit`` a seeded sample as ``smatch eval``;
+    ``pairs`` the first N pairs of the split (synthetic: generates N, default 64)."""
 
     dataset: str = "synthetic"
     data_root: Path | None = None
@@ -32,6 +33,7 @@ class CalibrateRequest:
     categories: Sequence[str] | None = None
     alpha: float = calibration.DEFAULT_ALPHA
     limit: int | None = None
+    pairs: int | None = None
     seed: int = 0
     batch_size: int = 8
     device: str = "auto"
@@ -83,7 +85,7 @@ def calibrate_model(
         )
     records = load_records(
         request.dataset, str(request.data_root) if request.data_root else None, request.split,
-        seed=request.seed,
+        seed=request.seed, n_pairs=request.pairs,
     )  # fmt: skip
     records = select_categories(records, request.categories)
     if request.limit:

@@ -30,7 +30,10 @@ def calibrate(
         float, typer.Option(help="'Correct' means error < alpha x PCK threshold.")
     ] = DEFAULT_ALPHA,
     limit: Annotated[int, typer.Option(help="A seeded sample of this many pairs.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of --limit.")] = 0,
+    pairs: Annotated[
+        int, typer.Option(help="The first N pairs of the split (synthetic: generate N; default 64).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --limit and of the synthetic pairs.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
@@ -40,7 +43,7 @@ def calibrate(
 
     request = CalibrateRequest(
         dataset=dataset.value, data_root=data_root, split=split, categories=category or None, alpha=alpha,
-        limit=limit, seed=seed, batch_size=batch_size, device=device,
+        limit=limit, pairs=pairs, seed=seed, batch_size=batch_size, device=device,
     )  # fmt: skip
     res = calibrate_model(model, request, out, force=force)
     cal, q = res["calibration"], res["quality"]
