@@ -36,7 +36,7 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="Seed of --limit and of the synthetic pairs.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
 ) -> None:
     """Fit P(match correct at alpha) from the confidence cues on annotated pairs; write a calibrated copy."""
     from simplematch.calibrate import CalibrateRequest, calibrate_model
