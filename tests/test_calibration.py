@@ -257,3 +257,19 @@ def confidence_points_of(preds: list) -> tuple:
 
     raw, ok, _ = confidence_points(preds)
     return raw, ok
+
+
+def test_choose_score_prefers_one_cue_unless_the_free_model_is_clearly_better() -> None:
+    base = np.random.default_rng(5).uniform(0.2, 0.8, 1000)
+    singles = {k: base + 0.05 for k in cal.CUE_DIRECTIONS}
+    singles["ratio"] = base  # the best single cue
+    swing = 0.05 * np.where(np.arange(1000) % 2, 1.0, -1.0)  # paired differences: std 0.05, SE 0.00158
+    # The free model 0.001 better on average, inside one standard error: the single cue wins.
+    assert cal.choose_score({"all": base - 0.001 + swing, **singles}) == "ratio"
+    # 0.01 better, about six standard errors: the free model wins.
+    assert cal.choose_score({"all": base - 0.01 + swing, **singles}) == "all"
+    # A single cue that is best outright is taken as it is.
+    assert cal.choose_score({"all": base + 0.1, **singles}) == "ratio"
+    # Nothing judged (every fold had one class only): the uncalibrated default's score.
+    nothing = {k: np.full(3, np.nan) for k in ("all", *cal.CUE_DIRECTIONS)}
+    assert cal.choose_score(nothing) == "mass_ratio_cycle"
