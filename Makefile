@@ -14,7 +14,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	@# base install took onnxruntime-gpu holds the CPU wheel; remove both, the install below takes the right one.
 	@if $(BIN)/python -c 'import importlib.metadata as m; m.version("onnxruntime")' 2>/dev/null; then \
 		$(BIN)/pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,plots,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,plots,serve,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -38,6 +38,12 @@ WHEEL=$(ls "$WORK"/dist/simplematch-*.whl)
 n_photos=$(python3 -c "import sys, zipfile; print(sum(n.startswith('simplematch/export/parity_images/') and n.endswith('.jpg') for n in zipfile.ZipFile(sys.argv[1]).namelist()))" "$WHEEL")
 [ "$n_photos" -eq 8 ] || fail "the wheel holds $n_photos of the 8 parity photos"
 echo "parity photos in the wheel: $n_photos"
+# `smatch serve`'s page is package data too: without it GET / has nothing to serve.
+for f in index.html app.js style.css examples/src.png examples/tgt.png; do
+    python3 -c "import sys, zipfile; sys.exit(sys.argv[2] not in zipfile.ZipFile(sys.argv[1]).namelist())" \
+        "$WHEEL" "simplematch/serve/static/$f" || fail "the wheel lacks simplematch/serve/static/$f"
+done
+echo "serve page assets in the wheel: 5"
 
 step "fresh venv, pip install $WHEEL (no extras)"
 python3 -m venv "$RT"
@@ -93,6 +99,7 @@ expect_extra train "$RT/bin/smatch" export "$WORK/ckpt" --out "$WORK/refused.onn
 [ ! -e "$WORK/refused.onnx" ] || fail "a refused export left a file behind"
 expect_extra train "$RT/bin/smatch" eval "$WORK/ckpt" --dataset pfwillow --data-root "$WILLOW"
 expect_extra synthetic "$RT/bin/smatch" eval "$MODEL" --dataset synthetic
+expect_extra serve "$RT/bin/smatch" serve "$MODEL"
 
 step "[gpu] and the base install never hold both onnxruntime wheels"
 # The wheel's own Requires-Dist, with its markers evaluated for each platform: exact and instant. The full

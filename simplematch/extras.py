@@ -18,6 +18,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
               "onnxscript"),
     "trt": ("tensorrt",),
     "plots": ("matplotlib",),
+    "serve": ("fastapi", "uvicorn", "python_multipart"),
 }  # fmt: skip
 # The first (smallest) extra that lists a module is the one to name in the fix.
 MODULE_EXTRA: dict[str, str] = {}
@@ -26,6 +27,8 @@ for _extra, _modules in EXTRA_MODULES.items():
         MODULE_EXTRA.setdefault(_module, _extra)
 MODULE_EXTRA["onnx_ir"] = "train"  # arrives with onnxscript; named here for deep imports of the exporter
 MODULE_EXTRA["cuda"] = "trt"  # cuda-python
+for _module in ("starlette", "pydantic", "multipart"):  # arrive with [serve]; imported by the service
+    MODULE_EXTRA[_module] = "serve"
 
 
 def install_hint(extra: str) -> str:

@@ -8,6 +8,7 @@ ImageNet normalisation is *not* done here: it lives inside the model (and so ins
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,10 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+class ImageTooLargeError(SimpleMatchError):
+    """An image whose pixel count is over the decoder's budget (a service answers 413, not 422)."""
+
+
 def load_image(path: str | Path, *, exif_orientation: bool = True) -> np.ndarray:
     """Read an image file -> (H, W, 3) uint8 RGB. Missing, truncated, oversized or non-image files raise
     one line.
@@ -51,23 +56,40 @@ def load_image(path: str | Path, *, exif_orientation: bool = True) -> np.ndarray
         raise SimpleMatchError(f"{path} is a folder, not an image file", "pass the path of one image file")
     if not path.is_file():
         raise SimpleMatchError(f"image not found: {path}", "check the path")
+    return _decode(path, str(path), exif_orientation=exif_orientation, max_pixels=None)
+
+
+def decode_image(data: bytes, name: str, *, max_pixels: int | None = None) -> np.ndarray:
+    """Image bytes (an upload) -> (H, W, 3) uint8 RGB, with the rules of :func:`load_image` (EXIF
+    orientation applied). ``max_pixels``: refuse a larger image from its header, before decoding it
+    (:class:`ImageTooLargeError`); Pillow's own decompression-bomb guard still applies above it."""
+    return _decode(io.BytesIO(data), name, exif_orientation=True, max_pixels=max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, *, exif_orientation: bool, max_pixels: int | None):
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image {name} is {img.width}x{img.height} px, over the {max_pixels / 1e6:g}-megapixel"
+                    " limit",
+                    f"downscale it below {max_pixels / 1e6:g} megapixels",
+                )
             img.load()  # force decoding now: truncated files fail here, not later
             shown = ImageOps.exif_transpose(img) if exif_orientation else img
             arr = to_rgb_uint8(shown)
     except Image.DecompressionBombError as err:  # Pillow's guard against decompression bombs
-        raise SimpleMatchError(
-            f"image {path} is too large to decode safely ({first_line(err)})",
+        raise ImageTooLargeError(
+            f"image {name} is too large to decode safely ({first_line(err)})",
             f"downscale it below {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels",
         ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise SimpleMatchError(
-            f"cannot read image {path} ({type(err).__name__}: {err})", "re-export it as PNG or JPEG"
+            f"cannot read image {name} ({type(err).__name__}: {err})", "re-export it as PNG or JPEG"
         ) from err
     if arr.shape[0] < 2 or arr.shape[1] < 2:
         raise SimpleMatchError(
-            f"image {path} is {arr.shape[1]}x{arr.shape[0]} px", "use an image of at least 2x2 px"
+            f"image {name} is {arr.shape[1]}x{arr.shape[0]} px", "use an image of at least 2x2 px"
         )
     return arr
 

@@ -157,7 +157,6 @@ def test_exported_model_applies_its_calibration_and_a_mutation_is_caught(tmp_pat
 
 def test_uncalibrated_model_keeps_the_default_and_says_so(tmp_path: Path) -> None:
     from simplematch.runtime import Matcher
-    from simplematch.runtime.infer import calibration_note
 
     m = Matcher(make_onnx(tmp_path / "m.onnx"))
     res = m.match_images(
@@ -165,7 +164,7 @@ def test_uncalibrated_model_keeps_the_default_and_says_so(tmp_path: Path) -> Non
     )
     assert res.confidence_kind == "mass_ratio_cycle" and "calibrated" not in res.cues
     np.testing.assert_array_equal(res.confidence, res.cues["mass_ratio_cycle"])
-    assert calibration_note(m)["calibrated"] is False
+    assert m.calibration_note()["calibrated"] is False and res.calibration == m.calibration_note()
 
 
 def test_calibrate_onnx_writes_a_calibrated_copy(tmp_path: Path) -> None:

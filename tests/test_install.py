@@ -137,7 +137,8 @@ def test_require_names_the_extra_and_the_missing_module(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize(
     ("module", "extra"), [("torch", "train"), ("torch.nn", "train"), ("skimage.data", "synthetic"),
-                          ("tensorrt", "trt"), ("onnxscript", "train")]
+                          ("tensorrt", "trt"), ("onnxscript", "train"), ("fastapi", "serve"),
+                          ("uvicorn", "serve"), ("starlette.routing", "serve")]
 )  # fmt: skip
 def test_missing_optional_module_becomes_one_line(module: str, extra: str) -> None:
     err = missing_module_error(ModuleNotFoundError(f"No module named '{module}'", name=module))

@@ -18,7 +18,7 @@ LAYERS = [
     ["runtime", "evaluation.runtime_predictor"],
     ["distributed", "evaluation.torch_predictor", "train"],
     ["export"],
-    ["evaluation", "calibrate", "plots", "baselines", "official", "bench", "demo"],
+    ["evaluation", "calibrate", "plots", "baselines", "official", "bench", "demo", "serve"],
     ["cli"],
 ]
 

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from simplematch.cli.serve import serve as serve_command
 from simplematch.config import (
     AP10K_SPLITS,
     CONFIDENCE_CUES,
@@ -531,6 +532,9 @@ def bench(
         json_path=json_out, threads=threads, force=force, log=lambda msg: console.print(msg),
     )  # fmt: skip
     print_bench(res, console)
+
+
+app.command("serve")(serve_command)  # in its own module (simplematch/cli/serve.py)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def find_default_model(cwd: str | Path | None = None) -> Path:
     return path
 
 
-def _decode_keypoints(obj: Any, image_hw: tuple[int, int] | None, what: str) -> np.ndarray:
+def decode_keypoints(obj: Any, image_hw: tuple[int, int] | None, what: str) -> np.ndarray:
     """Keypoint JSON (see :func:`simplematch.keypoints.parse_keypoints_json`), ``{"target": [[x, y], ...]}``
     (``examples/truth.json``), or an ``smatch infer --out`` report, whose *targets* become the keypoints (so
     results chain: the next run's sources)."""
@@ -91,7 +91,7 @@ def read_keypoints(
         obj = json.loads(text)
     except (ValueError, RecursionError):
         obj = text  # let the parser produce its one-line "not valid JSON" error
-    return _decode_keypoints(obj, image_hw, what)
+    return decode_keypoints(obj, image_hw, what)
 
 
 def _xy(p: np.ndarray) -> list[float] | None:
@@ -122,6 +122,34 @@ def keypoint_rows(
             row.update(error_px=err, error_rel=err / thr)
         rows.append(row)
     return rows
+
+
+def build_report(
+    result: MatchResult,
+    *,
+    source: str,
+    target: str,
+    model: str,
+    provider: str,
+    confidence: str,
+    min_confidence: float | None,
+    trg_hw: tuple[int, int],
+    truth: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The JSON of ``smatch infer --out`` (and of ``smatch serve``'s match endpoints): one builder for both,
+    so the service answers exactly what the command writes. ``confidence`` is the cue the result holds
+    (``calibrated`` asked of an uncalibrated model is its fallback), ``calibration`` which one made it."""
+    return {
+        "source": source,
+        "target": target,
+        "model": model,
+        "provider": provider,
+        "confidence": result.confidence_kind or confidence,
+        "calibration": result.calibration,
+        "min_confidence": min_confidence,
+        "keypoints": keypoint_rows(result, truth, trg_hw),
+        "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
+    }
 
 
 @dataclass(frozen=True)
@@ -187,17 +215,10 @@ def run_infer(
     result = matcher.match_images(
         ins.src_img, ins.trg_img, ins.kps, confidence=confidence, min_confidence=min_confidence
     )
-    report = {
-        "source": str(src),
-        "target": str(trg),
-        "model": str(ins.model),
-        "provider": matcher.provider,
-        "confidence": result.confidence_kind,
-        "calibration": calibration_note(matcher),
-        "min_confidence": min_confidence,
-        "keypoints": keypoint_rows(result, ins.truth, ins.trg_img.shape[:2]),
-        "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
-    }
+    report = build_report(
+        result, source=str(src), target=str(trg), model=str(ins.model), provider=matcher.provider,
+        confidence=confidence, min_confidence=min_confidence, truth=ins.truth, trg_hw=ins.trg_img.shape[:2],
+    )  # fmt: skip
     if truth is not None:
         report["truth"] = {
             "file": str(truth),
@@ -291,7 +312,7 @@ def _pair_keypoints(spec: Any, hw: tuple[int, int] | None, what: str) -> np.ndar
     """A keypoint file path or an inline list (JSONL) -> (N, 2)."""
     if isinstance(spec, str):
         return read_keypoints(spec, hw, what)
-    return _decode_keypoints(spec, hw, what)
+    return decode_keypoints(spec, hw, what)
 
 
 class _FeatureCache:
@@ -318,14 +339,6 @@ class _FeatureCache:
                 self.cache.pop(str(job[side]), None)
 
 
-def calibration_note(matcher: Matcher) -> dict[str, Any]:
-    """Which calibration produced ``confidence`` (dataset, split, alpha, pairs, date), or that none did."""
-    cal = matcher.calibration
-    if cal is None:
-        return {"calibrated": False, "note": "the model has no calibration (smatch calibrate)"}
-    return cal.describe()
-
-
 def _match_job(job: dict[str, Any], k: int, cache: _FeatureCache, confidence: str, min_confidence) -> dict:
     """One pairs-file job -> its JSONL record; a bad job raises :class:`SimpleMatchError`."""
     if job["error"]:
@@ -342,7 +355,7 @@ def _match_job(job: dict[str, Any], k: int, cache: _FeatureCache, confidence: st
         "source": str(job["src"]),
         "target": str(job["tgt"]),
         "confidence": res.confidence_kind,
-        "calibration": calibration_note(cache.matcher),
+        "calibration": res.calibration,
         "min_confidence": min_confidence,
         "keypoints": keypoint_rows(res, truth, thw),
     }

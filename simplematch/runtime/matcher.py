@@ -75,8 +75,10 @@ class MatchResult:
     confidence: np.ndarray | None = None
     rejected: np.ndarray | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
-    # The cue ``confidence`` holds: the one asked for, or the fallback of an uncalibrated model.
+    # The cue ``confidence`` holds: the one asked for, or the fallback of an uncalibrated model; and which
+    # calibration made ``calibrated`` (:meth:`Matcher.calibration_note`).
     confidence_kind: str = ""
+    calibration: dict = field(default_factory=dict)
 
 
 def as_rgb_uint8(image: ImageLike) -> np.ndarray:
@@ -163,6 +165,12 @@ class Matcher:
     def runtime(self) -> str:
         return self.backend.runtime
 
+    def calibration_note(self) -> dict:
+        """Which calibration makes ``calibrated`` (dataset, split, alpha, pairs, date), or that none does."""
+        if self.calibration is None:
+            return {"calibrated": False, "note": "the model has no calibration (smatch calibrate)"}
+        return self.calibration.describe()
+
     def prepare(self, image: ImageLike) -> Prepared:
         """Image (path / PIL / uint8 RGB array) -> resized model input, keeping the original (h, w)."""
         name = str(image) if isinstance(image, (str, Path)) else None
@@ -244,6 +252,7 @@ class Matcher:
             confidence=conf,
             rejected=rejected,
             confidence_kind=kind,
+            calibration=self.calibration_note(),
         )
 
     def match_images(
