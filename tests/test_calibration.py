@@ -272,3 +272,28 @@ def test_choose_score_prefers_one_cue_unless_the_free_model_is_clearly_better() 
     # Nothing judged (every fold had one class only): the uncalibrated default's score.
     nothing = {k: np.full(3, np.nan) for k in ("all", *cal.CUE_DIRECTIONS)}
     assert cal.choose_score(nothing) == "mass_ratio_cycle"
+
+
+def test_calibrate_checkpoint_writes_a_calibrated_folder(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("skimage")
+    from simplematch.calibrate import CalibrateRequest, calibrate_model
+    from simplematch.checkpoint import load_checkpoint, save_checkpoint
+    from simplematch.model import SimpleMatch
+    from tests.tiny import tiny_config
+
+    cfg = tiny_config()
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(SimpleMatch(cfg), cfg, ckpt)
+    save_checkpoint(SimpleMatch(cfg), cfg, ckpt / "ckpt-00000002")  # a resumable state: not copied
+    before = (ckpt / "config.json").read_text()
+    req = CalibrateRequest(dataset="synthetic", split="val", alpha=0.3, limit=4, device="cpu")
+    res = calibrate_model(ckpt, req, tmp_path / "cal")
+    assert (ckpt / "config.json").read_text() == before  # the input is never modified
+    assert sorted(p.name for p in (tmp_path / "cal").iterdir()) == ["config.json", "model.safetensors"]
+    _, got = load_checkpoint(tmp_path / "cal")
+    assert got.calibration == res["calibration"] and {**got.to_dict(), "calibration": None} == cfg.to_dict()
+    with pytest.raises(SimpleMatchError, match="holds this command's input"):
+        calibrate_model(ckpt, req, tmp_path, force=True)
+    with pytest.raises(SimpleMatchError, match="cannot calibrate"):
+        calibrate_model(write_image(tmp_path / "x.png", 8, 8), req, tmp_path / "y")
