@@ -1,9 +1,10 @@
-"""Render every ``smatch`` command's ``--help`` into README.md between the cli-reference markers.
+"""Render every ``smatch`` command's ``--help`` into docs/cli.md between the cli-reference markers.
 
-    python scripts/gen_cli_reference.py          # rewrite README.md
-    python scripts/gen_cli_reference.py --check  # exit 1 when README.md is out of date (used by the tests)
+    python scripts/gen_cli_reference.py          # rewrite docs/cli.md
+    python scripts/gen_cli_reference.py --check  # exit 1 when docs/cli.md is out of date
 
-The help text comes from click itself at a fixed width, so the README shows exactly what users see.
+The help text comes from click itself at a fixed width, so the reference shows exactly what users see.
+tests/test_cli.py fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 WIDTH = 100  # fixed, so the output does not depend on the terminal the script runs in
 
 
@@ -44,28 +45,28 @@ def render() -> str:
 
 
 def update(text: str) -> str:
-    """README text with the reference replaced (or inserted where ``CLI_REFERENCE_PLACEHOLDER`` stands)."""
+    """The docs/cli.md ``text`` with the reference replaced (or put at ``CLI_REFERENCE_PLACEHOLDER``)."""
     block = render()
     if START in text and END in text:
         head, rest = text.split(START, 1)
         return head + block + rest.split(END, 1)[1]
     if "CLI_REFERENCE_PLACEHOLDER" in text:
         return text.replace("CLI_REFERENCE_PLACEHOLDER", block, 1)
-    raise SystemExit(f"{README}: no {START} / {END} markers and no CLI_REFERENCE_PLACEHOLDER line")
+    raise SystemExit(f"{DOC}: no {START} / {END} markers and no CLI_REFERENCE_PLACEHOLDER line")
 
 
 def main(argv: list[str]) -> int:
-    text = README.read_text()
+    text = DOC.read_text()
     new = update(text)
     if "--check" in argv:
         if new != text:
             print(
-                "README.md CLI reference is out of date: run python scripts/gen_cli_reference.py",
+                "docs/cli.md is out of date: run python scripts/gen_cli_reference.py",
                 file=sys.stderr,
             )
             return 1
         return 0
-    README.write_text(new)
+    DOC.write_text(new)
     return 0
 
 

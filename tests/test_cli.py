@@ -1,10 +1,11 @@
 """The CLI contract: every user error is one line on stderr naming the problem and the fix, exit code 2, no
 traceback (``--debug`` shows it), no partial output; odd-but-valid inputs (grayscale, RGBA, 16-bit) work;
-``--help`` is instant (no torch); the README's CLI reference and error table match the real CLI.
+``--help`` is instant (no torch); the CLI reference (docs/cli.md) and error table (docs/errors.md) match the
+real CLI.
 
 The error matrix runs each command in-process from a workspace folder with relative paths, so the observed
-messages are path-stable and are rendered verbatim into README.md ("Errors and what to do"). After changing a
-message, regenerate with ``SMATCH_UPDATE_README=1 pytest tests/test_cli.py -k readme_errors``.
+messages are path-stable and are rendered verbatim into docs/errors.md. After changing a message, regenerate
+with ``SMATCH_UPDATE_DOCS=1 pytest tests/test_cli.py -k "user_errors or docs_errors"``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from tiny import PYTHON, ROOT, subprocess_env, tiny_config
 
 from simplematch.cli.app import main
 
-README = ROOT / "README.md"
+CLI_DOC = ROOT / "docs" / "cli.md"
+ERRORS_DOC = ROOT / "docs" / "errors.md"
 ERR_START, ERR_END = "<!-- errors:start -->", "<!-- errors:end -->"
 COMMANDS = ["train", "eval", "stats", "presets", "export", "infer", "convert", "demo", "bench"]
 
@@ -610,7 +612,7 @@ def test_grayscale_rgba_16bit_images_work_everywhere(
     assert capsys.readouterr().err == ""
 
 
-# --- help: fast, torch-free, and the README reference is the real help -------------------------------------
+# --- help: fast, torch-free, and docs/cli.md is the real help -----------------------------------------------
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys\n"
@@ -628,7 +630,7 @@ def test_help_does_not_import_torch() -> None:
     assert "Usage: smatch train" in proc.stdout and "Usage: smatch infer" in proc.stdout
 
 
-def test_readme_cli_reference_is_current() -> None:
+def test_docs_cli_reference_is_current() -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -636,13 +638,13 @@ def test_readme_cli_reference_is_current() -> None:
     )
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    text = README.read_text()
-    assert gen.update(text) == text, "README CLI reference is stale: run python scripts/gen_cli_reference.py"
+    text = CLI_DOC.read_text()
+    assert gen.update(text) == text, "docs/cli.md is stale: run python scripts/gen_cli_reference.py"
     for cmd in COMMANDS:
         assert f"### `smatch {cmd}`" in text
 
 
-# --- README error table = the messages observed above -------------------------------------------------------
+# --- docs/errors.md = the messages observed above ----------------------------------------------------------
 # Observed by tests/test_train.py (step numbers and folders as in those tests).
 RUN_FAULTS = [
     (
@@ -691,14 +693,15 @@ def render_error_table(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def test_readme_errors_table_matches_observed_messages(observed: list) -> None:
+def test_docs_errors_table_matches_observed_messages(observed: list) -> None:
     if len(observed) != len(ERRORS):
         pytest.skip("needs test_user_errors_are_one_line_exit_2_no_output to run first (same session)")
     table = render_error_table(observed + RUN_FAULTS)
-    text = README.read_text()
+    text = ERRORS_DOC.read_text()
     head, _, rest = text.partition(ERR_START)
     current = ERR_START + rest.partition(ERR_END)[0] + ERR_END if rest else ""
-    if os.environ.get("SMATCH_UPDATE_README") == "1":
-        README.write_text(head + table + rest.partition(ERR_END)[2])
+    if os.environ.get("SMATCH_UPDATE_DOCS") == "1":
+        ERRORS_DOC.write_text(head + table + rest.partition(ERR_END)[2])
         return
-    assert current == table, "README error table is stale: SMATCH_UPDATE_README=1 pytest tests/test_cli.py"
+    fix = 'SMATCH_UPDATE_DOCS=1 pytest tests/test_cli.py -k "user_errors or docs_errors"'
+    assert current == table, f"docs/errors.md is stale: {fix}"

@@ -1,14 +1,17 @@
 """Layering: no import cycle between the package's modules (lazy imports inside functions included, since
 a cycle through a lazy import is still two modules that each need the other), each module imports only
-from its own layer or the ones below (README, "Architecture map"), and the library never imports the CLI."""
+from its own layer or the ones below, and the library never imports the CLI. docs/architecture.md ("Layers")
+names the same modules per layer, checked here too."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "simplematch"
-# Lowest first; the README's architecture map lists the same layers. A name covers its sub-modules.
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+# Lowest first; docs/architecture.md lists the same layers (checked below). A name covers its sub-modules.
 LAYERS = [
     ["config", "validate", "errors", "files", "extras", "progress", "keypoints", "image", "metadata"]
     + ["geometry", "confidence", "calibration"],
@@ -134,3 +137,26 @@ def test_the_library_never_imports_the_cli() -> None:
         if not mod.startswith("simplematch.cli")
     }
     assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def doc_layer_rows(text: str) -> list[list[str]]:
+    """The "modules" column of docs/architecture.md's layer table: the backticked names of each row."""
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
+    return [re.findall(r"`([^`]+)`", row.split("|")[2]) for row in rows]
+
+
+def as_doc_name(name: str) -> str:
+    """``runtime.matching`` -> ``runtime/matching.py``; a package -> ``data/`` (how the doc names modules)."""
+    path = name.replace(".", "/")
+    return f"{path}/" if (PACKAGE / path).is_dir() else f"{path}.py"
+
+
+def test_the_architecture_doc_lists_the_same_layers() -> None:
+    doc = doc_layer_rows(ARCHITECTURE.read_text())
+    assert len(doc) == len(LAYERS), f"docs/architecture.md has {len(doc)} layer rows, LAYERS {len(LAYERS)}"
+    for i, (names, row) in enumerate(zip(LAYERS, doc, strict=True)):
+        want = sorted(as_doc_name(n) for n in names)
+        assert sorted(row) == want, f"docs/architecture.md layer row {i + 1}: {sorted(row)} != {want}"
+    for names in LAYERS:  # every name in LAYERS is a real module or package
+        assert all((PACKAGE / as_doc_name(n)).exists() for n in names), names

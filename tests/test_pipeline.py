@@ -103,18 +103,3 @@ def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
 
     with Image.open(viz) as im:
         assert im.width > 300 and im.height >= 200
-
-
-def test_readme_python_snippet_runs(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's API snippet, run verbatim against an exported model at runs/demo/model.onnx."""
-    model_dir = tmp_path / "runs" / "demo"
-    model_dir.mkdir(parents=True)
-    assert main(["export", str(trained), "--out", str(model_dir / "model.onnx"), "--no-check"]) == 0
-    (tmp_path / "examples").symlink_to(EXAMPLES)
-    text = (ROOT / "README.md").read_text()
-    snippet = text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(snippet, "README.md", "exec"), scope)
-    res = scope["res"]
-    assert res.target_kps.shape == (12, 2) and res.score.shape == (12,)

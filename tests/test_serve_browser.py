@@ -3,7 +3,7 @@
 It loads the page, uploads the example pair through the file inputs, clicks three points on the source,
 waits for three target markers, downloads the JSON and compares it with ``smatch infer`` on the same points.
 Skipped with the reason when Chromium, chromedriver or selenium is missing (``.ci/run`` installs them).
-``SMATCH_SERVE_SCREENSHOT=PATH`` also saves the screenshot there (README's docs/serve.png), and
+``SMATCH_SERVE_SCREENSHOT=PATH`` also saves the screenshot there (docs/serve.png), and
 ``SMATCH_SERVE_MODEL=MODEL.onnx`` serves that model instead of the tiny random one (e.g. the demo model).
 """
 

@@ -259,7 +259,7 @@ def presets(
         bool, typer.Option("--json", help="Print every preset fully resolved (all config keys) as JSON.")
     ] = False,
 ) -> None:
-    """List the configuration presets (the authors' released configs; see README "Paper presets")."""
+    """List the configuration presets (the authors' released configs; see docs/recipe.md)."""
     from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, resolved_presets
 
     if as_json:

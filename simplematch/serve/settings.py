@@ -10,7 +10,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """The model and the limits every request is held to (README "Serving")."""
+    """The model and the limits every request is held to (docs/serve.md)."""
 
     model: str
     device: str = "cpu"
