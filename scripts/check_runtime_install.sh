@@ -4,7 +4,8 @@
 # 1. builds the wheel and installs it WITHOUT extras into a fresh venv (pip's cache makes reruns fast);
 # 2. checks that torch is not importable there;
 # 3. exports a tiny random-init model with the full environment (.venv);
-# 4. from the fresh venv runs --help, --version, infer (--out, --viz), eval on PF-WILLOW, bench --model;
+# 4. from the fresh venv runs --help, --version, infer (--out, --viz), eval on PF-WILLOW, bench --model,
+#    transfer (--review);
 # 5. checks that commands needing an extra exit 2 with one line naming it, leaving nothing on disk;
 # 6. checks that no platform's base or [gpu] install takes both onnxruntime wheels.
 # Prints the venv's size and the cold-start `smatch infer` time. Any failed check exits non-zero.
@@ -91,6 +92,30 @@ fi
 step "runtime venv: bench --model"
 "$RT/bin/smatch" bench --model "$MODEL" --runtime onnx --batch 1 --warmup 1 --iters 2 --json "$WORK/bench.json" > /dev/null
 "$RT/bin/python" -c "import json,sys; r=json.load(open(sys.argv[1])); assert r['results'], r; print(r['results'][0]['images_per_s'], 'img/s')" "$WORK/bench.json"
+
+step "runtime venv: transfer (COCO references -> folder, review page)"
+mkdir -p "$WORK/transfer/targets/sub"
+cp examples/src.png "$WORK/transfer/ref.png"
+cp examples/tgt.png "$WORK/transfer/targets/a.png"
+cp examples/src.png "$WORK/transfer/targets/sub/b.png"
+"$RT/bin/python" - "$WORK/transfer" <<'PY'
+import json, sys
+from pathlib import Path
+from PIL import Image
+
+folder = Path(sys.argv[1])
+kps = json.load(open("examples/kps.json"))["keypoints"]
+w, h = Image.open(folder / "ref.png").size
+flat = [v for x, y in kps for v in (x, y, 2)]
+json.dump({"images": [{"id": 1, "file_name": "ref.png", "width": w, "height": h}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "keypoints": flat, "bbox": [0, 0, w, h]}],
+           "categories": [{"id": 1, "name": "scene", "keypoints": [str(i) for i in range(len(kps))]}]},
+          open(folder / "refs.json", "w"))
+PY
+"$RT/bin/smatch" transfer --refs "$WORK/transfer/refs.json" --targets "$WORK/transfer/targets" --model "$MODEL" \
+    --out "$WORK/transfer/res.json" --review "$WORK/transfer/review" > /dev/null
+"$RT/bin/python" -c "import json,sys; r=json.load(open(sys.argv[1])); assert [i['file_name'] for i in r['images']] == ['a.png', 'sub/b.png'], r['images']; print(len(r['annotations']), 'results')" "$WORK/transfer/res.json"
+[ -s "$WORK/transfer/review/index.html" ] || fail "transfer did not write the review page"
 
 step "runtime venv: commands that need an extra say which"
 expect_extra train "$RT/bin/smatch" train --preset demo_cpu --out "$WORK/train-out"

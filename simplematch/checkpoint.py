@@ -27,6 +27,22 @@ CONFIG_NAME = "config.json"
 FORMAT = "simplematch"
 
 
+def resolve_weights(path_or_dir: str | Path) -> Path:
+    """A run folder (or its ``model.safetensors``) -> the weights file; a missing one raises one line."""
+    return _resolve(path_or_dir)[0]
+
+
+def backbone_kwargs(weights: str | Path) -> dict[str, Any]:
+    """The extra ``timm.create_model`` arguments recorded in our safetensors header (tiny test models)."""
+    _, metadata = _read_header(Path(weights))
+    try:
+        return json.loads(metadata.get("backbone_kwargs", "{}"))
+    except json.JSONDecodeError as err:
+        raise SimpleMatchError(
+            f"{weights} has a corrupt header", "retrain or copy the checkpoint again"
+        ) from err
+
+
 def _resolve(path_or_dir: str | Path) -> tuple[Path, Path]:
     """Checkpoint folder or its ``model.safetensors`` -> (weights path, config path)."""
     path = Path(path_or_dir)
@@ -132,15 +148,10 @@ def load_checkpoint(
 
     weights, config_path = _resolve(path_or_dir)
     cfg = Config.load(config_path)
-    _, metadata = _read_header(weights)
-    try:
-        backbone_kwargs: dict[str, Any] = json.loads(metadata.get("backbone_kwargs", "{}"))
-    except json.JSONDecodeError as err:
-        raise SimpleMatchError(
-            f"{weights} has a corrupt header", "retrain or copy the checkpoint again"
-        ) from err
     # Everything is in the safetensors file: do not require (or read) the pretrained backbone file.
-    model = SimpleMatch(dataclasses.replace(cfg, weights=None), backbone_kwargs=backbone_kwargs)
+    model = SimpleMatch(
+        dataclasses.replace(cfg, weights=None, init=None), backbone_kwargs=backbone_kwargs(weights)
+    )
     load_model_weights(model, weights)
     return model.to(device).eval(), cfg
 

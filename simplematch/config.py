@@ -25,7 +25,7 @@ from simplematch.geometry import FEATURE_STRIDE
 # its choices from them (simplematch/cli/app.py), so each list is written once.
 Finetune = Literal["frozen", "lora", "full"]
 Coord = Literal["corner", "center"]
-DatasetName = Literal["spair", "pfpascal", "pfwillow", "ap10k", "synthetic"]
+DatasetName = Literal["spair", "pfpascal", "pfwillow", "ap10k", "synthetic", "coco"]
 Ap10kSplit = Literal["intra", "cross-species", "cross-family"]
 LoraBlocks = Literal["last_half", "all"]
 # PCK normalisers: target bbox, image side, keypoint extent, and the released code's PF-WILLOW computation.
@@ -41,6 +41,9 @@ ConfidenceCue = Literal[
     "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle", "calibrated"
 ]
 DEFAULT_CONFIDENCE: ConfidenceCue = "calibrated"
+# How `smatch transfer` combines several references' matches of one keypoint (simplematch.runtime.transfer).
+TransferCombine = Literal["vote", "best", "mean"]
+DEFAULT_TRANSFER_COMBINE: TransferCombine = "vote"
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(Finetune)
 COORD_CONVENTIONS: tuple[str, ...] = typing.get_args(Coord)
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
@@ -50,7 +53,10 @@ FRAMES: tuple[str, ...] = typing.get_args(Frame)
 EXPORT_FORMATS: tuple[str, ...] = typing.get_args(ExportFormat)
 OFFICIAL_FAMILIES: tuple[str, ...] = typing.get_args(OfficialFamily)
 CONFIDENCE_CUES: tuple[str, ...] = typing.get_args(ConfidenceCue)
-THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img"}
+TRANSFER_COMBINES: tuple[str, ...] = typing.get_args(TransferCombine)
+# COCO keypoints (your own data): the target annotation's bbox, like SPair-71k.
+THRESHOLDS = {"spair": "bbox", "ap10k": "bbox", "pfpascal": "img", "pfwillow": "kps", "synthetic": "img",
+              "coco": "bbox"}  # fmt: skip
 
 
 def backbone_family(backbone: str) -> str:
@@ -75,6 +81,7 @@ class Config:
     backbone: str = "vit_base_patch14_dinov2"  # any timm ViT or ResNet name
     img_size: int = 252  # square input side; ViTs are built at this size (pos-embed resampled once)
     weights: str | None = None  # local pretrained backbone file (.pth/.safetensors); never downloaded
+    init: str | None = None  # start from this run's whole model (smatch train --init RUN), not its optimiser
     finetune: Finetune = "lora"
     lora_rank: int = 16
     lora_alpha: float = 1.0  # scale = alpha / rank = 1/16, as the released code (loralib defaults)
@@ -94,6 +101,14 @@ class Config:
     augment: bool = True
     synthetic_pairs: int = 2000  # synthetic dataset: training pairs per epoch
     synthetic_val_pairs: int = 64
+    # COCO keypoints (--dataset coco; simplematch/data/coco_pairs.py): image folder, least common visible
+    # keypoints per pair, a user pair list, the seeded image split, and the per-image pair bound.
+    coco_images: str | None = None
+    coco_min_common: int = 3
+    coco_pairs: str | None = None
+    coco_split_seed: int = 0
+    coco_split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    coco_max_pairs_per_image: int | None = None
     # --- training ----------------------------------------------------------------------------------
     lr: float = 6e-4
     step_size: int = 800  # StepLR step, counted in iterations
@@ -229,6 +244,14 @@ class Config:
         for key in ("synthetic_pairs", "synthetic_val_pairs", "val_pairs", "eval_every", "decoder_dim"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise bad(key, "must be >= 1", f"pass a positive value ({_where(key)})")
+        if self.coco_min_common < 1:
+            raise bad("coco_min_common", "must be >= 1", "pass --min-common 1 or more (default 3)")
+        if self.init is not None and self.weights is not None:
+            raise bad(
+                "init",
+                "--init loads the whole model, so --weights would be overwritten",
+                "pass --init RUN alone (or --weights for a new model from a pretrained backbone)",
+            )
         if self.num_workers < 0:
             raise bad("num_workers", "must be >= 0", f"pass 0 or more ({_where('num_workers')})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -241,10 +264,16 @@ class Config:
 
 # Config keys that `smatch train` has a flag for; every other key is set in a --config JSON file.
 CLI_FLAGS = ("dataset", "data_root", "backbone", "weights", "img_size", "batch_size", "epochs", "max_steps",
-             "lr", "seed", "device", "ap10k_split")  # fmt: skip
+             "lr", "seed", "device", "ap10k_split", "init")  # fmt: skip
+# COCO keys whose flag drops the prefix (`--min-common`, ...): the same flags in train, eval and stats.
+COCO_FLAGS = {"coco_images": "--images", "coco_min_common": "--min-common", "coco_pairs": "--pairs",
+              "coco_split_seed": "--split-seed", "coco_split_fractions": "--split-fractions",
+              "coco_max_pairs_per_image": "--max-pairs-per-image"}  # fmt: skip
 
 
 def _where(key: str) -> str:
+    if key in COCO_FLAGS:
+        return COCO_FLAGS[key]
     return f"--{key.replace('_', '-')}" if key in CLI_FLAGS else f'set "{key}" in a --config JSON file'
 
 

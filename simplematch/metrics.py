@@ -166,6 +166,7 @@ class PairPrediction:
     # The scoring rule this pair is judged by: ``d <= alpha * threshold`` under --released-compat (the
     # released code's torch.le), else strict ``<``. Carried here so every table and plot counts alike.
     inclusive: bool = False
+    keypoint_names: list[str] | None = None  # (N,) names of the keypoints (COCO records carry them)
 
     @classmethod
     def of_record(cls, index: int, record: Any, **arrays: Any) -> PairPrediction:
@@ -177,6 +178,7 @@ class PairPrediction:
             category=record.category,
             src_image=image_name(record.src_image),
             trg_image=image_name(record.trg_image),
+            keypoint_names=(getattr(record, "meta", None) or {}).get("keypoint_names"),
             **arrays,
         )
 
@@ -217,6 +219,7 @@ def prediction_record(
     rejected = conf < min_confidence if min_confidence is not None else np.zeros(len(conf), bool)
     pts = lambda a: [_floats(row) for row in np.asarray(a, np.float64).reshape(-1, 2)]  # noqa: E731
     pred = [None if r else xy for xy, r in zip(pts(p.pred), rejected, strict=True)]
+    names = {"keypoint_names": list(p.keypoint_names)} if p.keypoint_names is not None else {}
     return {
         "id": p.pair_id,
         "index": p.index,
@@ -235,6 +238,7 @@ def prediction_record(
         "raw_cues": {k: _floats(v) for k, v in p.raw.items()},
         "cues": {k: _floats(v) for k, v in p.cues.items()},
         "correct": {alpha_key(a): [bool(v) for v in ok[:, i]] for i, a in enumerate(alphas)},
+        **names,
     }
 
 
@@ -419,7 +423,36 @@ def evaluation_json(
     }
     if sample is not None:
         out["sample"] = sample
+    per_keypoint = keypoint_table(preds, alphas)
+    if per_keypoint:
+        out["per_keypoint"] = per_keypoint
     return out
+
+
+def keypoint_table(preds: Sequence[PairPrediction], alphas: Sequence[float]) -> dict[str, Any]:
+    """``{category: {keypoint name: {"points": n, "pck": {alpha: pooled %}}}}`` over the pairs whose
+    records name their keypoints (COCO); empty when none do. Pooled per point: a keypoint has no per-image
+    mean of its own."""
+    correct: dict[tuple[str, str], np.ndarray] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for p in preds:
+        if p.keypoint_names is None:
+            continue
+        ok = correct_mask(p, alphas)
+        for i, name in enumerate(p.keypoint_names):
+            if not bool(np.asarray(p.valid)[i]):
+                continue
+            key = (str(p.category), str(name))
+            correct[key] = correct.get(key, 0) + ok[i].astype(np.int64)
+            counts[key] = counts.get(key, 0) + 1
+    table: dict[str, Any] = {}
+    for (cat, name), n in counts.items():
+        pck = correct[(cat, name)] / n * 100.0
+        table.setdefault(cat, {})[name] = {
+            "points": n,
+            "pck": {alpha_key(a): float(v) for a, v in zip(alphas, pck, strict=True)},
+        }
+    return table
 
 
 def score_predictions(

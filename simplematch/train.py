@@ -42,9 +42,10 @@ from torch.utils.data import DataLoader
 from simplematch import distributed as dist_utils
 from simplematch import validate
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
-from simplematch.config import THRESHOLDS, Config
+from simplematch.config import COCO_FLAGS, THRESHOLDS, Config
 from simplematch.data import load_records
 from simplematch.data.dataset import PairDataset, collate_pairs, train_transforms
+from simplematch.data.load import load_records_with_info
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluation.torch_predictor import evaluate_model
 from simplematch.files import atomic_path, atomic_write_text, make_dir
@@ -244,6 +245,7 @@ class _Run:
     epoch: int = 0
     batch_in_epoch: int = 0
     best: dict[str, Any] | None = None
+    started: dict[str, Any] | None = None  # --init: where the weights came from (init.json)
 
 
 def train(
@@ -265,7 +267,9 @@ def train(
     device = _setup_device(cfg)
     # Fail before the slow set-up; the folder itself is created once inputs are valid.
     validate.writable_base(out, "--out", folder=True)
-    train_records, val_records = _load_splits(cfg)
+    train_records, val_records, data_info = _load_splits(cfg)
+    if data_info and console is not None and dist_utils.is_main():
+        console.print(_describe_data(data_info), soft_wrap=True)
     # Built (and rich imported, which draws from `random` at import) before seeding, so the RNG streams do
     # not depend on whether this process imported rich earlier: a resumed run must match a straight one.
     progress = progress_bar(
@@ -275,11 +279,13 @@ def train(
         extra="loss {task.fields[loss]:.3f}",
     )
     seed_everything(cfg.seed + dist_utils.rank())
-    run = _setup(cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0)
+    run = _setup(
+        cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0, fresh=not resume
+    )
     if resume:
         _restore(run)
     else:
-        _start_fresh(run)
+        _start_fresh(run, data_info)
     _wrap_ddp(run)
     flag = _StopFlag()
     with _catch_signals(flag), progress as bar, _clean_up_failed_start(out, not resume, run.created):
@@ -296,21 +302,32 @@ def _setup_device(cfg: Config) -> torch.device:
     return dist_utils.local_device(device)
 
 
-def _load_splits(cfg: Config) -> tuple[list, list]:
-    """(training records, validation records); refuses a dataset or batch size that cannot train."""
+def _load_splits(cfg: Config) -> tuple[list, list, dict[str, Any]]:
+    """(training records, validation records, what produced them (COCO: split and skipped annotations,
+    written to data.json)); refuses a dataset or batch size that cannot train."""
     if cfg.dataset == "pfwillow":
         raise SimpleMatchError(
             "PF-WILLOW has no training split", "train on spair or pfpascal, evaluate on pfwillow"
         )
+
+    coco = None
+    if cfg.dataset == "coco":
+        from simplematch.data.coco_pairs import CocoOptions
+
+        coco = CocoOptions.from_config(cfg)
+    info: dict[str, Any] = {}
 
     def records(split: str, synthetic_pairs: int) -> list:
         n_pairs = synthetic_pairs if cfg.dataset == "synthetic" else None
         # AP-10K trains on the intra-species trn split whatever --ap10k-split says (released); the chosen
         # split (intra / cross-species / cross-family) is the validation and test one.
         ap10k = "intra" if split == TRAIN_SPLIT else cfg.ap10k_split
-        return load_records(
-            cfg.dataset, cfg.data_root, split, ap10k_split=ap10k, seed=cfg.seed, n_pairs=n_pairs
-        )
+        if coco is None:
+            return load_records(
+                cfg.dataset, cfg.data_root, split, ap10k_split=ap10k, seed=cfg.seed, n_pairs=n_pairs
+            )
+        recs, info[split] = load_records_with_info(cfg.dataset, cfg.data_root, split, coco=coco)
+        return recs
 
     train_records = records(TRAIN_SPLIT, cfg.synthetic_pairs)
     val_records = records(VAL_SPLIT, cfg.synthetic_val_pairs)
@@ -320,20 +337,35 @@ def _load_splits(cfg: Config) -> tuple[list, list]:
         raise SimpleMatchError(
             f"only {len(train_records)} training pairs for batch size {cfg.batch_size}", "lower --batch-size"
         )
-    return train_records, val_records
+    return train_records, val_records, {k: v for k, v in info.items() if v}
+
+
+def _describe_data(info: dict[str, Any]) -> str:
+    """One console line: the pairs of each split and the annotations skipped (COCO)."""
+    parts = [f"{split} {v['pairs']} pairs ({len(v['image_ids'])} images)" for split, v in info.items()]
+    first = next(iter(info.values()))
+    skipped = first["skipped_annotations"]
+    return (
+        f"{first['source']}: {', '.join(parts)}; {skipped} annotation(s) skipped with fewer than "
+        f"{first['min_common']} visible keypoints; split: {first['mode']}, seed {first['split_seed']}"
+    )
 
 
 def _setup(
     cfg: Config, out: Path, device: torch.device, train_records: list, val_records: list, *, clear: bool,
-    t0: float,
+    t0: float, fresh: bool = True,
 ) -> _Run:  # fmt: skip
-    """Model (+ pretrained backbone), run folder, optimiser, scheduler, grad scaler and training set."""
+    """Model (+ pretrained backbone, or a fresh run's --init weights, checked before the run folder is
+    made), run folder, optimiser, scheduler, grad scaler and training set."""
     from simplematch.model import SimpleMatch
     from simplematch.weights import load_backbone_weights
 
-    model = SimpleMatch(cfg)
+    # A resumed run loads its own checkpoint, so the --init folder may have gone by then.
+    kwargs = init_backbone_kwargs(cfg.init) if cfg.init and (fresh or Path(cfg.init).exists()) else None
+    model = SimpleMatch(cfg, backbone_kwargs=kwargs)
     if cfg.weights:
         load_backbone_weights(model, cfg.weights)
+    started = load_init(model, cfg.init) if cfg.init and fresh else None
     model = model.to(device)
     train_ds = PairDataset(
         train_records,
@@ -354,6 +386,7 @@ def _setup(
     return _Run(
         cfg, out, device, model, opt, sched, scaler, train_ds, val_records, created, t0, use_amp, model,
         total=cfg.max_steps or cfg.epochs * steps_per_epoch, eval_every=cfg.eval_every or steps_per_epoch,
+        started=started,
     )  # fmt: skip
 
 
@@ -366,10 +399,49 @@ def _wrap_ddp(run: _Run) -> None:
 
 
 # ---- restore -------------------------------------------------------------------------------------------
-def _start_fresh(run: _Run) -> None:
+def _start_fresh(run: _Run, data_info: dict[str, Any]) -> None:
+    """config.json, init.json (where --init weights came from) and data.json (the COCO split)."""
+    started = run.started
     if dist_utils.is_main():
         run.cfg.save(run.out / "config.json")
         (run.out / "metrics.jsonl").unlink(missing_ok=True)
+        for name, value in (("init.json", started), ("data.json", data_info or None)):
+            if value is not None:
+                atomic_write_text(run.out / name, json.dumps(value, indent=2) + "\n")
+            else:
+                (run.out / name).unlink(missing_ok=True)
+
+
+def _init_weights(init: str) -> Path:
+    from simplematch.checkpoint import resolve_weights
+
+    return resolve_weights(init)
+
+
+def init_backbone_kwargs(init: str) -> dict[str, Any]:
+    """The extra timm arguments recorded in the ``--init`` checkpoint (tiny test models), else none."""
+    from simplematch.checkpoint import backbone_kwargs
+
+    return backbone_kwargs(_init_weights(init))
+
+
+def load_init(model: torch.nn.Module, init: str) -> dict[str, Any]:
+    """``--init RUN``: RUN's whole model (weights only; the optimiser state is ``--resume``'s), strictly.
+
+    Returns what init.json records: the folder, the weights file and its sha256.
+    """
+    from simplematch.files import sha256_file
+
+    weights = _init_weights(init)
+    try:
+        load_model_weights(model, weights)
+    except SimpleMatchError as err:
+        raise SimpleMatchError(
+            f"--init {init}: {err.problem}",
+            "drop --preset/--config/--backbone/--img-size so that --init takes its run's architecture, or "
+            "pass the preset that run was trained with",
+        ) from err
+    return {"init": str(init), "weights": str(weights), "sha256": sha256_file(weights)}
 
 
 def _restore(run: _Run) -> None:
@@ -560,14 +632,14 @@ def _clean_up_failed_start(out: Path, fresh: bool, created: bool) -> Iterator[No
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             else:  # a folder the user made: remove only what this run wrote
-                for name in ("config.json", "metrics.jsonl"):
+                for name in ("config.json", "metrics.jsonl", "init.json", "data.json"):
                     (out / name).unlink(missing_ok=True)
         raise
 
 
 # ------------------------------------------------------------------------------------------------------
 # Run planning: everything `smatch train` decides before training, checked before anything is written.
-RUN_FILES = ("config.json", "metrics.jsonl", "best.json", "last.json", WEIGHTS_NAME)
+RUN_FILES = ("config.json", "metrics.jsonl", "best.json", "last.json", "init.json", "data.json", WEIGHTS_NAME)
 
 
 def plan_run(
@@ -603,25 +675,48 @@ def plan_run(
         if config_path is not None:
             if preset is not None:
                 raise SimpleMatchError("--config and --preset both given", "pass one of them")
-            cfg = Config.from_dict({**Config.load(config_path).to_dict(), **given}, source=str(config_path))
+            base = Config.load(config_path).to_dict()
+            if given.get("init") is not None and "weights" not in given:
+                base["weights"] = None  # --init's safetensors holds the backbone the config's file would load
+            cfg = Config.from_dict({**base, **given}, source=str(config_path))
+        elif preset is None and given.get("init") is not None:
+            cfg = _init_config(str(given["init"]), given)
         else:
             cfg = resolve_config(preset, given)
         if window is not None:
             cfg.windows = [*cfg.windows[:-1], window]
             cfg.validate()
+        if cfg.init is not None:
+            _init_weights(cfg.init)  # refuse a missing --init checkpoint before anything else
         run = validate.output_dir(
-            out, "--out", inputs=[cfg.weights, cfg.data_root, config_path], force=force, what="run"
+            out,
+            "--out",
+            inputs=[cfg.weights, cfg.data_root, config_path, cfg.init, cfg.coco_pairs, cfg.coco_images],
+            force=force,
+            what="run",
         )
     validate.check_memory(cfg, cfg.batch_size, _memory_device(cfg.device), training=True)
     return cfg, run
+
+
+def _init_config(init: str, given: dict[str, Any]) -> Config:
+    """``--init RUN`` without --preset/--config: RUN's config (its architecture and recipe) + the flags.
+
+    ``weights`` is dropped: RUN's safetensors already holds the whole model, backbone included.
+    """
+    from simplematch.checkpoint import CONFIG_NAME
+
+    folder = _init_weights(init).parent
+    base = {**Config.load(folder / CONFIG_NAME).to_dict(), "weights": None, "max_steps": None}
+    return Config.from_dict({**base, **given}, source=f"--init {init}")
 
 
 # `smatch train` options that a resumed run keeps from its saved config, in the order a refusal names them
 # (only --max-steps and --device may change on --resume).
 _FIXED_ON_RESUME = (
     "out preset dataset data_root backbone weights img_size window batch_size epochs lr seed ap10k_split"
-    " config force amp"
-).split()
+    " config force amp init"
+).split() + [*COCO_FLAGS]
 
 
 def plan_from_flags(
@@ -644,13 +739,38 @@ def plan_from_flags(
     overrides = {k: v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
                  for k, v in options.items()}  # fmt: skip
     overrides["amp"] = True if overrides.get("amp") else None
+    if resume is None and any(overrides.get(k) is not None for k in COCO_FLAGS):
+        from simplematch.data.coco_pairs import refuse_unused_flags
+
+        refuse_unused_flags(_dataset_of(overrides, preset, config), overrides)
+    if isinstance(overrides.get("coco_split_fractions"), str):
+        from simplematch.data.coco_pairs import parse_fractions
+
+        overrides["coco_split_fractions"] = parse_fractions(overrides["coco_split_fractions"])
     given = {**overrides, "out": out, "preset": preset, "window": window, "config": config}
     given["force"] = force or None
     return plan_run(
         out=out, resume=resume, preset=preset, config_path=config, overrides=overrides, window=window,
         max_steps=max_steps, device=device, force=force,
-        changed_flags=[f"--{k.replace('_', '-')}" for k in _FIXED_ON_RESUME if given.get(k) is not None],
+        changed_flags=[_flag(k) for k in _FIXED_ON_RESUME if given.get(k) is not None],
     )  # fmt: skip
+
+
+def _dataset_of(overrides: dict[str, Any], preset: str | None, config: Path | None) -> str:
+    """The dataset a new run will train on (the flag, else its --config, else its preset's)."""
+    from simplematch.config import DEFAULT_PRESET, PRESETS
+
+    if overrides.get("dataset"):
+        return str(overrides["dataset"])
+    if config is not None:
+        return Config.load(config).dataset
+    if preset is None and overrides.get("init"):  # --init alone: the run's own config
+        return Config.load(_init_weights(str(overrides["init"])).parent / "config.json").dataset
+    return str(PRESETS.get(preset or DEFAULT_PRESET, {}).get("dataset", "spair"))
+
+
+def _flag(key: str) -> str:
+    return COCO_FLAGS.get(key, f"--{key.replace('_', '-')}")
 
 
 def _plan_resume(

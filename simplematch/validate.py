@@ -107,11 +107,22 @@ def output_dir(
     inputs: Iterable[PathLike | None] = (),
     force: bool = False,
     what: str = "folder",
+    scanned: Iterable[PathLike | None] = (),
 ) -> Path:
-    """A folder the command will fill: a non-empty one is only reused with ``force``. Nothing created."""
+    """A folder the command will fill: a non-empty one is only reused with ``force``. Nothing created.
+
+    ``scanned``: input folders the command reads recursively; an output folder inside one is refused, since
+    its files would become inputs of the next run over that folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SimpleMatchError(f"{flag} {path} is a file", "pass a folder path")
+    for folder in scanned:
+        if folder is not None and _inside(path, Path(folder)):
+            raise SimpleMatchError(
+                f"{flag} {path} lies inside {folder}, which this command reads recursively: its files would"
+                " become inputs",
+                f"pass a {flag} folder outside {folder}",
+            )
     for given in inputs:
         if given is not None and (_same(path, Path(given)) or _inside(Path(given), path)):
             raise SimpleMatchError(

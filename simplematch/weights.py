@@ -125,8 +125,27 @@ def load_backbone_weights(model: SimpleMatch, path: str | Path) -> dict[str, Any
     prefixes), torchvision ResNet ``.pth`` and timm ``.safetensors``/``.pth``. Returns a report
     ``{"loaded": n, "ignored": {key: reason}}``; any unexplained or missing key raises.
     """
+    _refuse_our_checkpoint(Path(path))
     sd, ignored = strip_prefixes(read_state_dict(path))
     return load_backbone_state(model, sd, ignored, source=str(path))
+
+
+def _refuse_our_checkpoint(path: Path) -> None:
+    """A ``smatch train`` / ``smatch convert`` model.safetensors is a whole model: that is ``--init``."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            ours = (fh.metadata() or {}).get("format") == "simplematch"
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return  # read_state_dict reports an unreadable file
+    if ours:
+        raise SimpleMatchError(
+            f"{path} is a whole SimpleMatch model (a run's weights), not a pretrained backbone file",
+            f"fine-tune from it with --init {path.parent} (and no --weights)",
+        )
 
 
 def load_backbone_state(

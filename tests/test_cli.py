@@ -28,7 +28,7 @@ from simplematch.cli.app import main
 CLI_DOC = ROOT / "docs" / "cli.md"
 ERRORS_DOC = ROOT / "docs" / "errors.md"
 ERR_START, ERR_END = "<!-- errors:start -->", "<!-- errors:end -->"
-COMMANDS = ["train", "eval", "stats", "presets", "export", "infer", "convert", "demo", "bench"]
+COMMANDS = ["train", "eval", "stats", "presets", "export", "infer", "convert", "demo", "bench", "transfer"]
 
 
 # --- workspace ---------------------------------------------------------------------------------------------
@@ -169,6 +169,11 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "resume_at_4").mkdir()
     cfg.save(root / "resume_at_4" / "config.json")
     (root / "resume_at_4" / "last.json").write_text('{"checkpoint": "ckpt-00000004", "step": 4}\n')
+    refs = {"images": [{"id": 1, "file_name": "img/rgb.png", "width": 48, "height": 40}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "keypoints": [5, 6, 2, 20, 30, 2],
+                             "bbox": [0, 0, 48, 40]}],
+            "categories": [{"id": 1, "name": "thing", "keypoints": ["a", "b"]}]}  # fmt: skip
+    (root / "refs.json").write_text(json.dumps(refs))
     return root
 
 
@@ -181,6 +186,7 @@ class _Evil:
 T = ["train", "--config", "tiny.json", "--out", "run"]
 E = ["eval", "ckpt"]
 INFER = ["infer", "img/rgb.png", "img/rgb.png", "--model", "tiny.onnx"]
+TR = ["transfer", "--refs", "refs.json", "--targets", "img", "--model", "tiny.onnx", "--out"]
 ERRORS: list[tuple[str, str, list[str], str]] = [
     ("train", "unknown preset", ["train", "--preset", "nope", "--out", "run"], "unknown preset 'nope'"),
     (
@@ -283,7 +289,7 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
         ["eval", "ckpt_truncated", "--dataset", "synthetic"],
         "not a readable safetensors file",
     ),
-    ("eval", "unknown dataset", [*E, "--dataset", "coco"], "Invalid value for '--dataset'"),
+    ("eval", "unknown dataset", [*E, "--dataset", "kitti"], "Invalid value for '--dataset'"),
     (
         "eval",
         "annotation file missing",
@@ -527,6 +533,20 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
         ["bench", "--model", "tiny.onnx", "--runtime", "torch"],
         "--runtime torch exports a model from a checkpoint",
     ),
+    ("transfer", "--out exists", [*TR, "existing.json"], "--out existing.json already exists"),
+    (
+        "transfer",
+        "--review inside --targets",
+        [*TR, "out/t.json", "--review", "img/rev"],
+        "reads recursively",
+    ),
+    (
+        "transfer",
+        "--refs not JSON",
+        [*TR[:2], "bad.json", *TR[3:], "out/t.json"],
+        "bad.json is not valid JSON",
+    ),
+    ("transfer", "--resume without a file", [*TR, "out/t.json", "--resume"], "does not exist"),
 ]
 
 

@@ -393,6 +393,8 @@ def test_missing_data_root_errors() -> None:
     with pytest.raises(SimpleMatchError, match="data root"):
         load_records("spair", "/nonexistent/spair", "test")
     with pytest.raises(SimpleMatchError, match="unknown dataset"):
+        load_records("kitti", None, "test")
+    with pytest.raises(SimpleMatchError, match="needs a data root"):
         load_records("coco", None, "test")
 
 

@@ -87,7 +87,11 @@ def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
                      "simplematch/evaluation/dispatch.py", "simplematch/evaluation/runtime_predictor.py",
                      "simplematch/data/records.py", "simplematch/data/pfwillow.py",
                      "simplematch/data/matfile.py", "simplematch/calibration.py",
-                     "simplematch/cli/calibrate.py",
+                     "simplematch/cli/calibrate.py", "simplematch/data/coco.py",
+                     "simplematch/data/coco_pairs.py", "simplematch/evaluation/coco.py",
+                     "simplematch/cli/coco_flags.py",
+                     "simplematch/cli/__init__.py", "simplematch/cli/transfer.py",
+                     "simplematch/progress.py", "simplematch/errors.py",
                      # `smatch bench --model m.onnx`: every bench module but the torch ones (executors
                      # torch_eager / train_memory, cuda, random_model), which only torch paths import.
                      "simplematch/bench/__init__.py", "simplematch/bench/__main__.py",

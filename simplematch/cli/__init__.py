@@ -1,5 +1,8 @@
 """``smatch`` console script (``python -m simplematch.cli`` works too, e.g. under torchrun)."""
 
+# Commands that live in their own module register on the app when the package is imported.
+from simplematch.cli import transfer as _transfer  # noqa: F401
+
 
 def main() -> None:
     import sys

@@ -15,6 +15,15 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
+from simplematch.cli.coco_flags import (
+    Images,
+    MaxPairsPerImage,
+    MinCommon,
+    Pairs,
+    SplitFractions,
+    SplitSeed,
+    coco_flags,
+)
 from simplematch.cli.serve import serve as serve_command
 from simplematch.config import (
     AP10K_SPLITS,
@@ -84,9 +93,18 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Output folder (checkpoint, config, metrics).")] = None,
     preset: Annotated[str, typer.Option(help="Preset name (see `smatch presets`).")] = None,
     dataset: Annotated[Dataset, typer.Option()] = None,
-    data_root: Annotated[Path, typer.Option(help="Benchmark root in its official layout.")] = None,
+    data_root: Annotated[
+        Path, typer.Option(help="Benchmark root in its official layout, or a COCO keypoints JSON (coco).")
+    ] = None,
     backbone: Annotated[str, typer.Option(help="timm model name.")] = None,
     weights: Annotated[Path, typer.Option(help="Local pretrained backbone file (never downloaded).")] = None,
+    init: Annotated[
+        Path,
+        typer.Option(
+            help="Start from this run's (or `smatch convert` output's) whole model: weights only, its"
+            " architecture checked; without --preset/--config its config is the starting one."
+        ),
+    ] = None,
     img_size: Annotated[int, typer.Option()] = None,
     window: Annotated[int, typer.Option(help="Window size k of the fine head (0 = whole map).")] = None,
     batch_size: Annotated[int, typer.Option()] = None,
@@ -115,6 +133,12 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Replace the run already in --out (its checkpoints and metrics).")
     ] = False,
+    images: Images = None,
+    min_common: MinCommon = None,
+    pairs: Pairs = None,
+    split_seed: SplitSeed = None,
+    split_fractions: SplitFractions = None,
+    max_pairs_per_image: MaxPairsPerImage = None,
 ) -> None:
     """Train SimpleMatch (PyTorch). Writes model.safetensors, config.json, metrics.jsonl, best.json.
 
@@ -131,7 +155,8 @@ def train(
         out=out, resume=resume, preset=preset, config=config, window=window, max_steps=max_steps,
         device=device, force=force, dataset=dataset, data_root=data_root, backbone=backbone, weights=weights,
         img_size=img_size, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed, ap10k_split=ap10k_split,
-        amp=amp,
+        amp=amp, init=init,
+        **coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image),
     )  # fmt: skip
     main_rank = _is_main_process()
     console = _console()
@@ -164,7 +189,13 @@ def eval_cmd(
         Path, typer.Argument(help="Checkpoint folder (PyTorch) or MODEL.onnx / MODEL.engine (runtime).")
     ],
     dataset: Annotated[Dataset, typer.Option()] = Dataset.pfwillow,
-    data_root: Annotated[Path, typer.Option(help="Benchmark root (not needed for synthetic).")] = None,
+    data_root: Annotated[
+        Path,
+        typer.Option(
+            help="Benchmark root (not needed for synthetic), or a COCO keypoints JSON (coco; default: the"
+            " file a COCO run was trained on)."
+        ),
+    ] = None,
     split: Annotated[str, typer.Option()] = "test",
     alpha: Annotated[list[float], typer.Option(help="PCK thresholds (repeat the option).")] = None,
     frame: Annotated[
@@ -208,8 +239,15 @@ def eval_cmd(
     plots: Annotated[
         Path, typer.Option(help="Write PCK-alpha, per-category, precision-coverage, worst-pairs PNGs here.")
     ] = None,
+    images: Images = None,
+    min_common: MinCommon = None,
+    pairs: Pairs = None,
+    split_seed: SplitSeed = None,
+    split_fractions: SplitFractions = None,
+    max_pairs_per_image: MaxPairsPerImage = None,
 ) -> None:
-    """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K or synthetic pairs, with PyTorch or the runtime."""
+    """PCK on SPair-71k, PF-PASCAL, PF-WILLOW, AP-10K, synthetic or COCO keypoints pairs, with PyTorch or
+    the runtime."""
     from simplematch.evaluation import EvalOutputs, EvalRequest, print_result, run_evaluation
 
     request = EvalRequest(
@@ -217,6 +255,7 @@ def eval_cmd(
         batch_size=batch_size, device=device, window=window, ap10k_split=ap10k_split.value, limit=limit,
         seed=seed, threshold=threshold.value if threshold else None, released_compat=released_compat,
         confidence=confidence, min_confidence=min_confidence,
+        coco=coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image),
     )  # fmt: skip
     outputs = EvalOutputs(json=json_out, predictions=predictions, plots=plots, force=force)
     try:
@@ -235,14 +274,31 @@ def stats(
     data_root: Annotated[Path, typer.Option()] = None,
     split: Annotated[str, typer.Option()] = "trn",
     img_size: Annotated[int, typer.Option()] = 256,
+    images: Images = None,
+    min_common: MinCommon = None,
+    pairs: Pairs = None,
+    split_seed: SplitSeed = None,
+    split_fractions: SplitFractions = None,
+    max_pairs_per_image: MaxPairsPerImage = None,
 ) -> None:
     """Paper Table 1: keypoints that share a feature cell with another keypoint at 16/32/64 maps."""
     from rich.table import Table
 
-    from simplematch.data import load_records
+    from simplematch.data.coco_pairs import coco_options, refuse_unused_flags
+    from simplematch.data.load import load_records_with_info
     from simplematch.data.stats import keypoint_fusion_stats
 
-    records = load_records(dataset.value, str(data_root) if data_root else None, split)
+    coco = coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image)
+    refuse_unused_flags(dataset.value, coco)
+    records, data = load_records_with_info(
+        dataset.value, str(data_root) if data_root else None, split, coco=coco_options(coco)
+    )
+    if data:
+        skipped, least = data["skipped_annotations"], data["min_common"]
+        _console().print(
+            f"{data['pairs']} pairs; {skipped} annotation(s) skipped, fewer than {least} visible keypoints",
+            soft_wrap=True,
+        )
     res = keypoint_fusion_stats(records, img_size=img_size)
     table = Table(title=f"keypoint fusion, {dataset.value} {split}, input {img_size}")
     sizes = [k for k in res if k != "total"]

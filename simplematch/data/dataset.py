@@ -47,6 +47,7 @@ TRAIN_TRANSFORMS: dict[str, tuple[str, ...]] = {
     "ap10k": ("photometric",),
     "synthetic": _SPAIR,  # not a released dataset: the SPair pipeline (demo_cpu)
     "pfwillow": (),  # test-only benchmark
+    "coco": _SPAIR,  # your own COCO keypoints: the SPair-71k pipeline (its crop keeps the annotation's bbox)
 }
 
 

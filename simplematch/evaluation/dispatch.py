@@ -43,6 +43,9 @@ class EvalRequest:
     released_compat: bool = False
     confidence: str = DEFAULT_CONFIDENCE
     min_confidence: float | None = None
+    # --dataset coco: the COCO flags given (config key -> value; simplematch.data.coco_pairs). The rest
+    # comes from the model's own training config, so a run is scored on the images it held out.
+    coco: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,21 +72,29 @@ def run_evaluation(
     ``main_process`` calls ``show`` (the console table) and writes ``--json``.
     """
     from simplematch import validate
-    from simplematch.data import load_records
+    from simplematch.data.load import load_records_with_info
     from simplematch.files import write_json
     from simplematch.metrics import DEFAULT_ALPHAS
 
     alphas = validate.alphas(request.alphas, DEFAULT_ALPHAS)
+    data_root, coco, recorded = request.data_root, None, None
+    if request.dataset == "coco" or any(v is not None for v in (request.coco or {}).values()):
+        from simplematch.evaluation.coco import check_held_out, coco_request
+
+        data_root, coco, recorded = coco_request(model, request.dataset, data_root, request.coco or {})
+    inputs = [model, data_root, *((coco.pairs, coco.images) if coco else ())]
     # Before the (slow) evaluation, not after it.
-    validate.output_file(
-        outputs.json, "--json", suffixes=(".json",), inputs=[model, request.data_root], force=outputs.force
-    )
-    records = load_records(
-        request.dataset, str(request.data_root) if request.data_root else None, request.split,
-        ap10k_split=request.ap10k_split, seed=request.seed, released=request.released_compat,
+    validate.output_file(outputs.json, "--json", suffixes=(".json",), inputs=inputs, force=outputs.force)
+    records, data = load_records_with_info(
+        request.dataset, str(data_root) if data_root else None, request.split,
+        ap10k_split=request.ap10k_split, seed=request.seed, released=request.released_compat, coco=coco,
     )  # fmt: skip
+    if coco is not None:
+        check_held_out(model, recorded, data)
     res = _evaluate_with_outputs(model, records, request, alphas, outputs)
     res["options"] = _options(request, alphas, res["threshold"])
+    if data:
+        res["data"] = {k: v for k, v in data.items() if k != "image_ids"} | {"images": len(data["image_ids"])}
     if main_process:
         if show is not None:
             show(res)
@@ -287,6 +298,10 @@ def print_result(res: dict[str, Any], console: Any) -> None:
     )
     table.add_row("all (per point)", str(res["points"]), *[f"{v:.2f}" for v in res["pck_per_point"].values()])
     console.print(table)
+    if res.get("dataset") == "coco":
+        from simplematch.evaluation.coco import print_coco
+
+        print_coco(res, console)
     _print_confidence(res.get("confidence"), console)
 
 
