@@ -458,8 +458,10 @@ def test_run_infer_writes_json_and_png(models: dict[str, Path], infer_inputs: di
     io = infer_inputs
     rep = run_infer(io["src"], io["trg"], io["kps"], model=models["conv"], out=io["out"], viz=io["viz"])
     assert set(rep) == {
-        "source", "target", "model", "provider", "confidence", "min_confidence", "keypoints", "timing_ms"
+        "source", "target", "model", "provider", "confidence", "calibration", "min_confidence", "keypoints",
+        "timing_ms",
     }  # fmt: skip
+    assert rep["calibration"]["calibrated"] is False and rep["confidence"] == "mass_ratio_cycle"
     assert set(rep["timing_ms"]) == {"preprocess", "encode", "match"}
     assert rep["provider"] == "CPUExecutionProvider" and len(rep["keypoints"]) == 3
     assert set(rep["keypoints"][0]) == {
@@ -712,7 +714,8 @@ def test_eval_limit_predictions_plots_cli(
     assert 100.0 * ok / res["points"] == pytest.approx(res["pck_per_point"]["0.1"])
     from PIL import Image
 
-    for name in ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png"):
+    for name in ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png",
+                 "reliability.png"):  # fmt: skip
         with Image.open(tmp_path / "plots" / name) as im:
             assert im.format == "PNG" and im.width > 300
 

@@ -720,3 +720,9 @@ def _fail(message: str, code: int) -> int:
     with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)
     return code
+
+
+# Commands written in their own modules.
+from simplematch.cli.calibrate import calibrate  # noqa: E402
+
+app.command()(calibrate)
