@@ -41,7 +41,8 @@ from simplematch.errors import SimpleMatchError
 
 app = typer.Typer(
     name="smatch",
-    help="SimpleMatch semantic correspondence: train, eval, export, infer, bench. --debug shows tracebacks.",
+    help="SimpleMatch semantic correspondence: train, eval, export, infer, transfer, calibrate, serve, bench."
+    " --debug shows tracebacks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -720,9 +721,3 @@ def _fail(message: str, code: int) -> int:
     with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)
     return code
-
-
-# Commands written in their own modules.
-from simplematch.cli.calibrate import calibrate  # noqa: E402
-
-app.command()(calibrate)

@@ -1,20 +1,18 @@
-"""``smatch calibrate MODEL``: a confidence that is a probability. ``simplematch.cli.app`` registers the
-command (this module does not import the app, so the two form no import cycle)."""
+"""``smatch calibrate MODEL``: a confidence that is a probability (registered on the app when
+``simplematch.cli`` is imported, like the other commands that live in their own module)."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from simplematch.calibration import DEFAULT_ALPHA
-from simplematch.config import DATASETS
-
-Dataset = Enum("Dataset", [(v, v) for v in DATASETS], type=str)  # as simplematch.cli.app's choices
+from simplematch.cli.app import Dataset, app
 
 
+@app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Checkpoint folder or exported .onnx file.")],
     out: Annotated[
