@@ -20,7 +20,9 @@ import numpy as np
 
 from simplematch import config
 
-CUES = config.CONFIDENCE_CUES  # in the order of :func:`confidence_cues`
+# The cues :func:`confidence_cues` computes, in its order; ``calibrated`` is added by a model's calibration
+# (simplematch.calibration), so it is a choice of the config but not one of these.
+CUES = tuple(c for c in config.CONFIDENCE_CUES if c != "calibrated")
 DEFAULT_CONFIDENCE = config.DEFAULT_CONFIDENCE
 
 # The cycle error is expressed in units of alpha * S with alpha = 0.1 (the "img" PCK threshold of the model

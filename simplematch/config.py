@@ -35,10 +35,12 @@ ExportFormat = Literal["onnx", "trt"]
 OfficialFamily = Literal["dinov2_b14", "ibot_b16", "resnet101"]  # the authors' released checkpoints
 # Match confidence cues, in the order the runtime computes them (simplematch.runtime.matching); the default
 # was chosen by the AUROC table of docs/confidence.md (PF-WILLOW and held-out synthetic pairs, demo model).
+# "calibrated" is P(correct) of the model's calibration (simplematch/calibration.py); a model without one
+# falls back to "mass_ratio_cycle" and says so.
 ConfidenceCue = Literal[
-    "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle"
+    "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle", "calibrated"
 ]
-DEFAULT_CONFIDENCE: ConfidenceCue = "mass_ratio_cycle"
+DEFAULT_CONFIDENCE: ConfidenceCue = "calibrated"
 # Split names on disk (``train`` and ``validation`` are accepted as aliases, simplematch.data.records).
 Split = Literal["trn", "val", "test"]
 SPLITS: tuple[str, ...] = typing.get_args(Split)
@@ -126,6 +128,9 @@ class Config:
     # fp32 as released; mixed precision (CUDA only) rounds cosine similarities to fp16, i.e. ~0.025 noise on
     # the logits at beta = 0.02, so it is an explicit opt-in (`smatch train --amp`).
     amp: bool = False
+    # --- confidence --------------------------------------------------------------------------------
+    # Written by `smatch calibrate` (simplematch.calibration.Calibration.to_dict): P(correct) from the cues.
+    calibration: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -255,6 +260,10 @@ class Config:
             raise bad("num_workers", "must be >= 0", f"pass 0 or more ({_where('num_workers')})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise bad("device", "unknown device", "pass --device auto, cpu or cuda")
+        if self.calibration is not None:
+            from simplematch.calibration import Calibration
+
+            Calibration.from_dict(self.calibration, source="config calibration")
 
 
 # Config keys that `smatch train` has a flag for; every other key is set in a --config JSON file.
@@ -280,6 +289,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, a) for a in args)
     if hint is type(None):
         return value is None
+    if origin is dict:
+        return isinstance(value, dict)
     if origin is list:
         return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
     if hint is float:  # JSON has one number type: 1 is a valid float, True is not

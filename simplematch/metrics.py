@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from simplematch import calibration as calib
 from simplematch import config
 
 # The alpha at which "correct" is defined for the confidence measures (the benchmarks' headline alpha).
@@ -294,15 +295,32 @@ def precision_coverage(
     return rows
 
 
+def confidence_points(
+    preds: Sequence[PairPrediction], alpha: float = CONFIDENCE_ALPHA
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The valid points of per-pair predictions, what a calibration is fitted on: their raw cues (each
+    (P,)), "correct at alpha" (P,) and the index of each point's pair (P,), which keeps a pair's points
+    together in cross-validation."""
+    valid = [np.asarray(p.valid, bool) for p in preds]
+    ok = [correct_mask(p, [alpha])[:, 0][v] for p, v in zip(preds, valid, strict=True)]
+    keys = ("peak_cos", "peak_mass", "second_cos", "cycle_px")
+    raw = {k: np.concatenate([np.asarray(p.raw[k], np.float64)[v] for p, v in zip(preds, valid, strict=True)])
+           for k in keys}  # fmt: skip
+    pair = np.concatenate([np.full(int(v.sum()), i) for i, v in enumerate(valid)])
+    return raw, np.concatenate(ok), pair
+
+
 def confidence_tables(
     preds: Sequence[PairPrediction],
     *,
     confidence: str,
     min_confidence: float | None,
     alphas: Sequence[float],
+    calibration: calib.Calibration | None = None,
 ) -> dict[str, Any]:
-    """AUROC of every cue for "correct at CONFIDENCE_ALPHA", the default cue's precision-coverage curve and,
-    with ``min_confidence``, precision (pooled PCK over kept points) and the fraction kept at each alpha."""
+    """AUROC, ECE (15 bins) and Brier score of every cue for "correct at CONFIDENCE_ALPHA", the default
+    cue's reliability bins and precision-coverage curve and, with ``min_confidence``, precision (pooled PCK
+    over kept points) and the fraction kept at each alpha. ``calibration``: the model's, recorded."""
     valid = [np.asarray(p.valid, bool) for p in preds]
     ok = (
         np.concatenate(
@@ -319,7 +337,16 @@ def confidence_tables(
     out: dict[str, Any] = {
         "alpha": CONFIDENCE_ALPHA,
         "default": confidence,
+        "calibration": (
+            calibration.describe()
+            if calibration is not None
+            else {"calibrated": False, "note": f"the model has no calibration; confidence is {confidence}"}
+        ),
         "auroc": {n: auroc(cue[n], ok) for n in names},
+        # ECE and Brier of the raw cues too: they show how far a cue's scale is from a probability.
+        "ece": {n: calib.expected_calibration_error(cue[n], ok) for n in names},
+        "brier": {n: calib.brier_score(cue[n], ok) for n in names},
+        "reliability": calib.reliability(cue[confidence], ok) if confidence in cue else [],
         "precision_coverage": precision_coverage(cue[confidence], ok) if confidence in cue else [],
     }
     if min_confidence is not None:
@@ -348,12 +375,14 @@ def evaluation_tables(
     *,
     confidence: str,
     min_confidence: float | None = None,
+    calibration: calib.Calibration | None = None,
 ) -> dict[str, Any]:
     """Per-pair predictions -> the PCK tables (:func:`pck_tables`) plus ``"confidence"``."""
     agg = pck_tables(preds, alphas)
     agg["confidence"] = confidence_tables(
-        preds, confidence=confidence, min_confidence=min_confidence, alphas=list(alphas)
-    )
+        preds, confidence=confidence, min_confidence=min_confidence, alphas=list(alphas),
+        calibration=calibration,
+    )  # fmt: skip
     return agg
 
 
@@ -371,8 +400,15 @@ def evaluation_json(
     min_confidence: float | None = None,
     sample: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The evaluation JSON (exact top-level keys of the CLI contract), the same for both evaluators."""
-    tables = evaluation_tables(preds, alphas, confidence=confidence, min_confidence=min_confidence)
+    """The evaluation JSON (exact top-level keys of the CLI contract), the same for both evaluators.
+
+    ``confidence`` ``calibrated`` means the model's calibration (``config["calibration"]``) and, for a
+    model without one, the uncalibrated default (:func:`simplematch.calibration.resolve`)."""
+    cal = calib.from_config(config)
+    confidence = calib.resolve(confidence, cal)
+    tables = evaluation_tables(
+        preds, alphas, confidence=confidence, min_confidence=min_confidence, calibration=cal
+    )
     out = {
         "dataset": dataset,
         "split": split,

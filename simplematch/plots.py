@@ -5,7 +5,9 @@
 * ``precision_coverage.png``: precision (PCK over kept points at alpha = 0.1) against the fraction of
   points kept, for every confidence cue, the default one drawn thick;
 * ``worst_pairs.png``: the pairs with the lowest PCK@0.1 as match pictures (colour = confidence, the
-  ground truth target as white rings).
+  ground truth target as white rings);
+* ``reliability.png``: the reliability diagram of the default confidence (fraction correct at alpha = 0.1
+  per confidence bin, 15 bins, against the diagonal of a calibrated probability), with its ECE.
 
 matplotlib is an optional extra (``pip install "simplematch[plots]"``): it is imported only here, and
 :func:`check_plots` says which extra is missing before the evaluation starts. Every file is rendered in
@@ -31,7 +33,7 @@ from simplematch.metrics import (
 
 CURVE_ALPHAS = tuple(round(0.01 * i, 2) for i in range(1, 31))  # 0.01 ... 0.30
 WORST = 6  # pairs in the gallery
-FILES = ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png")
+FILES = ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png", "reliability.png")
 
 
 def check_plots(out_dir: str | Path, *, force: bool = False) -> Path:
@@ -104,6 +106,29 @@ def _worst_pairs_png(
     return data
 
 
+def _reliability_png(plt: Any, conf: dict[str, Any], title: str) -> bytes:
+    """Bars: fraction correct per confidence bin (width = bin); the diagonal is a perfect probability."""
+    rows = [r for r in conf.get("reliability", []) if r["count"]]
+    name = conf["default"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.bar([r["lo"] for r in rows], [r["accuracy"] for r in rows], [r["hi"] - r["lo"] for r in rows],
+           align="edge", alpha=0.6, edgecolor="k", label="fraction correct")  # fmt: skip
+    ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], "o", ms=3, label="bin mean")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    for r in rows:
+        ax.annotate(str(r["count"]), (r["lo"] + 0.005, 0.01), fontsize=6)
+    ece = conf.get("ece", {}).get(name)
+    ece_text = f", ECE {ece:.3f}" if ece is not None else ""
+    ax.set(
+        xlabel=f"confidence '{name}'", ylabel=f"fraction correct at alpha {CONFIDENCE_ALPHA:g}",
+        title=f"reliability{ece_text}\n{title}", xlim=(0, 1), ylim=(0, 1),
+    )  # fmt: skip
+    ax.legend(fontsize=7, loc="upper left")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def write_plots(
     res: dict[str, Any],
     preds: Sequence[PairPrediction],
@@ -113,7 +138,7 @@ def write_plots(
     img_size: int,
     confidence: str,
 ) -> list[Path]:
-    """Render the four figures of the module doc into ``out_dir``; returns the written paths."""
+    """Render the figures of the module doc into ``out_dir``; returns the written paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -163,6 +188,7 @@ def write_plots(
     figs["precision_coverage.png"] = _png(fig)
     plt.close(fig)
 
+    figs["reliability.png"] = _reliability_png(plt, res["confidence"], title)
     worst = _worst_pairs_png(plt, res, preds, records, img_size, confidence)
     if worst is not None:
         figs["worst_pairs.png"] = worst

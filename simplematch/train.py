@@ -603,20 +603,41 @@ def _validate(run: _Run) -> dict[str, Any]:
     """Validation PCK, logged; a new best (by PCK@0.1) is saved as the run's model + best.json."""
     run.pending_validation = False
     cfg = run.cfg
+    preds: list = []
     res = evaluate_model(
         run.model, cfg, run.val_records, dataset=cfg.dataset, split=VAL_SPLIT, batch_size=cfg.batch_size,
-        device=run.device,
+        device=run.device, predictions=preds,
     )  # fmt: skip
     _log(run.out, {"step": run.step, "epoch": run.epoch, "val_pck": res["pck"], "val_pairs": res["pairs"]})
     score = res["pck"].get("0.1", float("nan"))
     if run.best is None or (not math.isnan(score) and score > run.best["pck"]["0.1"]):
         run.best = {"step": run.step, "epoch": run.epoch, "pck": res["pck"], "pairs": res["pairs"]}
         if dist_utils.is_main():
-            save_checkpoint(run.model, cfg, run.out)
+            save_checkpoint(run.model, _calibrated(cfg, preds, res), run.out)
             atomic_write_text(
                 run.out / "best.json", json.dumps(stamped(run.best, "train_best"), indent=2) + "\n"
             )
     return res
+
+
+def _calibrated(cfg: Config, preds: list, res: dict[str, Any]) -> Config:
+    """The run's config with the calibration fitted on this validation's predictions (held-out pairs, the
+    ones that chose the checkpoint), so a trained model's ``confidence`` is a probability from the start;
+    unchanged when every validation point is right or every one wrong (nothing to fit)."""
+    import datetime
+
+    from simplematch import calibration
+    from simplematch.metrics import confidence_points
+
+    raw, ok, pair = confidence_points(preds, calibration.DEFAULT_ALPHA)
+    if ok.all() or not ok.any():
+        return cfg
+    cal = calibration.fit(
+        raw, ok, cfg.img_size, groups=pair, dataset=cfg.dataset, split=VAL_SPLIT, pairs=len(preds),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        extra={"threshold": res["threshold"], "img_size": cfg.img_size, "source": "smatch train"},
+    )  # fmt: skip
+    return dataclasses.replace(cfg, calibration=cal.to_dict())
 
 
 def _save_state(run: _Run) -> None:

@@ -16,14 +16,15 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 # Lowest first; docs/architecture.md lists the same layers (checked below). A name covers its sub-modules.
 LAYERS = [
     ["config", "validate", "errors", "files", "extras", "progress", "keypoints", "image", "metadata"]
-    + ["geometry", "confidence", "provenance", "resources", "outputs", "signals", "runlock", "quiet"],
+    + ["geometry", "confidence", "provenance", "calibration", "resources", "outputs", "signals", "runlock"]
+    + ["quiet"],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],
     ["runtime", "evaluation.runtime_predictor"],
     ["distributed", "evaluation.torch_predictor", "train"],
     ["export"],
-    ["evaluation", "plots", "baselines", "official", "bench", "demo", "serve"],
+    ["evaluation", "calibrate", "plots", "baselines", "official", "bench", "demo", "serve"],
     ["cli"],
 ]
 

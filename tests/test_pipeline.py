@@ -62,6 +62,12 @@ def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path)
     assert agree / 3600 > 0.99
     for cue, v in t["confidence"]["auroc"].items():
         assert abs(v - o["confidence"]["auroc"][cue]) < 0.01, cue
+    # The trained model's calibration travels into the export; both paths give the same probability.
+    assert t["confidence"]["default"] == o["confidence"]["default"] == "calibrated"
+    assert t["confidence"]["calibration"] == o["confidence"]["calibration"]
+    gap = max(abs(a - b) for r, q in zip(tl, ol, strict=True)
+              for a, b in zip(r["cues"]["calibrated"], q["cues"]["calibrated"], strict=True))  # fmt: skip
+    assert gap < 1e-3
     assert (
         abs(t["confidence"]["rejection"]["kept_fraction"] - o["confidence"]["rejection"]["kept_fraction"])
         < 0.01
@@ -85,8 +91,11 @@ def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
     assert rc == 0
     res = unstamped(json.loads(out.read_text()), "infer")
     assert set(res) == {
-        "source", "target", "model", "provider", "confidence", "min_confidence", "keypoints", "timing_ms"
+        "source", "target", "model", "provider", "confidence", "calibration", "min_confidence", "keypoints",
+        "timing_ms",
     }  # fmt: skip
+    # A trained model carries the calibration fitted on its validation pairs, and the export keeps it.
+    assert (res["confidence"] == "calibrated") == res["calibration"]["calibrated"]
     n = len(json.loads((EXAMPLES / "kps.json").read_text())["keypoints"])
     assert len(res["keypoints"]) == n
     from PIL import Image

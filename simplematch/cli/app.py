@@ -46,7 +46,8 @@ from simplematch.errors import SimpleMatchError
 
 app = typer.Typer(
     name="smatch",
-    help="SimpleMatch semantic correspondence: train, eval, export, infer, bench. --debug shows tracebacks.",
+    help="SimpleMatch semantic correspondence: train, eval, export, infer, transfer, calibrate, serve, bench."
+    " --debug shows tracebacks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

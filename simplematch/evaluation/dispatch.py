@@ -321,6 +321,15 @@ def _print_confidence(conf: dict[str, Any] | None, console: Any) -> None:
         return
     aurocs = ", ".join(f"{k} {v:.3f}" for k, v in conf["auroc"].items() if v is not None)
     console.print(f"confidence '{conf['default']}'; AUROC of correct@{conf['alpha']:g}: {aurocs}")
+    cal = conf.get("calibration") or {}
+    ece, brier = conf.get("ece", {}).get(conf["default"]), conf.get("brier", {}).get(conf["default"])
+    if ece is not None and brier is not None:
+        source = (
+            f"calibrated on {cal['pairs']} {cal['dataset']} {cal['split']} pairs ({cal['date']})"
+            if cal.get("calibrated")
+            else "the model has no calibration: `smatch calibrate` makes the confidence a probability"
+        )
+        console.print(f"'{conf['default']}' as a probability: ECE {ece:.3f}, Brier {brier:.3f}; {source}")
     rej = conf.get("rejection")
     if rej:
         prec = ", ".join(f"@{a} {v:.2f}" if v is not None else f"@{a} -" for a, v in rej["precision"].items())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from simplematch import calibration
 from simplematch import distributed as dist_utils
 from simplematch.confidence import DEFAULT_CONFIDENCE, confidence_cues
 from simplematch.config import Config
@@ -39,8 +40,10 @@ def predict_pairs_torch(
     window: int | None = None,
     num_workers: int = 0,
     progress: Any = None,
+    cal: calibration.Calibration | None = None,
 ) -> list[PairPrediction]:
-    """This rank's share of the pairs as :class:`PairPrediction` (the runtime evaluation's twin)."""
+    """This rank's share of the pairs as :class:`PairPrediction` (the runtime evaluation's twin); ``cal``
+    adds the ``calibrated`` cue, as the runtime's Matcher does for a calibrated model."""
     device = torch.device(device)
     indices = list(range(dist_utils.rank(), len(dataset), dist_utils.world_size()))
     # Own generator: a DataLoader iterator draws a base seed, and drawing it from the global torch RNG would
@@ -58,7 +61,8 @@ def predict_pairs_torch(
         kps = batch["src_kps"].to(device)
         m = model.predict(src, batch["trg_img"].to(device), kps, window=window)
         m = Matches(*(t.double().cpu().numpy() for t in m))  # (B, N, ...) numpy: the runtime's type
-        cues = confidence_cues(m, src.shape[-1])
+        raw = {k: x for k, x in m._asdict().items() if k != "pred"}
+        cues = calibration.with_calibrated(confidence_cues(m, src.shape[-1]), raw, src.shape[-1], cal)
         pred = m.pred
         valid = batch["valid"].numpy()
         if frame == "original":
@@ -78,7 +82,7 @@ def predict_pairs_torch(
                 PairPrediction.of_record(
                     indices[pos + i], rec, src_kps=skps[:n], gt=gt[i, :n], pred=pred[i, :n], valid=v,
                     threshold=float(thr[i]) if v.any() else float("nan"),
-                    raw={k: x[i, :n] for k, x in m._asdict().items() if k != "pred"},
+                    raw={k: x[i, :n] for k, x in raw.items()},
                     cues={k: c[i, :n] for k, c in cues.items()},
                 )
             )  # fmt: skip
@@ -129,8 +133,9 @@ def evaluate_model(
     kind = threshold_kind(dataset, threshold, frame, released_compat)
     ds = PairDataset(records, cfg.img_size, augment=False, seed=cfg.seed, threshold_kind=kind)
     local = predict_pairs_torch(
-        model, ds, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress
-    )
+        model, ds, frame=frame, batch_size=batch_size, device=device, window=window, progress=progress,
+        cal=calibration.from_config(cfg.to_dict()),
+    )  # fmt: skip
     return score_predictions(
         gather_predictions(local), alphas, config=cfg.to_dict(), threshold=kind,
         model=model_info or {"path": None, "sha256": None}, window=window, released_compat=released_compat,

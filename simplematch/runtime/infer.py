@@ -138,13 +138,16 @@ def build_report(
     truth: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The JSON of ``smatch infer --out`` (and of ``smatch serve``'s match endpoints): one builder for both,
-    so the service answers exactly what the command writes, version / time / units stamp included."""
+    so the service answers exactly what the command writes. ``confidence`` is the cue the result holds
+    (``calibrated`` asked of an uncalibrated model is its fallback), ``calibration`` which one made it;
+    with the version / time / units stamp."""
     doc = {
         "source": source,
         "target": target,
         "model": model,
         "provider": provider,
-        "confidence": confidence,
+        "confidence": result.confidence_kind or confidence,
+        "calibration": result.calibration,
         "min_confidence": min_confidence,
         "keypoints": keypoint_rows(result, truth, trg_hw),
         "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
@@ -355,7 +358,8 @@ def _match_job(job: dict[str, Any], k: int, cache: _FeatureCache, confidence: st
         "line": job["line"],
         "source": str(job["src"]),
         "target": str(job["tgt"]),
-        "confidence": confidence,
+        "confidence": res.confidence_kind,
+        "calibration": res.calibration,
         "min_confidence": min_confidence,
         "keypoints": keypoint_rows(res, truth, thw),
     }

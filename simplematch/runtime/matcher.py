@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simplematch.confidence import CUES, DEFAULT_CONFIDENCE, confidence_cues
+from simplematch import calibration
+from simplematch.confidence import DEFAULT_CONFIDENCE, confidence_cues
+from simplematch.config import CONFIDENCE_CUES
 from simplematch.errors import SimpleMatchError
 from simplematch.image import load_image, resize_square, to_image_frame, to_model_frame, to_rgb_uint8
 from simplematch.metadata import ModelMeta
@@ -73,6 +75,10 @@ class MatchResult:
     confidence: np.ndarray | None = None
     rejected: np.ndarray | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
+    # The cue ``confidence`` holds: the one asked for, or the fallback of an uncalibrated model; and which
+    # calibration made ``calibrated`` (:meth:`Matcher.calibration_note`).
+    confidence_kind: str = ""
+    calibration: dict = field(default_factory=dict)
 
 
 def as_rgb_uint8(image: ImageLike) -> np.ndarray:
@@ -119,8 +125,10 @@ def _timing_ms(t0: float, t1: float, t2: float, t3: float) -> dict[str, float]:
 
 def check_confidence(confidence: str, min_confidence: float | None) -> None:
     """A known cue name and a ``min_confidence`` in [0, 1] (outside it every or no match would be kept)."""
-    if confidence not in CUES:
-        raise SimpleMatchError(f"unknown confidence '{confidence}'", f"use one of {', '.join(CUES)}")
+    if confidence not in CONFIDENCE_CUES:
+        raise SimpleMatchError(
+            f"unknown confidence '{confidence}'", f"use one of {', '.join(CONFIDENCE_CUES)}"
+        )
     if min_confidence is not None and not (0.0 <= float(min_confidence) <= 1.0):
         raise SimpleMatchError(
             f"--min-confidence {min_confidence} is outside [0, 1]", "confidences lie in [0, 1]: pass e.g. 0.5"
@@ -142,6 +150,8 @@ class Matcher:
         self.model_path = Path(model_path)
         self.backend = backend if backend is not None else load_backend(model_path, device, allow_fallback)
         self.batch_size = max(1, int(batch_size))
+        # The model's calibration (None: uncalibrated), checked once here rather than at every match.
+        self.calibration = calibration.from_config(self.meta.config, source=str(self.model_path))
 
     @property
     def meta(self) -> ModelMeta:
@@ -154,6 +164,12 @@ class Matcher:
     @property
     def runtime(self) -> str:
         return self.backend.runtime
+
+    def calibration_note(self) -> dict:
+        """Which calibration makes ``calibrated`` (dataset, split, alpha, pairs, date), or that none does."""
+        if self.calibration is None:
+            return {"calibrated": False, "note": "the model has no calibration (smatch calibrate)"}
+        return self.calibration.describe()
 
     def prepare(self, image: ImageLike) -> Prepared:
         """Image (path / PIL / uint8 RGB array) -> resized model input, keeping the original (h, w)."""
@@ -216,8 +232,11 @@ class Matcher:
             meta.beta,
             meta.coord,
         )
+        raw = {k: np.asarray(v, np.float64) for k, v in m._asdict().items() if k != "pred"}
         cues = confidence_cues(m, meta.img_size)
-        conf = cues[confidence]
+        cues = calibration.with_calibrated(cues, raw, meta.img_size, self.calibration)
+        kind = calibration.resolve(confidence, self.calibration)
+        conf = cues[kind]
         rejected = conf < min_confidence if min_confidence is not None else np.zeros(len(conf), bool)
         target_all = to_image_frame(m.pred, trg.hw, meta.img_size)
         target = np.where(rejected[:, None], np.nan, target_all)
@@ -228,10 +247,12 @@ class Matcher:
             target_kps_all=target_all,
             score=m.peak_cos.astype(np.float64),
             peak_mass=m.peak_mass,
-            raw={k: np.asarray(v, np.float64) for k, v in m._asdict().items() if k != "pred"},
+            raw=raw,
             cues=cues,
             confidence=conf,
             rejected=rejected,
+            confidence_kind=kind,
+            calibration=self.calibration_note(),
         )
 
     def match_images(

@@ -68,12 +68,15 @@ def cosine_similarity(src_feats: np.ndarray, trg_feats: np.ndarray, eps: float =
     Computed in float64 (torch: float32): a float32 BLAS product rounds differently for different N, so
     matching keypoints in two calls would differ from one call by ~1e-5 px. In float64 the result does not
     depend on how keypoints are grouped, and it stays within the parity budget of the float32 reference.
+    The target norms divide the (N, h*w) product instead of the (C, h*w) map (the same cosine to ~1e-16):
+    normalising the map was half of the matching time of a ViT-S map (384 x 63 x 63).
     """
     src = np.asarray(src_feats, dtype=np.float64)
     src = src / (np.linalg.norm(src, axis=-1, keepdims=True) + eps)
     trg = np.asarray(trg_feats, dtype=np.float64).reshape(trg_feats.shape[0], trg_feats.shape[1], -1)
-    trg = trg / (np.linalg.norm(trg, axis=1, keepdims=True) + eps)
-    return src @ trg
+    sim = src @ trg
+    sim /= (np.sqrt(np.einsum("bck,bck->bk", trg, trg)) + eps)[:, None, :]
+    return sim
 
 
 def window_starts(center: np.ndarray, k: int, size: int) -> np.ndarray:

@@ -30,7 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
 import simplematch
-from simplematch.confidence import CUES, DEFAULT_CONFIDENCE
+from simplematch.confidence import DEFAULT_CONFIDENCE
+from simplematch.config import CONFIDENCE_CUES as CUES  # the choices: the computed cues and "calibrated"
 from simplematch.errors import SimpleMatchError
 from simplematch.image import ImageTooLargeError, decode_image
 from simplematch.runtime import Features, Matcher

@@ -87,6 +87,7 @@ def test_eval_limit_predictions_plots_cli(
     ok = sum(sum(r["correct"]["0.1"]) for r in lines)
     assert 100.0 * ok / res["points"] == pytest.approx(res["pck_per_point"]["0.1"])
 
-    for name in ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png"):
+    for name in ("pck_alpha.png", "per_category.png", "precision_coverage.png", "worst_pairs.png",
+                 "reliability.png"):  # fmt: skip
         with Image.open(tmp_path / "plots" / name) as im:
             assert im.format == "PNG" and im.width > 300

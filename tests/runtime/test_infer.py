@@ -40,8 +40,10 @@ def test_run_infer_writes_json_and_png(models: dict[str, Path], infer_inputs: di
     io = infer_inputs
     rep = run_infer(io["src"], io["trg"], io["kps"], model=models["conv"], out=io["out"], viz=io["viz"])
     assert set(unstamped(rep, "infer")) == {
-        "source", "target", "model", "provider", "confidence", "min_confidence", "keypoints", "timing_ms"
+        "source", "target", "model", "provider", "confidence", "calibration", "min_confidence", "keypoints",
+        "timing_ms",
     }  # fmt: skip
+    assert rep["calibration"]["calibrated"] is False and rep["confidence"] == "mass_ratio_cycle"
     assert set(rep["timing_ms"]) == {"preprocess", "encode", "match"}
     assert rep["provider"] == "CPUExecutionProvider" and len(rep["keypoints"]) == 3
     assert set(rep["keypoints"][0]) == {

@@ -30,6 +30,8 @@ class TensorRTExecutor(OnnxRuntimeExecutor):
 
 
 def _session(spec: dict[str, Any]) -> Session:
+    from simplematch import calibration
+    from simplematch.confidence import confidence_cues
     from simplematch.runtime.backends import OnnxBackend, load_backend
     from simplematch.runtime.matching import match_keypoints
 
@@ -39,9 +41,16 @@ def _session(spec: dict[str, Any]) -> Session:
     else:
         backend = load_backend(spec["path"], device=device)
     meta = backend.meta
+    # The whole match of the Matcher: keypoints, cues and the calibrated confidence. A model without a
+    # calibration applies a neutral one, so the share counts what a calibrated model costs.
+    cal = calibration.from_config(meta.config) or calibration.Calibration(
+        coef=(0.0,) * len(calibration.FEATURES), intercept=0.0
+    )
 
     def match(src: Any, trg: Any, kps: Any) -> Any:
-        return match_keypoints(src, trg, kps, meta.img_size, meta.window, meta.beta, meta.coord)
+        m = match_keypoints(src, trg, kps, meta.img_size, meta.window, meta.beta, meta.coord)
+        raw = {k: v for k, v in m._asdict().items() if k != "pred"}
+        return calibration.with_calibrated(confidence_cues(m, meta.img_size), raw, meta.img_size, cal)
 
     return Session(
         encode=backend.encode,
