@@ -9,7 +9,9 @@ raise :class:`Interrupted` too. ``smatch train`` installs its own handlers for t
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -46,3 +48,20 @@ def install() -> None:
         signal.signal(signal.SIGTERM, _raise)
     except ValueError:  # not the main thread: the host application owns the signals
         pass
+
+
+@contextlib.contextmanager
+def handled_by(handler: Callable[[int, Any], Any]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` for the block (a loop that finishes its current unit of work
+    before stopping: a training step, one transferred image), and the previous handlers come back after."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread (a library caller's worker): no handlers, the work still runs
+        old = {}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -27,7 +27,6 @@ import math
 import pickle
 import random
 import shutil
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from simplematch import distributed as dist_utils
-from simplematch import runlock, validate
+from simplematch import runlock, signals, validate
 from simplematch.checkpoint import WEIGHTS_NAME, load_model_weights, save_checkpoint
 from simplematch.config import COCO_FLAGS, THRESHOLDS, Config
 from simplematch.data import load_records
@@ -125,21 +124,6 @@ class _StopFlag:
         if self.abortable:
             self.abortable = False
             raise Interrupted(signum)
-
-
-@contextmanager
-def _catch_signals(flag: _StopFlag) -> Iterator[None]:
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for s in old:
-            signal.signal(s, flag)
-    except ValueError:  # not the main thread (e.g. called from a worker): no handlers, still trains
-        old = {}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -300,7 +284,7 @@ def train(
         flag = _StopFlag()
         # From the first write on, a failure or a signal before the first checkpoint removes what this run
         # wrote; the signal handlers are in place before that write, so no phase is left uncovered.
-        with _clean_up_failed_start(out, not resume, not out.exists()), _catch_signals(flag):
+        with _clean_up_failed_start(out, not resume, not out.exists()), signals.handled_by(flag):
             flag.abortable = not dist_utils.is_distributed()  # nothing to save yet: stop at once
             run = _setup(
                 cfg, out, device, train_records, val_records, clear=replace and not resume, t0=t0,

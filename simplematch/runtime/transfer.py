@@ -23,7 +23,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 import simplematch
-from simplematch import validate
+from simplematch import signals, validate
 from simplematch.confidence import CYCLE_ALPHA, DEFAULT_CONFIDENCE
 from simplematch.config import DEFAULT_TRANSFER_COMBINE, TRANSFER_COMBINES
 from simplematch.data.coco import CocoKeypoints, read_coco_keypoints
@@ -236,21 +235,6 @@ class _Stop:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@contextmanager
-def _catch_signals(stop: _Stop) -> Iterator[None]:
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for s in old:
-            signal.signal(s, stop)
-    except ValueError:  # not the main thread (a library caller's worker): no handlers, still runs
-        old = {}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The command
 # ------------------------------------------------------------------------------------------------------------
@@ -397,7 +381,7 @@ def run_transfer(
     pictures: list[Path] = []
     made_review = plan.review is not None and not plan.review.exists()
     try:
-        with _catch_signals(stop):
+        with signals.handled_by(stop):
             summary = _write(plan, matcher, groups, ref_rgb, options, stop, pictures, progress, on_failure)
     except BaseException:  # a failed run leaves nothing behind: this run's pictures go too
         for p in pictures:
