@@ -518,7 +518,16 @@ def convert(
     ],
     family: Annotated[Family, typer.Option(help="Model family of the file.")],
     out: Annotated[Path, typer.Option(help="Output folder (or .pth file with --to-official).")],
-    img_size: Annotated[int, typer.Option(help="Input size the model was trained at.")] = None,
+    img_size: Annotated[
+        int, typer.Option(help="Input size the model was trained at (one of its released configs' sizes).")
+    ] = None,
+    any_img_size: Annotated[
+        bool,
+        typer.Option(
+            "--any-img-size",
+            help="Import at an --img-size no released config of the family uses (recorded in config.json).",
+        ),
+    ] = False,
     backbone_weights: Annotated[
         Path, typer.Option(help="Official backbone file (required for DINOv2).")
     ] = None,
@@ -534,7 +543,8 @@ def convert(
     from simplematch.official import run_convert
 
     run_convert(checkpoint, family.value, out, img_size=img_size, backbone_weights=backbone_weights,
-                to_official=to_official, replace=force, console=_console())  # fmt: skip
+                to_official=to_official, any_img_size=any_img_size, replace=force,
+                console=_console())  # fmt: skip
 
 
 @app.command()
