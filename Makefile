@@ -19,16 +19,19 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Lint, then the runtime-only install proof (fresh venv from the wheel), then the test suite (last, so
-# its summary line closes the output).
+# Lint, then the test suite on every core. The runtime-only install proof (scripts/check_runtime_install.sh:
+# fresh venv from the wheel) is one of the tests (tests/test_install_runtime.py), so it overlaps the rest.
+# --dist loadfile keeps each file on one worker (its module fixtures are built once); --durations prints
+# the slowest tests; pytest's summary line closes the output.
 test: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	bash scripts/check_runtime_install.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 # `make demo` is re-runnable: it replaces the previous runs/demo (smatch itself never does without --force).
+# The PF-WILLOW evaluations run when the benchmark subset is at $(WILLOW) (`make demo WILLOW=DIR`).
+WILLOW ?= ../shared/data/pf-willow
 demo: $(STAMP)
-	$(BIN)/smatch demo --force
+	$(BIN)/smatch demo --force $(if $(wildcard $(WILLOW)/PF-dataset),--willow $(WILLOW))
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

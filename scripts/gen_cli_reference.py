@@ -4,7 +4,7 @@
     python scripts/gen_cli_reference.py --check  # exit 1 when docs/cli.md is out of date
 
 The help text comes from click itself at a fixed width, so the reference shows exactly what users see.
-tests/test_cli.py fails when the file is stale.
+tests/cli/test_cli.py fails when the file is stale.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ step() {  # step NAME CMD...: run, tee the log, remember a failure
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv > "$OUT_DIR/gpu.csv" 2>&1 || true
 "$PY" -c "import torch, timm, onnx, onnxruntime as o; print(torch.__version__, torch.version.cuda, timm.__version__, onnx.__version__, o.__version__, o.get_available_providers())" > "$OUT_DIR/versions.txt" 2>&1 || true
 step install "$PY" -m pip install --no-deps --no-build-isolation -q -e .
-step pytest_gpu "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/test_export.py tests/test_runtime.py tests/test_engine_env.py tests/test_export_matching.py
+step pytest_gpu "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider tests/export/test_export.py tests/runtime/test_backends.py tests/runtime/test_engine_env.py tests/export/test_one_graph.py
 # The paper's presets (architecture, windows, LoRA as trained), random init.
 for preset in dinov2_b14_252_spair dinov2_b14_448_spair resnet101_256_spair; do
     step "bench_$preset" "$PY" -m simplematch.cli bench --device cuda --runtime torch,torch-amp \

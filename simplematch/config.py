@@ -41,6 +41,10 @@ ConfidenceCue = Literal[
     "peak_cos", "peak_mass", "ratio", "cycle", "mass_cycle", "ratio_cycle", "mass_ratio_cycle", "calibrated"
 ]
 DEFAULT_CONFIDENCE: ConfidenceCue = "calibrated"
+# Split names on disk (``train`` and ``validation`` are accepted as aliases, simplematch.data.records).
+Split = Literal["trn", "val", "test"]
+SPLITS: tuple[str, ...] = typing.get_args(Split)
+DEFAULT_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.15)  # PCK thresholds reported when none are given
 # How `smatch transfer` combines several references' matches of one keypoint (simplematch.runtime.transfer).
 TransferCombine = Literal["vote", "best", "mean"]
 DEFAULT_TRANSFER_COMBINE: TransferCombine = "vote"

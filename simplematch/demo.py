@@ -23,8 +23,8 @@ from typing import Any
 
 from simplematch.errors import SimpleMatchError
 from simplematch.files import atomic_write_text
+from simplematch.provenance import stamped
 
-DEFAULT_WILLOW = Path("../shared/data/pf-willow")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRESET = "demo_cpu"
 DEVICE = "cpu"
@@ -111,16 +111,17 @@ def run_demo(
     nums["total_seconds"] = round(time.time() - t_start, 1)
     report = out / "report.md"
     atomic_write_text(report, render_report(nums, done, plan.evals, plan.cfg.to_dict()))
-    atomic_write_text(out / "numbers.json", json.dumps(nums, indent=2, default=str) + "\n")
+    atomic_write_text(out / "numbers.json", json.dumps(stamped(nums, "demo"), indent=2, default=str) + "\n")
     console.rule("[bold green]demo finished")
     console.print(f"report: {report}  ({nums['total_seconds']:.0f} s)")
     return report
 
 
 def _willow_root(willow: Path | None) -> Path | None:
-    """The PF-WILLOW root to use: the given one (refused without PF-dataset/), else the default if present."""
+    """The PF-WILLOW root to use: the given one (refused without PF-dataset/); none when not given (the tool
+    never guesses a folder outside the working directory; `make demo` passes the benchmark subset's)."""
     if willow is None:
-        return DEFAULT_WILLOW if (DEFAULT_WILLOW / "PF-dataset").is_dir() else None
+        return None
     if not (Path(willow) / "PF-dataset").is_dir():
         raise SimpleMatchError(
             f"{willow} has no PF-dataset/ folder", "pass the folder that holds PF-dataset/"

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from simplematch import calibration as calib
+from simplematch import config
 
 # The alpha at which "correct" is defined for the confidence measures (the benchmarks' headline alpha).
 CONFIDENCE_ALPHA = 0.1
@@ -35,8 +36,9 @@ CONFIDENCE_ALPHA = 0.1
 COVERAGES = tuple(round(1.0 - 0.05 * i, 2) for i in range(20))
 
 
-# The PCK thresholds reported when none are given (eval, the demo, baselines, the export's PCK check).
-DEFAULT_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.15)
+# The PCK thresholds reported when none are given (eval, the demo, baselines, the export's PCK check);
+# kept in the config module so `smatch eval --help` shows them without importing numpy.
+DEFAULT_ALPHAS: tuple[float, ...] = config.DEFAULT_ALPHAS
 
 
 def alpha_key(alpha: float) -> str:

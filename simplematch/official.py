@@ -409,6 +409,7 @@ def run_convert(
     from simplematch.checkpoint import load_checkpoint, save_checkpoint
     from simplematch.files import atomic_path, atomic_write_text
     from simplematch.official import to_official as ours_to_official  # the flag shadows the function
+    from simplematch.provenance import stamped
 
     inputs = [checkpoint, backbone_weights]
     if to_official and any_img_size:
@@ -440,14 +441,14 @@ def run_convert(
         )
     if backbone_weights is not None and not Path(backbone_weights).is_file():
         raise SimpleMatchError(f"backbone weights not found: {backbone_weights}", "check the path")
-    check_img_size(family, img_size, any_img_size)  # before any tensor is read
     model, cfg, report = convert_official(
         checkpoint, family, img_size, backbone_weights, any_img_size=any_img_size
     )
     # One writer per folder; the files appear together or not at all (a full disk leaves no empty folder).
     with runlock.hold(out), outputs.transaction():
         save_checkpoint(model, cfg, out)
-        atomic_write_text(Path(out) / "convert_report.json", json.dumps(report, indent=2, default=str) + "\n")
+        stamped_report = json.dumps(stamped(report, "convert"), indent=2, default=str)
+        atomic_write_text(Path(out) / "convert_report.json", stamped_report + "\n")
         if replace:  # --force over an earlier run: drop its checkpoints too, or --resume would use them
             from simplematch.train import clear_run
 

@@ -52,6 +52,7 @@ from simplematch.evaluation.torch_predictor import evaluate_model
 from simplematch.files import atomic_path, atomic_write_text, make_dir
 from simplematch.matching import keypoint_loss
 from simplematch.progress import progress_bar
+from simplematch.provenance import stamped
 from simplematch.signals import Interrupted
 
 TRAIN_SPLIT = "trn"
@@ -185,7 +186,7 @@ def _save_resumable(
     with atomic_path(ckpt / "state.pt") as tmp:
         torch.save(state, tmp)
     pointer = {"checkpoint": ckpt.name, "step": step, **({} if validated else {"validated": False})}
-    atomic_write_text(out / "last.json", json.dumps(pointer) + "\n")
+    atomic_write_text(out / "last.json", json.dumps(stamped(pointer, "train_last")) + "\n")
     for old in out.glob("ckpt-*"):
         if old != ckpt and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
@@ -613,7 +614,9 @@ def _validate(run: _Run) -> dict[str, Any]:
         run.best = {"step": run.step, "epoch": run.epoch, "pck": res["pck"], "pairs": res["pairs"]}
         if dist_utils.is_main():
             save_checkpoint(run.model, _calibrated(cfg, preds, res), run.out)
-            atomic_write_text(run.out / "best.json", json.dumps(run.best, indent=2) + "\n")
+            atomic_write_text(
+                run.out / "best.json", json.dumps(stamped(run.best, "train_best"), indent=2) + "\n"
+            )
     return res
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from simplematch.baselines import evaluate_baseline, predict_relative, predict_sift
 from simplematch.data import load_records
-
-WILLOW = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
+from tests.helpers import HAVE_WILLOW, NO_WILLOW, WILLOW
 
 
 def test_relative_position_maps_image_frames() -> None:
@@ -29,7 +26,7 @@ def test_sift_finds_synthetic_correspondences() -> None:
     assert predict_sift(recs[0]).shape == recs[0].src_kps.shape
 
 
-@pytest.mark.skipif(not (WILLOW / "PF-dataset").is_dir(), reason="../shared/data/pf-willow is not present")
+@pytest.mark.skipif(not HAVE_WILLOW, reason=NO_WILLOW)
 def test_relative_baseline_on_pfwillow_matches_reference() -> None:
     """The reference value quoted in the project guide: ~15 PCK@0.1 (kps threshold) on this subset."""
     recs = load_records("pfwillow", WILLOW, "test")

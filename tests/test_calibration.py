@@ -16,7 +16,8 @@ from simplematch import confidence
 from simplematch.config import resolve_config
 from simplematch.errors import SimpleMatchError
 from simplematch.runtime import matching as npm
-from tests.test_runtime import _random_case, make_meta, make_onnx, write_image
+from tests.helpers import make_meta, make_onnx, write_image
+from tests.runtime.test_matching import _random_case
 
 S = 32
 
@@ -280,7 +281,7 @@ def test_calibrate_checkpoint_writes_a_calibrated_folder(tmp_path: Path) -> None
     from simplematch.calibrate import CalibrateRequest, calibrate_model
     from simplematch.checkpoint import load_checkpoint, save_checkpoint
     from simplematch.model import SimpleMatch
-    from tests.tiny import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config()
     ckpt = tmp_path / "ckpt"

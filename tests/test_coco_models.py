@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import ROOT, tiny_config, write_tiny_config
 
 from simplematch.checkpoint import save_checkpoint
 from simplematch.cli.app import main
@@ -23,9 +21,7 @@ from simplematch.data.coco_pairs import CocoOptions
 from simplematch.evaluation import EvalRequest, run_evaluation
 from simplematch.model import SimpleMatch
 from simplematch.train import load_init
-
-SHARED = Path(os.environ.get("SMATCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
-WILLOW = SHARED / "pf-willow"
+from tests.helpers import ROOT, WILLOW, tiny_config, write_tiny_config
 
 
 def _convert():
@@ -191,9 +187,8 @@ def test_init_refuses_another_architecture_in_one_line(tmp_path: Path, capsys) -
 
 
 def test_init_from_a_converted_official_checkpoint_fine_tunes_on_coco(tmp_path: Path, willow_coco) -> None:
-    from test_official import TINY_RESNET, _save, official_resnet
-
     from simplematch.official import convert_official
+    from tests.test_official import TINY_RESNET, _save, official_resnet
 
     official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
     model, cfg, _ = convert_official(
@@ -209,8 +204,8 @@ def test_init_from_a_converted_official_checkpoint_fine_tunes_on_coco(tmp_path: 
 
 
 def test_torchrun_trains_and_evaluates_a_coco_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_coco import crowd_coco, write
-    from test_distributed import TORCHRUN, _torchrun
+    from tests.test_coco import crowd_coco, write
+    from tests.test_distributed import TORCHRUN, _torchrun
 
     if not (TORCHRUN.is_file() and torch.distributed.is_available()):
         pytest.skip("torchrun / torch.distributed missing")

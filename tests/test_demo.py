@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny import PYTHON, ROOT, subprocess_env
 
 from simplematch import demo, evaluation
 from simplematch.cli.app import app, main
-
-WILLOW = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
+from tests.helpers import PYTHON, ROOT, WILLOW, subprocess_env
 
 
 class _Quiet:
@@ -104,3 +102,15 @@ def test_report_prose_follows_the_config() -> None:
     assert "the demo model is a convnext_x trained" in text and "ResNet" not in text
     assert "## Accuracy (PCK@0.05 / 0.1 / 0.15," in text
     assert "   smatch eval x\n" in text
+
+
+def test_no_default_willow_outside_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ../shared/data/pf-willow beside the working folder is not picked up: only --willow names one."""
+    (tmp_path / "shared" / "data" / "pf-willow" / "PF-dataset").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert demo._willow_root(None) is None
+    given = tmp_path / "shared" / "data" / "pf-willow"
+    assert demo._willow_root(given) == given

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import PYTHON, subprocess_env, tiny_config
 
-from simplematch.checkpoint import save_checkpoint
 from simplematch.cli.app import main
-from simplematch.model import SimpleMatch
+from tests.helpers import PYTHON, subprocess_env, tiny_config, unstamped
 
 TORCHRUN = Path(PYTHON).with_name("torchrun")
 
@@ -42,11 +41,9 @@ def test_torchrun_two_processes_train(tmp_path: Path) -> None:
 
 
 def test_distributed_eval_equals_single_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tiny_checkpoint: Path
 ) -> None:
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ckpt")
+    shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
     # 5 pairs: ranks get 3 and 2, so uneven shards are covered. Batch size 1 makes every pair's forward pass
     # identical in both runs (CPU kernels may round differently for other batch shapes), so any difference
     # left would come from the sharding and gathering under test.
@@ -56,8 +53,8 @@ def test_distributed_eval_equals_single_process(
     assert main([*args, "--json", "single.json"]) == 0
     proc = _torchrun([*args, "--json", "dist.json"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = json.loads((tmp_path / "single.json").read_text())
-    dist = json.loads((tmp_path / "dist.json").read_text())
+    single = unstamped(json.loads((tmp_path / "single.json").read_text()), "eval")
+    dist = unstamped(json.loads((tmp_path / "dist.json").read_text()), "eval")
     assert single["pairs"] == 5
     # Counts are exact integers, so every PCK table is identical. The confidence cues are float32 sums whose
     # rounding depends on each rank's batch composition: equal to 1e-5, not bit for bit.

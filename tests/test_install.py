@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import ROOT
 
 import simplematch
 from simplematch.cli.app import main
 from simplematch.errors import SimpleMatchError
 from simplematch.extras import EXTRA_MODULES, MODULE_EXTRA, missing_module_error, require
+from tests.helpers import ROOT
 
 PACKAGE = ROOT / "simplematch"
 
@@ -80,7 +80,8 @@ def test_every_imported_package_is_declared_and_no_private_module_is_used() -> N
 def test_base_dependencies_are_enough_for_the_runtime_modules() -> None:
     """Every third-party module imported by the torch-free runtime path belongs to a base dependency."""
     runtime_files = ("simplematch/runtime/", "simplematch/metrics.py", "simplematch/image.py",
-                     "simplematch/keypoints.py", "simplematch/metadata.py", "simplematch/cli/app.py",
+                     "simplematch/provenance.py", "simplematch/keypoints.py", "simplematch/metadata.py",
+                     "simplematch/cli/app.py",
                      "simplematch/extras.py", "simplematch/files.py", "simplematch/config.py",
                      "simplematch/geometry.py", "simplematch/confidence.py",
                      "simplematch/evaluation/__init__.py",
@@ -180,6 +181,20 @@ def test_an_unrelated_missing_module_is_a_bug_not_a_user_error(
     ckpt = tmp_path
     with pytest.raises(ModuleNotFoundError):
         main(["export", str(ckpt), "--no-check", "--out", str(ckpt / "m.onnx")])
+
+
+def test_eval_of_a_checkpoint_names_the_train_extra_before_reading_any_data(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A runtime-only install evaluating a checkpoint folder hears about [train] first, whatever the data."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torch" else real(n, *a))
+    rc = main(["eval", str(tmp_path), "--dataset", "pfwillow", "--data-root", str(tmp_path / "absent")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "needs the [train] extra" in err and "pip install 'simplematch[train]'" in err, err
 
 
 def test_version_is_one_place(capsys: pytest.CaptureFixture[str]) -> None:

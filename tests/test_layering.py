@@ -9,12 +9,15 @@ import ast
 import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "simplematch"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "simplematch"
 ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 # Lowest first; docs/architecture.md lists the same layers (checked below). A name covers its sub-modules.
 LAYERS = [
     ["config", "validate", "errors", "files", "extras", "progress", "keypoints", "image", "metadata"]
-    + ["geometry", "confidence", "calibration", "resources", "outputs", "signals", "runlock", "quiet"],
+    + ["geometry", "confidence", "provenance", "calibration", "resources", "outputs", "signals", "runlock"]
+    + ["quiet"],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],

@@ -136,7 +136,7 @@ def test_geometry_is_written_once_for_both_array_libraries() -> None:
     assert geometry.window_size(0, 9, 7) == (9, 7) and geometry.window_size(5, 9, 7) == (5, 5)
     assert geometry.window_size(8, 9, 7) == (8, 7)  # >= the side: that whole axis
     assert geometry.FEATURE_STRIDE == 4  # paper Fig. 3: the fine head is at H/4
-    from tiny import tiny_config
+    from tests.helpers import tiny_config
 
     model = SimpleMatch(tiny_config()).eval()
     with torch.no_grad():

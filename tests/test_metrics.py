@@ -95,3 +95,16 @@ def test_score_predictions_is_the_evaluators_last_step() -> None:
         "dataset", "split", "pairs", "points", "threshold", "frame", "pck", "pck_per_point", "per_category",
         "confidence", "model", "config",
     ]  # fmt: skip
+
+
+def test_aggregate_pck_by_hand() -> None:
+    agg = aggregate_pck([[2, 4], [2, 2], [0, 0]], [4, 2, 0], ["cat", "dog", "dog"], [0.05, 0.1])
+    assert agg["pairs"] == 3 and agg["points"] == 6
+    assert agg["pck"] == pytest.approx({"0.05": 75.0, "0.1": 100.0})
+    assert agg["pck_per_point"] == pytest.approx({"0.05": 400 / 6, "0.1": 100.0})
+    assert agg["per_category"]["cat"] == {"pairs": 1, "pck": {"0.05": 50.0, "0.1": 100.0}}
+    assert agg["per_category"]["dog"] == {"pairs": 2, "pck": {"0.05": 100.0, "0.1": 100.0}}
+    empty = aggregate_pck(np.zeros((1, 1)), [0], ["x"], [0.1])
+    assert empty["pck"] == {"0.1": None} and empty["pck_per_point"] == {"0.1": None}
+    # strict inequality: exactly on the threshold is wrong
+    assert pck_correct(np.array([[10.0, 0.0]]), np.zeros((1, 2)), np.array([True]), 100.0, [0.1])[0] == 0

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from simplematch.cli.app import main
+from tests.helpers import HAVE_WILLOW, NO_WILLOW, ROOT, WILLOW, unstamped
 
-ROOT = Path(__file__).resolve().parents[1]
-WILLOW = ROOT.parent / "shared" / "data" / "pf-willow"
 EXAMPLES = ROOT / "examples"
 
 
@@ -38,7 +37,7 @@ def test_train_outputs(trained: Path) -> None:
     assert 0.0 <= best["pck"]["0.1"] <= 100.0
 
 
-@pytest.mark.skipif(not (WILLOW / "PF-dataset").is_dir(), reason="../shared/data/pf-willow is not present")
+@pytest.mark.skipif(not HAVE_WILLOW, reason=NO_WILLOW)
 def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path) -> None:
     onnx_path = tmp_path / "model.onnx"
     assert main(["export", str(trained), "--out", str(onnx_path), "--check-data", str(WILLOW)]) == 0
@@ -90,7 +89,7 @@ def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
     rc = main(["infer", str(EXAMPLES / "src.png"), str(EXAMPLES / "tgt.png"), "--kps", kps,
                "--model", str(onnx_path), "--out", str(out), "--viz", str(viz)])  # fmt: skip
     assert rc == 0
-    res = json.loads(out.read_text())
+    res = unstamped(json.loads(out.read_text()), "infer")
     assert set(res) == {
         "source", "target", "model", "provider", "confidence", "calibration", "min_confidence", "keypoints",
         "timing_ms",

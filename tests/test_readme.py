@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tiny import PYTHON, ROOT, subprocess_env, tiny_config
+
+from tests.helpers import PYTHON, ROOT, WILLOW, subprocess_env, tiny_config
 
 README = ROOT / "README.md"
 EXAMPLES = ROOT / "examples"
-WILLOW = ROOT.parent / "shared" / "data" / "pf-willow"
 NOT_RUN = re.compile(r"<!-- readme-test: not-run \((?P<reason>[^)]+)\) -->")
 FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
 

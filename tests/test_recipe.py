@@ -20,6 +20,7 @@ from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, THRESHOLDS, resolve_
 from simplematch.data import load_records, pck_threshold
 from simplematch.data.records import resolve_threshold
 from simplematch.errors import SimpleMatchError
+from tests.helpers import NO_WILLOW, PASCAL_ANNOTATIONS, WILLOW, need
 
 # The authors' released configs, typed from their config files independently of simplematch/config.py:
 # preset -> (img, batch, epochs, lr, StepLR step in iterations, gamma, dataset)
@@ -84,7 +85,7 @@ def _released_resnet_maps(official: dict, img: torch.Tensor, training: bool) -> 
     statistics of src alone, then trg alone); f8 = layer2 + trans_conv2(f16) (no align: 512 = 512);
     f4 = aligns.0(layer1) + bilinear(f8, align_corners=True). Returns [proj1(f16), proj2(f8), proj3(f4)].
     """
-    from test_official import RESNET_PREFIX, TINY_RESNET
+    from tests.test_official import RESNET_PREFIX, TINY_RESNET
 
     net = timm.create_model("resnet101", pretrained=False, num_classes=1000, **TINY_RESNET)
     prefix = RESNET_PREFIX + "backbone."
@@ -141,10 +142,9 @@ def _released_resnet_maps(official: dict, img: torch.Tensor, training: bool) -> 
 
 @pytest.mark.parametrize("training", [False, True])
 def test_resnet_forward_matches_released_recomputation(tmp_path, training: bool) -> None:
-    from test_official import TINY_RESNET, official_resnet
-
     from simplematch.matching import match_keypoints
     from simplematch.official import convert_official
+    from tests.test_official import TINY_RESNET, official_resnet
 
     official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
     torch.save(official, tmp_path / "best_model.pth")
@@ -173,12 +173,11 @@ def test_resnet_forward_matches_released_recomputation(tmp_path, training: bool)
 
 
 # --- PF-WILLOW like for like ------------------------------------------------------------------------------
-WILLOW = Path(__file__).resolve().parents[2] / "shared" / "data" / "pf-willow"
 
 
 def _need_willow() -> None:
     if not (WILLOW / "PF-dataset").is_dir():
-        pytest.skip("../shared/data/pf-willow is absent (read from the shared folder, never copied)")
+        pytest.skip(NO_WILLOW)
 
 
 def _willow_copy(tmp_path: Path) -> Path:
@@ -247,17 +246,9 @@ def test_willow_keypoint_outside_image_is_refused(tmp_path: Path) -> None:
         load_records("pfwillow", root, "test")
 
 
-def test_eval_threshold_flag_is_recorded_in_the_json(tmp_path: Path) -> None:
+def test_eval_threshold_flag_is_recorded_in_the_json(tmp_path: Path, tiny_checkpoint: Path) -> None:
     _need_willow()
-    from tiny import tiny_config
-
-    from simplematch.checkpoint import save_checkpoint
-    from simplematch.model import SimpleMatch
-
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ckpt")
-    base = ["eval", str(tmp_path / "ckpt"), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
+    base = ["eval", str(tiny_checkpoint), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
     base += ["--limit", "6", "--device", "cpu", "--alpha", "0.1"]
     res = {}
     for kind in ("kps", "released", None):
@@ -453,9 +444,8 @@ def test_multiscale_loss_is_the_equal_weight_sum_of_the_heads() -> None:
 
 
 def test_lr_decays_every_iteration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tiny import tiny_config
-
     import simplematch.train as T
+    from tests.helpers import tiny_config
 
     seen: list[float] = []
     real = T.build_optimizer
@@ -524,13 +514,12 @@ def test_ap10k_always_trains_on_the_intra_species_split(
 
 
 # --- PF-PASCAL layouts ----------------------------------------------------------------------------------
-PASCAL_CSV = WILLOW.parent / "pf-pascal-annotations" / "test_pairs.csv"
+PASCAL_CSV = PASCAL_ANNOTATIONS / "test_pairs.csv"
 
 
 @pytest.mark.parametrize("nested", [True, False])
 def test_pfpascal_released_hpf_layout(tmp_path: Path, nested: bool) -> None:
-    if not PASCAL_CSV.is_file():
-        pytest.skip("../shared/data/pf-pascal-annotations is absent")
+    need(PASCAL_CSV)
     base = tmp_path / "PF-PASCAL" if nested else tmp_path
     (base / "JPEGImages").mkdir(parents=True)
     (base / "Annotations").mkdir()
@@ -587,21 +576,13 @@ def test_inclusive_comparison_in_every_path() -> None:
     assert correct_mask(dataclasses.replace(pair, inclusive=True), [0.1])[:, 0].tolist() == [True, True]
 
 
-def test_released_compat_eval(tmp_path: Path) -> None:
+def test_released_compat_eval(tmp_path: Path, tiny_checkpoint: Path) -> None:
     _need_willow()
-    from tiny import tiny_config
-
-    from simplematch.checkpoint import save_checkpoint
-    from simplematch.model import SimpleMatch
-
     plain = load_records("pfwillow", WILLOW, "test")
     swapped = load_records("pfwillow", WILLOW, "test", released=True)
     assert swapped[0].src_image == plain[0].trg_image and swapped[0].trg_image == plain[0].src_image
     np.testing.assert_array_equal(swapped[0].trg_kps, plain[0].src_kps)  # released: target = imageA
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ckpt")
-    base = ["eval", str(tmp_path / "ckpt"), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
+    base = ["eval", str(tiny_checkpoint), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
     base += ["--limit", "4", "--device", "cpu", "--alpha", "0.1"]
     assert main([*base, "--released-compat", "--json", str(tmp_path / "r.json")]) == 0
     res = json.loads((tmp_path / "r.json").read_text())

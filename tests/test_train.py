@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import PYTHON, ROOT, subprocess_env, tiny_config, write_tiny_config
 
 from simplematch.checkpoint import load_checkpoint
 from simplematch.cli.app import main
@@ -21,6 +20,7 @@ from simplematch.data import load_records
 from simplematch.errors import SimpleMatchError
 from simplematch.evaluation.torch_predictor import evaluate_model
 from simplematch.train import load_resume_state, plan_from_flags, train
+from tests.helpers import PYTHON, ROOT, subprocess_env, tiny_config, unstamped, write_tiny_config
 
 
 def _last(out: Path) -> tuple[Path, dict]:
@@ -87,7 +87,7 @@ def test_cli_train_outputs_best_checkpoint_and_resume(tmp_path: Path, capsys: py
     assert all("loss" in r and "lr" in r for r in rows if "val_pck" not in r)
 
     # best.json is the validation with the highest PCK@0.1 (first one on ties) ...
-    best = json.loads((out / "best.json").read_text())
+    best = unstamped(json.loads((out / "best.json").read_text()), "train_best")
     top = max(vals, key=lambda r: (r["val_pck"]["0.1"], -r["step"]))
     assert best["step"] == top["step"] and best["pck"] == top["val_pck"]
     # ... and model.safetensors holds exactly those weights: evaluating it reproduces the logged PCK.
@@ -98,7 +98,7 @@ def test_cli_train_outputs_best_checkpoint_and_resume(tmp_path: Path, capsys: py
 
     # --resume with a larger --max-steps continues the same run (the saved config, a new total).
     assert main(["train", "--resume", str(out), "--max-steps", "5"]) == 0
-    assert json.loads((out / "last.json").read_text())["step"] == 5
+    assert unstamped(json.loads((out / "last.json").read_text()), "train_last")["step"] == 5
     assert [r["step"] for r in _metric_rows(out) if "val_pck" in r] == [1, 2, 3, 4, 5]
     assert json.loads((out / "config.json").read_text())["max_steps"] == 5
     # Changing the run's settings on resume is refused (they would silently mix two configs).

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_runtime import S, make_onnx, write_image
-from tiny import subprocess_env
 
 from simplematch.cli.app import main
 from simplematch.errors import SimpleMatchError
 from simplematch.image import to_image_frame, to_model_frame
 from simplematch.runtime.transfer import combine_matches, list_targets, run_transfer
+from tests.helpers import S, make_onnx, subprocess_env, write_image
 
 KEYPOINTS = ("a", "b", "c", "d", "e")
 
@@ -372,9 +371,8 @@ def test_a_failed_run_leaves_nothing_behind(
 def test_points_stay_inside_small_targets(tmp_path: Path) -> None:
     """With cell-centre coordinates the last cell maps to 15/16 of the side: past the last pixel of a tiny
     image. The file clamps to 0 .. w - 1 (COCO pixels), so it reads back as references."""
-    from test_runtime import make_meta
-
     from simplematch.data.coco import read_coco_keypoints
+    from tests.helpers import make_meta
 
     model = make_onnx(tmp_path / "center.onnx", kind="position", meta=make_meta(coord="center"))
     r = write_image(tmp_path / "r.png", 40, 40, seed=1)

@@ -1,6 +1,6 @@
 """The shared validation rules (simplematch/validate.py) and what `--force` really does.
 
-The CLI error matrix (tests/test_cli.py) proves every refused case leaves the workspace byte-identical;
+The CLI error matrix (tests/cli/test_cli.py) proves every refused case leaves the workspace byte-identical;
 these tests pin the rules themselves (each assertion fails if its rule is dropped or loosened) and the
 accepted paths: `--force` replaces a run without leaving a stale checkpoint behind, EXIF orientation is
 honoured for user images and not for benchmark images.
@@ -108,7 +108,7 @@ def test_number_bounds_are_inclusive_unless_open() -> None:
 
 # --- memory ------------------------------------------------------------------------------------------------
 def test_memory_lower_bound_counts_inputs_and_fine_maps() -> None:
-    from tiny import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config()
     s, c = cfg.img_size, cfg.align_dim  # ResNet: the fine map has align_dim channels (decoder_dim None)
@@ -118,7 +118,7 @@ def test_memory_lower_bound_counts_inputs_and_fine_maps() -> None:
 
 
 def test_check_memory_refuses_what_cannot_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tiny import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config()
     monkeypatch.setattr(resources, "available_memory", lambda device: (10**6, "RAM (1 GiB)"))
@@ -130,9 +130,8 @@ def test_check_memory_refuses_what_cannot_fit(monkeypatch: pytest.MonkeyPatch) -
 
 # --- --force replaces a run completely ---------------------------------------------------------------------
 def test_train_force_replaces_the_run_without_stale_checkpoints(tmp_path: Path) -> None:
-    from tiny import write_tiny_config
-
     from simplematch.cli.app import main
+    from tests.helpers import write_tiny_config
 
     cfg = write_tiny_config(tmp_path / "tiny.json")
     run = tmp_path / "run"
@@ -175,9 +174,8 @@ def test_user_images_honour_exif_orientation_benchmarks_keep_the_stored_frame(tm
 
 
 def test_infer_keypoint_bounds_use_the_displayed_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from test_runtime import make_onnx
-
     from simplematch.cli.app import main
+    from tests.helpers import make_onnx
 
     _exif_rotated(tmp_path / "phone.png")
     make_onnx(tmp_path / "m.onnx")

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from test_model import DINO, IBOT, TINY_VIT, resnet_cfg, timm_vit, tiny_vit, vit_cfg
 
 from simplematch.errors import SimpleMatchError
 from simplematch.model import SimpleMatch, resample_pos_embed_released
 from simplematch.weights import load_backbone_weights
+from tests.test_model import DINO, IBOT, TINY_VIT, resnet_cfg, timm_vit, tiny_vit, vit_cfg
 
 
 def test_constructor_reads_no_file(tmp_path: Path):

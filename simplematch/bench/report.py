@@ -61,8 +61,9 @@ def bench_document(
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     from simplematch.files import atomic_write_text
+    from simplematch.provenance import stamped
 
-    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(stamped(doc, "bench"), indent=2) + "\n")
 
 
 def print_bench(result: dict[str, Any], console: Any) -> None:

@@ -31,11 +31,16 @@ from simplematch.config import (
     AP10K_SPLITS,
     CONFIDENCE_CUES,
     DATASETS,
+    DEFAULT_ALPHAS,
     DEFAULT_CONFIDENCE,
+    DEFAULT_PRESET,
     EXPORT_FORMATS,
     FRAMES,
     OFFICIAL_FAMILIES,
+    PRESETS,
+    SPLITS,
     THRESHOLD_KINDS,
+    Config,
 )
 from simplematch.errors import SimpleMatchError
 
@@ -64,9 +69,24 @@ Threshold = _choices("Threshold", THRESHOLD_KINDS)
 ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
 # A plain string, not a choice type: an unknown cue gets the library's one-line message (check_confidence).
 ConfidenceOption = Annotated[
-    str, typer.Option(help=f"Confidence cue: {' | '.join(CONFIDENCE_CUES)} (docs/confidence.md).")
+    str,
+    typer.Option(metavar="CUE", help=f"Confidence cue: {' | '.join(CONFIDENCE_CUES)} (docs/confidence.md)."),
 ]
 Family = _choices("Family", OFFICIAL_FAMILIES)
+# Metavars name what a value is (typer would print the Python type: <int>, <list[float]>, <path>).
+SPLIT_METAVAR = f"<{'|'.join(SPLITS)}>"
+SPLIT_HELP = "Benchmark split (train and validation are accepted for trn and val)."
+DEVICE_METAVAR = "<auto|cpu|cuda>"
+INFER_TABLE_ROWS = 20  # `smatch infer` prints this many keypoints; --out has them all
+
+
+def _preset_default(key: str) -> str:
+    """The default of a `train` flag: the --config / --preset value, shown for the default preset."""
+    import dataclasses
+
+    field = next(f for f in dataclasses.fields(Config) if f.name == key)
+    value = PRESETS[DEFAULT_PRESET].get(key, field.default)
+    return f"[default: the preset's; {DEFAULT_PRESET}: {value}]"
 
 
 def _console():
@@ -93,30 +113,88 @@ def _cleanup_distributed() -> None:
 # ------------------------------------------------------------------------------------------------------
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (checkpoint, config, metrics).")] = None,
-    preset: Annotated[str, typer.Option(help="Preset name (see `smatch presets`).")] = None,
-    dataset: Annotated[Dataset, typer.Option()] = None,
-    data_root: Annotated[
-        Path, typer.Option(help="Benchmark root in its official layout, or a COCO keypoints JSON (coco).")
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Output folder (checkpoint, config, metrics). Required unless --resume.",
+        ),
     ] = None,
-    backbone: Annotated[str, typer.Option(help="timm model name.")] = None,
-    weights: Annotated[Path, typer.Option(help="Local pretrained backbone file (never downloaded).")] = None,
+    preset: Annotated[
+        str,
+        typer.Option(metavar="NAME", help=f"Preset (see `smatch presets`). [default: {DEFAULT_PRESET}]"),
+    ] = None,
+    dataset: Annotated[
+        Dataset, typer.Option(help=f"Training benchmark. {_preset_default('dataset')}")
+    ] = None,
+    data_root: Annotated[
+        Path,
+        typer.Option(
+            metavar="PATH",
+            help="Benchmark root in its official layout, or a COCO keypoints JSON (coco); none: synthetic.",
+        ),
+    ] = None,
+    backbone: Annotated[
+        str, typer.Option(metavar="NAME", help=f"timm model name. {_preset_default('backbone')}")
+    ] = None,
+    weights: Annotated[
+        Path,
+        typer.Option(
+            metavar="FILE",
+            help="Local pretrained backbone file (never downloaded). [default: none, random init]",
+        ),
+    ] = None,
     init: Annotated[
         Path,
         typer.Option(
+            metavar="DIR",
             help="Start from this run's (or `smatch convert` output's) whole model: weights only, its"
-            " architecture checked; without --preset/--config its config is the starting one."
+            " architecture checked; without --preset/--config its config is the starting one.",
         ),
     ] = None,
-    img_size: Annotated[int, typer.Option()] = None,
-    window: Annotated[int, typer.Option(help="Window size k of the fine head (0 = whole map).")] = None,
-    batch_size: Annotated[int, typer.Option()] = None,
-    epochs: Annotated[int, typer.Option()] = None,
-    max_steps: Annotated[int, typer.Option(help="Stop after N optimisation steps.")] = None,
-    lr: Annotated[float, typer.Option()] = None,
-    seed: Annotated[int, typer.Option()] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = None,
-    ap10k_split: Annotated[Ap10kSplit, typer.Option()] = None,
+    img_size: Annotated[
+        int,
+        typer.Option(
+            metavar="PX",
+            help="Square input side in pixels, divisible by 4 (ViT: also by the patch)."
+            f" {_preset_default('img_size')}",
+        ),
+    ] = None,
+    window: Annotated[
+        int,
+        typer.Option(
+            metavar="K",
+            help="Window size k of the fine head, in feature cells (0 = whole map)."
+            f" [default: the preset's; {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET]['windows'][-1]}]",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(metavar="N", help=f"Pairs per optimisation step. {_preset_default('batch_size')}")
+    ] = None,
+    epochs: Annotated[
+        int, typer.Option(metavar="N", help=f"Passes over the training pairs. {_preset_default('epochs')}")
+    ] = None,
+    max_steps: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Stop after N optimisation steps, before the epochs end."
+            f" [default: the preset's; {DEFAULT_PRESET}: none, demo_cpu: {PRESETS['demo_cpu']['max_steps']}]",
+        ),
+    ] = None,
+    lr: Annotated[
+        float, typer.Option(metavar="RATE", help=f"Initial learning rate. {_preset_default('lr')}")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help=f"Seed of initialisation and sampling. {_preset_default('seed')}")
+    ] = None,
+    device: Annotated[
+        str, typer.Option(metavar=DEVICE_METAVAR, help="auto: CUDA when present. [default: auto]")
+    ] = None,
+    ap10k_split: Annotated[
+        Ap10kSplit, typer.Option(help="AP-10K only: which benchmark split to train on. [default: intra]")
+    ] = None,
     amp: Annotated[
         bool,
         typer.Option(
@@ -125,12 +203,17 @@ def train(
     ] = False,
     resume: Annotated[
         Path,
-        typer.Option(help="Continue the run in this folder with its saved config (--max-steps = new total)."),
+        typer.Option(
+            metavar="DIR",
+            help="Continue the run in this folder with its saved config (--max-steps = new total).",
+        ),
     ] = None,
     config: Annotated[
         Path,
         typer.Option(
-            "--config", help="Start from this config.json (e.g. a previous run's); flags override it."
+            "--config",
+            metavar="FILE",
+            help="Start from this config.json (e.g. a previous run's); flags override it.",
         ),
     ] = None,
     force: Annotated[
@@ -193,32 +276,61 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[
-        Path, typer.Argument(help="Checkpoint folder (PyTorch) or MODEL.onnx / MODEL.engine (runtime).")
+        Path,
+        typer.Argument(
+            metavar="MODEL", help="Checkpoint folder (PyTorch) or MODEL.onnx / MODEL.engine (runtime)."
+        ),
     ],
-    dataset: Annotated[Dataset, typer.Option()] = Dataset.pfwillow,
+    dataset: Annotated[Dataset, typer.Option(help="Benchmark to score on.")] = Dataset.pfwillow,
     data_root: Annotated[
         Path,
         typer.Option(
-            help="Benchmark root (not needed for synthetic), or a COCO keypoints JSON (coco; default: the"
-            " file a COCO run was trained on)."
+            metavar="PATH",
+            help="Benchmark root (none for synthetic), or a COCO keypoints JSON (coco; default: the file a"
+            " COCO run was trained on).",
         ),
     ] = None,
-    split: Annotated[str, typer.Option()] = "test",
-    alpha: Annotated[list[float], typer.Option(help="PCK thresholds (repeat the option).")] = None,
+    split: Annotated[str, typer.Option(metavar=SPLIT_METAVAR, help=SPLIT_HELP)] = "test",
+    alpha: Annotated[
+        list[float],
+        typer.Option(
+            metavar="A",
+            help="PCK threshold as a fraction of the benchmark's threshold; repeat for several."
+            f" [default: {' '.join(map(str, DEFAULT_ALPHAS))}]",
+        ),
+    ] = None,
     frame: Annotated[
         Frame, typer.Option(help="Compare in the resized model frame or original pixels.")
     ] = Frame.resized,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 8,
+    device: Annotated[
+        str, typer.Option(metavar=DEVICE_METAVAR, help="auto: CUDA when present (runtime models: cpu).")
+    ] = "auto",
     window: Annotated[
-        int, typer.Option(min=0, help="Override the fine window size (paper Table 7); 0 = whole map.")
+        int,
+        typer.Option(
+            min=0,
+            metavar="K",
+            help="Override the fine window size (paper Table 7); 0 = whole map. [default: the model's]",
+        ),
     ] = None,
-    ap10k_split: Annotated[Ap10kSplit, typer.Option()] = Ap10kSplit.intra,
+    ap10k_split: Annotated[
+        Ap10kSplit, typer.Option(help="AP-10K only: which benchmark split.")
+    ] = Ap10kSplit.intra,
     limit: Annotated[
-        int, typer.Option(min=1, help="Evaluate N pairs sampled across categories (seeded by --seed).")
+        int,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Evaluate N pairs sampled across categories (seeded by --seed). [default: all pairs]",
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic split and of the --limit sample.")] = 0,
-    json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here.")] = None,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Seed of the synthetic split and of the --limit sample.")
+    ] = 0,
+    json_out: Annotated[
+        Path, typer.Option("--json", metavar="FILE", help="Write the result JSON here (PCK in percent).")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite existing --json / --predictions files.")
     ] = False,
@@ -240,11 +352,21 @@ def eval_cmd(
     ] = False,
     confidence: ConfidenceOption = DEFAULT_CONFIDENCE,
     min_confidence: Annotated[
-        float, typer.Option(help="Also report precision and the fraction kept at this confidence.")
+        float,
+        typer.Option(
+            metavar="C", help="Also report precision and the fraction kept at this confidence (0-1)."
+        ),
     ] = None,
-    predictions: Annotated[Path, typer.Option(help="Write one JSON line per pair here (.jsonl).")] = None,
+    predictions: Annotated[
+        Path, typer.Option(metavar="FILE", help="Write one JSON line per pair here (.jsonl).")
+    ] = None,
     plots: Annotated[
-        Path, typer.Option(help="Write PCK-alpha, per-category, precision-coverage, worst-pairs PNGs here.")
+        Path,
+        typer.Option(
+            metavar="DIR",
+            help="Write PCK-alpha, per-category, precision-coverage, worst-pairs PNGs here"
+            " (needs simplematch[plots]).",
+        ),
     ] = None,
     images: Images = None,
     min_common: MinCommon = None,
@@ -277,10 +399,20 @@ def eval_cmd(
 # ------------------------------------------------------------------------------------------------------
 @app.command()
 def stats(
-    dataset: Annotated[Dataset, typer.Option()],
-    data_root: Annotated[Path, typer.Option()] = None,
-    split: Annotated[str, typer.Option()] = "trn",
-    img_size: Annotated[int, typer.Option()] = 256,
+    dataset: Annotated[Dataset, typer.Option(help="Benchmark to count.")],
+    data_root: Annotated[
+        Path,
+        typer.Option(metavar="PATH", help="Benchmark root (none for synthetic), or a COCO keypoints JSON."),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            metavar=SPLIT_METAVAR, help=SPLIT_HELP + " [default: trn; pfwillow: test, its only split]"
+        ),
+    ] = None,
+    img_size: Annotated[
+        int, typer.Option(metavar="PX", help="Input side the keypoints are resized to.")
+    ] = 256,
     images: Images = None,
     min_common: MinCommon = None,
     pairs: Pairs = None,
@@ -293,8 +425,9 @@ def stats(
 
     from simplematch.data.coco_pairs import coco_options, refuse_unused_flags
     from simplematch.data.load import load_records_with_info
-    from simplematch.data.stats import keypoint_fusion_stats
+    from simplematch.data.stats import default_stats_split, keypoint_fusion_stats
 
+    split = split or default_stats_split(dataset.value)
     coco = coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image)
     refuse_unused_flags(dataset.value, coco)
     records, data = load_records_with_info(
@@ -339,22 +472,37 @@ def presets(
 @app.command()
 def export(
     checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint folder made by `smatch train` / `smatch convert`.")
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT", help="Checkpoint folder made by `smatch train` / `smatch convert`."
+        ),
     ],
     fmt: Annotated[
         ExportFormat, typer.Option("--format", help="onnx, or trt (TensorRT: NOT exercised by CI).")
     ] = ExportFormat.onnx,
     out: Annotated[
-        Path, typer.Option(help="Output (default: CHECKPOINT/model[.match|.int8|.fp16].onnx or .engine).")
+        Path,
+        typer.Option(
+            metavar="FILE", help="Output. [default: CHECKPOINT/model[.match|.int8|.fp16].onnx or .engine]"
+        ),
     ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights/activations, float32 I/O.")] = False,
-    batch: Annotated[str, typer.Option(help="Static batch size N, or 'dynamic'.")] = "dynamic",
+    batch: Annotated[
+        str, typer.Option(metavar="N|dynamic", help="Static batch size N, or 'dynamic'.")
+    ] = "dynamic",
     opset: Annotated[
-        int, typer.Option(help="ONNX opset, 18 up to what the installed onnx knows (17 and lower refused).")
+        int,
+        typer.Option(
+            metavar="N", help="ONNX opset, 18 up to what the installed onnx knows (17 and lower refused)."
+        ),
     ] = 18,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Parity check against PyTorch.")] = True,
     check_data: Annotated[
-        Path, typer.Option(help="Folder of real images for the check (e.g. PF-WILLOW).")
+        Path,
+        typer.Option(
+            metavar="DIR",
+            help="Folder of real images for the check (e.g. PF-WILLOW). [default: bundled photos]",
+        ),
     ] = None,
     with_matching: Annotated[
         bool,
@@ -366,13 +514,25 @@ def export(
     int8: Annotated[
         bool, typer.Option("--int8", help="Static INT8 (QDQ, per-channel), gated vs fp32.")
     ] = False,
-    calib_data: Annotated[Path, typer.Option(help="--int8: folder of real calibration images.")] = None,
-    calib_method: Annotated[str, typer.Option(help="--int8: minmax | percentile | entropy.")] = "minmax",
+    calib_data: Annotated[
+        Path, typer.Option(metavar="DIR", help="--int8: folder of real calibration images.")
+    ] = None,
+    calib_method: Annotated[
+        str, typer.Option(metavar="<minmax|percentile|entropy>", help="--int8: calibration method.")
+    ] = "minmax",
     int8_min_agreement: Annotated[
-        float, typer.Option(help="--int8: least keypoint agreement with fp32 (within one cell), 0..1.")
+        float,
+        typer.Option(
+            metavar="FRACTION",
+            help="--int8: least keypoint agreement with fp32 (within one cell), 0-1. [default: 0.9]",
+        ),
     ] = None,
     img_size: Annotated[
-        int, typer.Option(help="Export at this input size (ViT position table resampled once).")
+        int,
+        typer.Option(
+            metavar="PX",
+            help="Export at this input size (ViT position table resampled once). [default: the trained size]",
+        ),
     ] = None,
 ) -> None:
     """Export to ONNX or a TensorRT engine, with metadata and a built-in parity check.
@@ -412,34 +572,58 @@ def _print_export(res: dict) -> None:
 
 @app.command()
 def infer(
-    src: Annotated[Path, typer.Argument(help="Source image (omit with --pairs).")] = None,
-    tgt: Annotated[Path, typer.Argument(help="Target image (omit with --pairs).")] = None,
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="Source image (omit with --pairs).")] = None,
+    tgt: Annotated[Path, typer.Argument(metavar="TGT", help="Target image (omit with --pairs).")] = None,
     kps: Annotated[
         Path,
         typer.Option(
-            help='JSON: [[x, y], ...] or {"keypoints": [[x, y], ...]} in source pixels, or an infer --out'
-            " JSON (its targets become the sources)."
+            metavar="FILE",
+            help='JSON: [[x, y], ...] or {"keypoints": [[x, y], ...]} in source-image pixels, inside the'
+            " image (0 <= x <= width - 1, 0 <= y <= height - 1); or an infer --out JSON (its targets become"
+            " the sources).",
         ),
     ] = None,
     model: Annotated[
-        Path, typer.Option(help="Exported .onnx or .engine (default: runs/demo/model.onnx).")
+        Path, typer.Option(metavar="FILE", help="Exported .onnx or .engine. [default: runs/demo/model.onnx]")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Write the result JSON here (.jsonl with --pairs).")] = None,
-    viz: Annotated[Path, typer.Option(help="Write a side-by-side match picture (PNG) here.")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            metavar="FILE",
+            help="Write every keypoint to this JSON (.jsonl with --pairs); the table shows 20.",
+        ),
+    ] = None,
+    viz: Annotated[
+        Path, typer.Option(metavar="FILE", help="Write a side-by-side match picture (PNG) here.")
+    ] = None,
     device: Annotated[
-        str, typer.Option(help="cpu | cuda | tensorrt | tensorrt-fp16 (GPU: onnxruntime-gpu; TensorRT EP).")
+        str,
+        typer.Option(
+            metavar="<cpu|cuda|tensorrt|tensorrt-fp16>",
+            help="GPU: onnxruntime-gpu; tensorrt: its TensorRT EP.",
+        ),
     ] = "cpu",
     allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing --out / --viz files.")] = False,
     pairs: Annotated[
-        Path, typer.Option(help="CSV (src,tgt,kps) or JSONL of many pairs; needs --out FILE.jsonl.")
+        Path,
+        typer.Option(
+            metavar="FILE",
+            help="Many pairs; needs --out FILE.jsonl. CSV with the header src,tgt,kps (optional truth; kps:"
+            ' a keypoint JSON file) or JSONL lines {"src": ..., "tgt": ... or [...], "kps": FILE or'
+            " [[x, y], ...]}. Relative paths are relative to the pairs file's folder.",
+        ),
     ] = None,
     confidence: ConfidenceOption = DEFAULT_CONFIDENCE,
     min_confidence: Annotated[
-        float, typer.Option(help="Reject matches below this confidence (target null, rejected true).")
+        float,
+        typer.Option(
+            metavar="C", help="Reject matches below this confidence, 0-1 (target null, rejected true)."
+        ),
     ] = None,
     truth: Annotated[
-        Path, typer.Option(help="True target keypoints (same format as --kps): per-point errors.")
+        Path,
+        typer.Option(metavar="FILE", help="True target keypoints (same format as --kps): per-point errors."),
     ] = None,
 ) -> None:
     """Match keypoints from SRC into TGT with the torch-free runtime (numpy + onnxruntime / TensorRT)."""
@@ -461,7 +645,8 @@ def infer(
     cols += ["error px", "error / thr"] if truth is not None else []
     for col in cols:
         table.add_column(col, justify="right")
-    for i, k in enumerate(res["keypoints"]):
+    shown = res["keypoints"][:INFER_TABLE_ROWS]  # the console is for reading; --out holds every row
+    for i, k in enumerate(shown):
         target = ["rejected", ""] if k["target"] is None else [f"{v:.1f}" for v in k["target"]]
         row = [
             str(i),
@@ -474,6 +659,12 @@ def infer(
             row += [f"{k['error_px']:.1f}", f"{k['error_rel']:.3f}"]
         table.add_row(*row)
     _console().print(table)
+    if len(res["keypoints"]) > len(shown):
+        more = len(res["keypoints"]) - len(shown)
+        where = f"in {out}" if out is not None else "with --out FILE"
+        _console().print(
+            f"... {more} more keypoints ({len(res['keypoints'])} in all) {where}", soft_wrap=True
+        )
     t = res["timing_ms"]
     _console().print(
         f"preprocess {t['preprocess']:.1f} ms, encode {t['encode']:.1f} ms, match {t['match']:.1f} ms"
@@ -514,12 +705,22 @@ def _infer_pairs(
 @app.command()
 def convert(
     checkpoint: Annotated[
-        Path, typer.Argument(help="The authors' best_model.pth (or ours with --to-official).")
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT", help="The authors' best_model.pth (or ours with --to-official)."
+        ),
     ],
     family: Annotated[Family, typer.Option(help="Model family of the file.")],
-    out: Annotated[Path, typer.Option(help="Output folder (or .pth file with --to-official).")],
+    out: Annotated[
+        Path, typer.Option(metavar="PATH", help="Output folder (or .pth file with --to-official).")
+    ],
     img_size: Annotated[
-        int, typer.Option(help="Input size the model was trained at (one of its released configs' sizes).")
+        int,
+        typer.Option(
+            metavar="PX",
+            help="Input size the model was trained at (required to import; one of the family's released"
+            " sizes unless --any-img-size).",
+        ),
     ] = None,
     any_img_size: Annotated[
         bool,
@@ -529,7 +730,7 @@ def convert(
         ),
     ] = False,
     backbone_weights: Annotated[
-        Path, typer.Option(help="Official backbone file (required for DINOv2).")
+        Path, typer.Option(metavar="FILE", help="Official backbone file (required for DINOv2).")
     ] = None,
     to_official: Annotated[
         bool, typer.Option("--to-official", help="Write our checkpoint in their layout.")
@@ -549,12 +750,22 @@ def convert(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Output folder.")] = Path("runs/demo"),
     willow: Annotated[
-        Path, typer.Option(help="PF-WILLOW root (default ../shared/data/pf-willow if present).")
+        Path,
+        typer.Option(
+            metavar="DIR",
+            help="PF-WILLOW root for the real-data evaluations. [default: none, those steps are skipped]",
+        ),
     ] = None,
-    max_steps: Annotated[int, typer.Option(help="Override the demo_cpu training length.")] = None,
-    bench_iters: Annotated[int, typer.Option(min=1, help="Iterations per benchmark cell.")] = 5,
+    max_steps: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help=f"Training length in steps. [default: demo_cpu's {PRESETS['demo_cpu']['max_steps']}]",
+        ),
+    ] = None,
+    bench_iters: Annotated[int, typer.Option(min=1, metavar="N", help="Iterations per benchmark cell.")] = 5,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier demo in --out.")] = False,
 ) -> None:
     """The whole pipeline on embedded data: train demo_cpu, eval, export, runtime eval, infer, bench, report.
@@ -576,22 +787,47 @@ def demo(
 
 @app.command()
 def bench(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (default: random init).")] = None,
-    model: Annotated[list[Path], typer.Option("--model", help="An .onnx / .engine (repeatable).")] = None,
-    runtime: Annotated[
-        list[str], typer.Option(help="torch,torch-amp,onnx,onnx-fp16,onnx-int8,trt,trt-fp16,none")
+    checkpoint: Annotated[
+        Path, typer.Option(metavar="DIR", help="Checkpoint folder. [default: a random-init model]")
     ] = None,
-    batch: Annotated[list[str], typer.Option(help="Batch sizes (1,8 or repeat; default 1,8).")] = None,
-    warmup: Annotated[int, typer.Option(help="Untimed iterations per cell.")] = 2,
-    iters: Annotated[int, typer.Option(help="Timed iterations per cell.")] = 10,
-    repeats: Annotated[int, typer.Option(help="Fresh worker processes per cell (medians).")] = 1,
-    json_out: Annotated[Path, typer.Option("--json", help="Write the result JSON here (atomically).")] = None,
+    model: Annotated[
+        list[Path], typer.Option("--model", metavar="FILE", help="An .onnx / .engine (repeatable).")
+    ] = None,
+    runtime: Annotated[
+        list[str],
+        typer.Option(
+            metavar="LIST",
+            help="Comma-separated or repeated: torch, torch-amp, onnx, onnx-fp16, onnx-int8, trt, trt-fp16,"
+            " none. [default: torch,onnx,onnx-fp16,trt; with --model: none]",
+        ),
+    ] = None,
+    batch: Annotated[
+        list[str],
+        typer.Option(metavar="LIST", help="Batch sizes, comma-separated or repeated. [default: 1,8]"),
+    ] = None,
+    warmup: Annotated[int, typer.Option(metavar="N", help="Untimed iterations per cell.")] = 2,
+    iters: Annotated[int, typer.Option(metavar="N", help="Timed iterations per cell.")] = 10,
+    repeats: Annotated[int, typer.Option(metavar="N", help="Fresh worker processes per cell (medians).")] = 1,
+    json_out: Annotated[
+        Path, typer.Option("--json", metavar="FILE", help="Write the result JSON here (atomically).")
+    ] = None,
     train_memory: Annotated[bool, typer.Option("--train-memory", help="Also training-step memory.")] = False,
-    preset: Annotated[str, typer.Option(help="Preset of the random-init model (default demo_cpu).")] = None,
-    backbone: Annotated[str, typer.Option(help="Override the preset's timm backbone.")] = None,
-    img_size: Annotated[int, typer.Option(help="Override the preset's input size.")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
-    threads: Annotated[int, typer.Option(help="CPU threads for torch and onnxruntime alike.")] = None,
+    preset: Annotated[
+        str, typer.Option(metavar="NAME", help="Preset of the random-init model. [default: demo_cpu]")
+    ] = None,
+    backbone: Annotated[
+        str, typer.Option(metavar="NAME", help="Override the preset's timm backbone.")
+    ] = None,
+    img_size: Annotated[int, typer.Option(metavar="PX", help="Override the preset's input size.")] = None,
+    device: Annotated[
+        str, typer.Option(metavar="<cpu|cuda>", help="Where torch and onnxruntime run.")
+    ] = "cpu",
+    threads: Annotated[
+        int,
+        typer.Option(
+            metavar="N", help="CPU threads for torch and onnxruntime alike. [default: the libraries']"
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
 ) -> None:
     """Throughput, latency, peak memory and matching share per runtime (each in a fresh process)."""

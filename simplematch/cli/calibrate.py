@@ -14,26 +14,39 @@ from simplematch.cli.app import Dataset, app
 
 @app.command()
 def calibrate(
-    model: Annotated[Path, typer.Argument(help="Checkpoint folder or exported .onnx file.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint folder or exported .onnx file.")],
     out: Annotated[
-        Path, typer.Option(help="The calibrated copy: a new folder (checkpoint) or a new .onnx file.")
+        Path,
+        typer.Option(
+            metavar="PATH", help="The calibrated copy: a new folder (checkpoint) or a new .onnx file."
+        ),
     ],
     dataset: Annotated[Dataset, typer.Option(help="Annotated pairs the model was not trained on.")],
-    data_root: Annotated[Path, typer.Option(help="Dataset folder (not for synthetic).")] = None,
-    split: Annotated[str, typer.Option(help="Split to calibrate on (PF-WILLOW has only test).")] = "val",
+    data_root: Annotated[
+        Path, typer.Option(metavar="DIR", help="Dataset folder (not for synthetic).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(metavar="<trn|val|test>", help="Split to calibrate on (PF-WILLOW has only test).")
+    ] = "val",
     category: Annotated[
-        list[str], typer.Option(help="Only these categories (repeat the option); default all.")
+        list[str],
+        typer.Option(metavar="NAME", help="Only these categories (repeat the option). [default: all]"),
     ] = None,
     alpha: Annotated[
-        float, typer.Option(help="'Correct' means error < alpha x PCK threshold.")
+        float, typer.Option(metavar="A", help="'Correct' means error < alpha x PCK threshold.")
     ] = DEFAULT_ALPHA,
-    limit: Annotated[int, typer.Option(help="A seeded sample of this many pairs.")] = None,
-    pairs: Annotated[
-        int, typer.Option(help="The first N pairs of the split (synthetic: generate N; default 64).")
+    limit: Annotated[
+        int, typer.Option(metavar="N", help="A seeded sample of this many pairs. [default: all]")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of --limit and of the synthetic pairs.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 8,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    pairs: Annotated[
+        int,
+        typer.Option(
+            metavar="N", help="The first N pairs of the split (synthetic: generate N). [default: 64]"
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of --limit and of the synthetic pairs.")] = 0,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Pairs per batch.")] = 8,
+    device: Annotated[str, typer.Option(metavar="<auto|cpu|cuda>", help="auto: CUDA when present.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out.")] = False,
 ) -> None:
     """Fit P(match correct at alpha) from the confidence cues on annotated pairs; write a calibrated copy."""

@@ -14,27 +14,46 @@ import typer
 Images = Annotated[
     Path,
     typer.Option(
-        "--images", help="coco: folder of the images (default: file_name relative to the JSON's folder)."
+        "--images",
+        metavar="DIR",
+        help="coco: folder of the images. [default: file_name relative to the JSON's folder]",
     ),
 ]
 MinCommon = Annotated[
     int,
-    typer.Option("--min-common", help="coco: least keypoints visible in both objects of a pair (default 3)."),
+    typer.Option(
+        "--min-common",
+        metavar="N",
+        help="coco: least keypoints visible in both objects of a pair. [default: 3]",
+    ),
 ]
 Pairs = Annotated[
     Path,
-    typer.Option("--pairs", help="coco: CSV split,source,target of annotation ids (instead of the split)."),
+    typer.Option(
+        "--pairs",
+        metavar="FILE",
+        help="coco: CSV split,source,target of annotation ids (instead of the split).",
+    ),
 ]
 SplitSeed = Annotated[
-    int, typer.Option("--split-seed", help="coco: seed of the partition of the images (default 0).")
+    int,
+    typer.Option("--split-seed", metavar="N", help="coco: seed of the partition of the images. [default: 0]"),
 ]
 SplitFractions = Annotated[
-    str, typer.Option("--split-fractions", help="coco: trn,val,test fractions of the images (0.8,0.1,0.1).")
+    str,
+    typer.Option(
+        "--split-fractions",
+        metavar="TRN,VAL,TEST",
+        help="coco: trn,val,test fractions of the images. [default: 0.8,0.1,0.1]",
+    ),
 ]
 MaxPairsPerImage = Annotated[
     int,
     typer.Option(
-        "--max-pairs-per-image", min=1, help="coco: keep a seeded sample of N pairs per source image."
+        "--max-pairs-per-image",
+        min=1,
+        metavar="N",
+        help="coco: keep a seeded sample of N pairs per source image. [default: all]",
     ),
 ]
 

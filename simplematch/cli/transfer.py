@@ -18,23 +18,32 @@ def transfer(
     refs: Annotated[
         Path,
         typer.Option(
-            help="COCO keypoints JSON of the annotated reference image(s) (CVAT / Label Studio export)."
+            metavar="FILE",
+            help="COCO keypoints JSON of the annotated reference image(s) (CVAT / Label Studio export).",
         ),
     ],
     targets: Annotated[
-        Path, typer.Option(help="Folder of the images to annotate (searched recursively, sorted).")
+        Path,
+        typer.Option(metavar="DIR", help="Folder of the images to annotate (searched recursively, sorted)."),
     ],
-    out: Annotated[Path, typer.Option(help="COCO keypoints file to write (.json): results + images list.")],
+    out: Annotated[
+        Path,
+        typer.Option(metavar="FILE", help="COCO keypoints file to write (.json): results + images list."),
+    ],
     model: Annotated[
-        Path, typer.Option(help="Exported .onnx or .engine (default: runs/demo/model.onnx).")
+        Path, typer.Option(metavar="FILE", help="Exported .onnx or .engine. [default: runs/demo/model.onnx]")
     ] = None,
     images: Annotated[
-        Path, typer.Option(help="Folder of the reference images (default: file_name relative to --refs).")
+        Path,
+        typer.Option(
+            metavar="DIR", help="Folder of the reference images. [default: file_name relative to --refs]"
+        ),
     ] = None,
     review: Annotated[
         Path,
         typer.Option(
-            help="Write a static HTML contact sheet here (one match picture per target, worst first)."
+            metavar="DIR",
+            help="Write a static HTML contact sheet here (one match picture per target, worst first).",
         ),
     ] = None,
     combine: Annotated[
@@ -43,10 +52,15 @@ def transfer(
     confidence: ConfidenceOption = DEFAULT_CONFIDENCE,
     min_confidence: Annotated[
         float,
-        typer.Option(help="Points below this confidence get v = 0 (their confidence stays in the file)."),
+        typer.Option(
+            metavar="C",
+            help="Points below this confidence (0-1) get v = 0 (their confidence stays in the file).",
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Target images per encoder batch.")] = 8,
-    device: Annotated[str, typer.Option(help="cpu | cuda | tensorrt | tensorrt-fp16.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Target images per encoder batch.")] = 8,
+    device: Annotated[
+        str, typer.Option(metavar="<cpu|cuda|tensorrt|tensorrt-fp16>", help="Where the model runs.")
+    ] = "cpu",
     allow_fallback: Annotated[bool, typer.Option(help="Run on CPU when CUDA is unavailable.")] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the --out file of an interrupted run (same options).")

@@ -56,3 +56,8 @@ def keypoint_fusion_stats(
             result[m] += int((counts[inverse.reshape(-1)] > 1).sum())
     result["total"] = total
     return result
+
+
+def default_stats_split(dataset: str) -> str:
+    """Table 1 counts training keypoints; PF-WILLOW is test-only, so its one split is the default there."""
+    return "test" if dataset == "pfwillow" else "trn"

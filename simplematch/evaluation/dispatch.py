@@ -76,8 +76,14 @@ def run_evaluation(
     from simplematch.files import write_json
     from simplematch.metrics import DEFAULT_ALPHAS
     from simplematch.outputs import transaction as all_or_nothing
+    from simplematch.provenance import stamped
 
     alphas = validate.alphas(request.alphas, DEFAULT_ALPHAS)
+    if Path(model).is_dir():
+        from simplematch.extras import require
+
+        # Before reading the benchmark's annotations: an install without PyTorch learns that at once.
+        require("train", "evaluating a checkpoint folder (PyTorch)")
     data_root, coco, recorded = request.data_root, None, None
     if request.dataset == "coco" or any(v is not None for v in (request.coco or {}).values()):
         from simplematch.evaluation.coco import check_held_out, coco_request
@@ -101,7 +107,7 @@ def run_evaluation(
                 "images": len(data["image_ids"])
             }
         if main_process:
-            write_json(outputs.json, res)
+            write_json(outputs.json, stamped(res, "eval"))
     if main_process and show is not None:
         show(res)
     return res

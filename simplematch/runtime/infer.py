@@ -27,6 +27,7 @@ from simplematch.confidence import DEFAULT_CONFIDENCE
 from simplematch.errors import SimpleMatchError
 from simplematch.files import atomic_path
 from simplematch.image import load_image
+from simplematch.provenance import stamped
 from simplematch.runtime.matcher import Features, Matcher, MatchResult, check_confidence
 from simplematch.runtime.viz import png_bytes, render_matches
 
@@ -138,8 +139,9 @@ def build_report(
 ) -> dict[str, Any]:
     """The JSON of ``smatch infer --out`` (and of ``smatch serve``'s match endpoints): one builder for both,
     so the service answers exactly what the command writes. ``confidence`` is the cue the result holds
-    (``calibrated`` asked of an uncalibrated model is its fallback), ``calibration`` which one made it."""
-    return {
+    (``calibrated`` asked of an uncalibrated model is its fallback), ``calibration`` which one made it;
+    with the version / time / units stamp."""
+    doc = {
         "source": source,
         "target": target,
         "model": model,
@@ -150,6 +152,7 @@ def build_report(
         "keypoints": keypoint_rows(result, truth, trg_hw),
         "timing_ms": {k: round(v, 3) for k, v in result.timing_ms.items()},
     }
+    return stamped(doc, "infer")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Numpy twins of :mod:`simplematch.matching` (sparse matching + window soft-argmax, paper section 3.3).
 
-Same conventions, same arithmetic order, pinned to the torch functions by ``tests/test_runtime.py``:
+Same conventions, same arithmetic order, pinned to the torch functions by ``tests/runtime/test_matching.py``:
 
 * keypoints are ``(..., 2)`` pixels (x, y) in the model's ``S x S`` frame; the stride is ``S / h``;
 * a source keypoint takes the feature of its nearest cell ``floor(kp / stride)`` (clamped into the map);

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny import PYTHON, ROOT, subprocess_env, write_tiny_config
+
+from tests.helpers import PYTHON, ROOT, subprocess_env, unstamped, write_tiny_config
 
 INJECT = Path(__file__).with_name("inject.py")
 GIB = 2**30
@@ -297,7 +298,7 @@ def test_closed_stdout_is_quiet() -> None:
 
 # ---- signals -------------------------------------------------------------------------------------------
 def _last(run: Path) -> dict:
-    return json.loads((run / "last.json").read_text())
+    return unstamped(json.loads((run / "last.json").read_text()), "train_last")
 
 
 def test_signal_in_train_setup_leaves_nothing(ws: Path, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ def table11_predict(mode: str, s_map, t_map, src_kps, size: int, k: int, beta: f
     ``dense``: (h*w)^2 correlation, full-map soft-argmax for every source cell; ``dense_window``: the same
     correlation, soft-argmax in each cell's k x k window; ``sparse_window``: the keypoints' rows only, in the
     window (:func:`simplematch.matching.match_keypoints`, what training does). The keypoints' rows are read
-    out of the dense results, so the three give the same predictions up to the window (tests/test_bench.py).
+    out of the dense results, so the three give the same predictions up to the window
+    (tests/bench/test_bench.py).
     """
     import torch
     import torch.nn.functional as F

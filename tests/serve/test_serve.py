@@ -21,8 +21,6 @@ import pytest
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 from PIL import Image
-from serve_helpers import EXAMPLES, running_server
-from test_runtime import make_onnx
 
 from simplematch.cli.app import main
 from simplematch.runtime import Features, Matcher
@@ -30,6 +28,8 @@ from simplematch.runtime.infer import run_infer
 from simplematch.serve.cache import Entry, FeatureCache
 from simplematch.serve.client import Client, HTTPFailure, multipart
 from simplematch.serve.encoder import EncodeLane
+from tests.helpers import make_onnx
+from tests.serve.helpers import EXAMPLES, running_server
 
 KPS = json.loads((EXAMPLES / "kps.json").read_text())["keypoints"]
 SRC, TGT = EXAMPLES / "src.png", EXAMPLES / "tgt.png"
@@ -49,9 +49,9 @@ def server(model: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _same_as_infer(answer: dict, infer: dict) -> None:
-    """Equal JSON but the file names (the server reports upload names) and the timings."""
+    """Equal JSON but the file names (the server reports upload names), the timings and the write time."""
     assert set(answer) == set(infer)
-    for key in set(infer) - {"timing_ms", "source", "target"}:
+    for key in set(infer) - {"timing_ms", "source", "target", "written_at"}:
         assert answer[key] == infer[key], key
     assert set(answer["timing_ms"]) == set(infer["timing_ms"])
     assert Path(answer["source"]).name == Path(infer["source"]).name

@@ -14,9 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tiny import ROOT, subprocess_env
-
 from simplematch.serve.client import Client
+from tests.helpers import ROOT, subprocess_env
 
 EXAMPLES = ROOT / "examples"
 

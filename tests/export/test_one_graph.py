@@ -25,9 +25,10 @@ from simplematch.model import SimpleMatch
 from simplematch.runtime.backends import OnnxBackend
 from simplematch.runtime.matcher import Matcher
 from simplematch.runtime.matching import match_keypoints as np_match
+from tests.helpers import NO_WILLOW, ROOT, WILLOW
 
 SIZE = 64
-PF_WILLOW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pf-willow"
+PF_WILLOW = WILLOW
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_matcher_uses_the_one_graph_and_agrees_with_the_features_model(graphs, m
     assert np.abs(got.score - ref.score).max() <= 1e-5 and np.abs(got.peak_mass - ref.peak_mass).max() <= 1e-5
 
 
-@pytest.mark.skipif(not PF_WILLOW.is_dir(), reason="PF-WILLOW subset not at ../shared/data/pf-willow")
+@pytest.mark.skipif(not PF_WILLOW.is_dir(), reason=NO_WILLOW)
 def test_one_graph_pck_equals_pytorch_evaluation_on_pf_willow(graphs, ckpt):
     from simplematch.data import load_records
     from simplematch.evaluation.torch_predictor import evaluate_model
@@ -244,7 +245,7 @@ def test_batch8_model_in_infer_and_eval(batch8, tmp_path):
     from simplematch.data import load_records
     from simplematch.evaluation.runtime_predictor import evaluate_runtime
 
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = ROOT / "examples"
     res = tmp_path / "r.json"
     pngs = [str(examples / "src.png"), str(examples / "tgt.png")]
     rc = main(

@@ -16,6 +16,7 @@ from simplematch import bench
 from simplematch.bench import RESULT_KEYS, TRAIN_MODES, parse_batches, run_bench, split_values
 from simplematch.cli.app import main
 from simplematch.errors import SimpleMatchError
+from tests.helpers import unstamped
 
 TOP_KEYS = {"device", "versions", "model_sha256", "results", "skipped"}
 TINY = {"img_size": 64}
@@ -57,7 +58,7 @@ def test_schema_and_positive_numbers(tiny_bench: tuple[dict, Path]) -> None:
         assert row["latency_ms_p95"] >= row["latency_ms_p50"]
         assert row["match_share"] < 1
     # The JSON file holds exactly what run_bench returned.
-    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert unstamped(json.loads(out.read_text()), "bench") == json.loads(json.dumps(res))
 
 
 def test_trt_skipped_with_reason(tiny_bench: tuple[dict, Path]) -> None:
@@ -93,7 +94,7 @@ def test_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     rc = main(["bench", "--img-size", "64", "--runtime", "torch", "--batch", "1", "--warmup", "0",
                "--iters", "1", "--threads", "1", "--json", str(out)])  # fmt: skip
     assert rc == 0
-    data = json.loads(out.read_text())
+    data = unstamped(json.loads(out.read_text()), "bench")
     assert set(data) == TOP_KEYS
     assert [(r["runtime"], r["batch"]) for r in data["results"]] == [("torch", 1)]
     assert "images/s" in capsys.readouterr().out

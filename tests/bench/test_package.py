@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tiny import ROOT
-
 from simplematch.bench.executors import EXECUTORS, for_model_file, for_runtime
 from simplematch.bench.options import RUNTIMES
+from tests.helpers import ROOT
 
 
 def test_runtime_path_imports_no_torch() -> None:

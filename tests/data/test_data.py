@@ -15,18 +15,9 @@ from PIL import Image
 from simplematch.data import THRESHOLD_KIND, PairRecord, keypoint_fusion_stats, load_records, pck_threshold
 from simplematch.data.synthetic import HELDOUT_PHOTOS, TRAIN_PHOTOS, make_synthetic_pair
 from simplematch.errors import SimpleMatchError
+from tests.helpers import PASCAL_ANNOTATIONS, SPAIR, WILLOW, need
 
-SHARED = Path(__file__).parents[1].parent / "shared" / "data"
-WILLOW = SHARED / "pf-willow"
-PASCAL_CSV = SHARED / "pf-pascal-annotations" / "test_pairs.csv"
-SPAIR = SHARED / "spair-71k-format"
-
-
-def need(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(
-            f"shared test data {path} is absent (read from ../shared/data, never copied into the repo)"
-        )
+PASCAL_CSV = PASCAL_ANNOTATIONS / "test_pairs.csv"
 
 
 # --- PF-WILLOW (real files) ---------------------------------------------------------------------------------

@@ -21,11 +21,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the [dev] extra) is not installed")
-from serve_helpers import EXAMPLES, running_server  # noqa: E402
-from test_runtime import make_onnx  # noqa: E402
-from tiny import subprocess_env  # noqa: E402
-
 from simplematch.runtime.infer import run_infer  # noqa: E402
+from tests.helpers import make_onnx, subprocess_env  # noqa: E402
+from tests.serve.helpers import EXAMPLES, running_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -143,7 +141,7 @@ def test_page_click_three_points_and_download_equals_smatch_infer(tmp_path: Path
     ]
     subprocess.run([str(a) for a in cli], env=subprocess_env(), check=True, capture_output=True, timeout=120)
     infer = json.loads((tmp_path / "infer.json").read_text())  # what `smatch infer --out` wrote
-    for key in set(infer) - {"timing_ms", "source", "target"}:
+    for key in set(infer) - {"timing_ms", "source", "target", "written_at"}:
         assert page_json[key] == infer[key], key
     assert (page_json["source"], page_json["target"]) == ("src.png", "tgt.png")
     # The downloaded file works as `smatch infer --kps` (its targets become the sources).

@@ -32,12 +32,13 @@ from simplematch.image import IMAGENET_MEAN, IMAGENET_STD
 from simplematch.metadata import PREFIX, ModelMeta
 from simplematch.model import SimpleMatch
 from simplematch.runtime.backends import OnnxBackend
+from tests.helpers import WILLOW
 
 VIT_SIZE, RN_SIZE = 56, 64
 TINY_VIT = dict(depth=2, embed_dim=32, num_heads=2)
 FP16_MAX_ABS = 5e-3  # fp16 is reported, not gated; this only catches a broken conversion (measured ~6e-4)
 FP16_MIN_AGREEMENT = 0.95
-PF_WILLOW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pf-willow"
+PF_WILLOW = WILLOW
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 

@@ -5,7 +5,7 @@ real CLI.
 
 The error matrix runs each command in-process from a workspace folder with relative paths, so the observed
 messages are path-stable and are rendered verbatim into docs/errors.md. After changing a message, regenerate
-with ``SMATCH_UPDATE_DOCS=1 pytest tests/test_cli.py -k "user_errors or docs_errors"``.
+with ``SMATCH_UPDATE_DOCS=1 pytest tests/cli/test_cli.py -k "user_errors or docs_errors"``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny import PYTHON, ROOT, subprocess_env, tiny_config
 
 from simplematch.cli.app import main
+from tests.helpers import PYTHON, ROOT, subprocess_env, tiny_config
 
 CLI_DOC = ROOT / "docs" / "cli.md"
 ERRORS_DOC = ROOT / "docs" / "errors.md"
@@ -91,19 +91,16 @@ def _willow(root: Path, kinds: list[tuple[str, str]]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from test_runtime import make_onnx
-
+def ws(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     from simplematch.checkpoint import save_checkpoint
     from simplematch.config import Config
     from simplematch.model import SimpleMatch
+    from tests.helpers import make_onnx
 
     root = tmp_path_factory.mktemp("ws")
     cfg = tiny_config()
     cfg.save(root / "tiny.json")
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, root / "ckpt")
+    shutil.copytree(tiny_checkpoint, root / "ckpt")
     # Incompatible checkpoints: config.json says another backbone / another input size than the weights.
     shutil.copytree(root / "ckpt", root / "ckpt_other_backbone")
     Config(**{**cfg.to_dict(), "backbone": "resnet18"}).save(root / "ckpt_other_backbone" / "config.json")
@@ -635,6 +632,9 @@ def test_grayscale_rgba_16bit_images_work_everywhere(
                  "--max-steps", "1", "--out", "out/run"]) == 0  # fmt: skip
     assert (ws / "out" / "run" / "last.json").is_file()
     assert main(["stats", "--dataset", "spair", "--data-root", "spair_modes"]) == 0
+    # PF-WILLOW has only a test split: that is stats' default there (trn elsewhere, as paper Table 1)
+    assert main(["stats", "--dataset", "pfwillow", "--data-root", "willow_modes"]) == 0
+    assert "pfwillow test" in capsys.readouterr().out
     assert capsys.readouterr().err == ""
 
 
@@ -709,7 +709,7 @@ def render_error_table(rows: list[tuple[str, str, str]]) -> str:
         "",
         "Every problem a user can fix ends the command with exit code 2 and one line on stderr naming the",
         "problem and the fix (`--debug` shows the traceback instead); nothing is written. Generated from the",
-        "messages `tests/test_cli.py` and `tests/test_train.py` observe.",
+        "messages `tests/cli/test_cli.py` and `tests/test_train.py` observe.",
         "",
         "| command | situation | message (`error: ...`) |",
         "|---|---|---|",
@@ -729,5 +729,5 @@ def test_docs_errors_table_matches_observed_messages(observed: list) -> None:
     if os.environ.get("SMATCH_UPDATE_DOCS") == "1":
         ERRORS_DOC.write_text(head + table + rest.partition(ERR_END)[2])
         return
-    fix = 'SMATCH_UPDATE_DOCS=1 pytest tests/test_cli.py -k "user_errors or docs_errors"'
+    fix = 'SMATCH_UPDATE_DOCS=1 pytest tests/cli/test_cli.py -k "user_errors or docs_errors"'
     assert current == table, f"docs/errors.md is stale: {fix}"

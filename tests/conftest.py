@@ -1,0 +1,57 @@
+"""Suite-wide setup: compute threads per xdist worker, and the tiny models built once per session.
+
+``make test`` runs the suite with pytest-xdist (``-n auto --dist loadfile``): every file stays on one
+worker, so a module-scoped fixture (an export, a short training run) is still built once, and a test that
+reads what an earlier test of its file observed still sees it. Session fixtures are built once per worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy or torch is imported anywhere: N workers on N cores must not each start N compute threads (the
+# oversubscription costs more than the parallelism gains). A plain serial run keeps the library default.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS > 1:
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _threads = str(max(1, _cpus // _WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+
+# After the thread settings: numpy (imported by the helpers) sizes its BLAS pool when it loads.
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers import make_meta, make_onnx, tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init checkpoint of :func:`tests.helpers.tiny_config` (seed 0), built once per session.
+
+    Read-only: a test that writes into a checkpoint folder copies it first (``shutil.copytree``).
+    """
+    import torch
+
+    from simplematch.checkpoint import save_checkpoint
+    from simplematch.model import SimpleMatch
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "ckpt"
+    save_checkpoint(SimpleMatch(cfg), cfg, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny ONNX models (tests.helpers.make_onnx), built once per session; tests only read them."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "conv": make_onnx(root / "conv.onnx"),
+        "position": make_onnx(root / "position.onnx", kind="position"),
+        "position_center": make_onnx(
+            root / "position_center.onnx", kind="position", meta=make_meta(coord="center")
+        ),
+    }

@@ -1,0 +1,34 @@
+"""The end-to-end runtime-only install proof, ``scripts/check_runtime_install.sh``, as one test.
+
+As a test it runs alongside the rest of the suite under pytest-xdist (it is mostly pip and one export, so
+it overlaps well), and its verdict lands in pytest's summary line. The script builds the wheel, installs
+it without extras into a fresh venv and drives the CLI from there; see the script's header for each step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import HAVE_WILLOW, ROOT, SHARED_DATA, WILLOW, subprocess_env
+
+SCRIPT = ROOT / "scripts" / "check_runtime_install.sh"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the install check is a bash script")
+def test_runtime_only_install_from_the_wheel() -> None:
+    # The environment running pytest is the full one the script exports the tiny model with.
+    env = {**subprocess_env(), "FULL_VENV": sys.prefix, "SMATCH_SHARED_DATA": str(SHARED_DATA)}
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert "== install check passed" in log, log[-6000:]
+    # The PF-WILLOW evaluation runs exactly when the subset is there, and says so when it is not.
+    if HAVE_WILLOW:
+        assert "pairs, PCK" in log, log[-6000:]
+    else:
+        assert f"SKIP eval: {WILLOW} not found" in log, log[-6000:]
