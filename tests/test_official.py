@@ -543,6 +543,9 @@ def test_cli_resnet101_round_trip_and_img_size_rule(tmp_path: Path, capsys: pyte
     assert rc == 0, err
     recorded = Config.load(other / "config.json")
     assert recorded.img_size == 128 and recorded.img_size_user_chosen
+    rc, err = _cli(["convert", str(run), "--family", "resnet101", "--to-official", "--any-img-size",
+                    "--out", str(tmp_path / "x.pth")], capsys)  # fmt: skip
+    assert rc == 2 and "--any-img-size applies to importing" in err and not (tmp_path / "x.pth").exists()
 
 
 def test_cli_export_refuses_a_model_its_import_cannot_rebuild(
