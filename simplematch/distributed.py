@@ -29,6 +29,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_as_main() -> bool:
+    """Rank 0 of a torchrun job (or no torchrun at all), read from the launcher's environment: valid
+    before the process group exists, when :func:`is_main` still answers True on every rank."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_from_env(device: torch.device) -> bool:
     """Initialise the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():

@@ -280,7 +280,7 @@ def train(
     out = Path(out_dir)
     # One process writes a run folder (a second `smatch train --out SAME` is refused); ranks of one
     # torchrun job share the main rank's lock.
-    with runlock.hold(out) if dist_utils.is_main() else contextlib.nullcontext():
+    with runlock.hold(out) if dist_utils.launched_as_main() else contextlib.nullcontext():
         device = _setup_device(cfg)
         # Fail before the slow set-up; the folder itself is created once inputs are valid.
         validate.writable_base(out, "--out", folder=True)

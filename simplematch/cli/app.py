@@ -25,6 +25,7 @@ from simplematch.cli.coco_flags import (
     SplitFractions,
     SplitSeed,
     coco_flags,
+    given,
 )
 from simplematch.cli.serve import serve as serve_command
 from simplematch.config import (
@@ -384,7 +385,7 @@ def eval_cmd(
         batch_size=batch_size, device=device, window=window, ap10k_split=ap10k_split.value, limit=limit,
         seed=seed, threshold=threshold.value if threshold else None, released_compat=released_compat,
         confidence=confidence, min_confidence=min_confidence,
-        coco=coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image),
+        coco=given(coco_flags(images, min_common, pairs, split_seed, split_fractions, max_pairs_per_image)),
     )  # fmt: skip
     outputs = EvalOutputs(json=json_out, predictions=predictions, plots=plots, force=force)
     try:

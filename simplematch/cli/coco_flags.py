@@ -75,3 +75,9 @@ def coco_flags(
         "coco_split_fractions": split_fractions,
         "coco_max_pairs_per_image": max_pairs_per_image,
     }
+
+
+def given(flags: dict[str, Any]) -> dict[str, Any] | None:
+    """Only the flags the user gave; ``None`` when none was (the request of an evaluation without COCO
+    flags is then the one the library's callers, e.g. the demo, build)."""
+    return {k: v for k, v in flags.items() if v is not None} or None

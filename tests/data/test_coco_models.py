@@ -204,7 +204,7 @@ def test_init_from_a_converted_official_checkpoint_fine_tunes_on_coco(tmp_path: 
 
 
 def test_torchrun_trains_and_evaluates_a_coco_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_coco import crowd_coco, write
+    from tests.data.test_coco import crowd_coco, write
     from tests.test_distributed import TORCHRUN, _torchrun
 
     if not (TORCHRUN.is_file() and torch.distributed.is_available()):
