@@ -84,6 +84,9 @@ class Config:
     # --- model -------------------------------------------------------------------------------------
     backbone: str = "vit_base_patch14_dinov2"  # any timm ViT or ResNet name
     img_size: int = 252  # square input side; ViTs are built at this size (pos-embed resampled once)
+    # `smatch convert --any-img-size`: an official file imported at a size none of the released configs of
+    # its family uses (the files do not record their training size), chosen by the user.
+    img_size_user_chosen: bool = False
     weights: str | None = None  # local pretrained backbone file (.pth/.safetensors); never downloaded
     init: str | None = None  # start from this run's whole model (smatch train --init RUN), not its optimiser
     finetune: Finetune = "lora"

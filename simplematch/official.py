@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from simplematch.config import OFFICIAL_FAMILIES, Config, resolve_config
+from simplematch.config import OFFICIAL_FAMILIES, PRESETS, Config, resolve_config
 from simplematch.errors import SimpleMatchError
 from simplematch.model import SimpleMatch, resample_pos_embed_released
 from simplematch.weights import load_backbone_weights, read_state_dict
@@ -110,6 +110,33 @@ def guess_family(keys: list[str]) -> str | None:
     return None
 
 
+def released_img_sizes(family: str) -> list[int]:
+    """Input sizes of the released configs of ``family`` (the presets with its backbone), e.g. 252/448."""
+    if family not in PRESET_OF:
+        raise SimpleMatchError(f"unknown official family '{family}'", f"use one of {', '.join(FAMILIES)}")
+    backbone = PRESETS[PRESET_OF[family]]["backbone"]
+    return sorted({p["img_size"] for p in PRESETS.values() if p["backbone"] == backbone})
+
+
+def check_img_size(family: str, img_size: int, any_img_size: bool = False) -> bool:
+    """Refuse a size no released config of ``family`` uses, unless ``any_img_size``; True when user-chosen.
+
+    The official files do not record their training size (the DINOv2 layout is identical at 252 and 448),
+    so it cannot be checked against the file: the released configs' sizes are the rule.
+    """
+    sizes = released_img_sizes(family)
+    if img_size in sizes:
+        return False
+    if not any_img_size:
+        listed = " or ".join(map(str, sizes))
+        raise SimpleMatchError(
+            f"--img-size {img_size}: the released {family} checkpoints were trained at {listed}, and the file"
+            " does not record its size",
+            f"pass --img-size {listed}, or add --any-img-size to import at {img_size} deliberately",
+        )
+    return True
+
+
 def official_config(family: str, img_size: int, overrides: dict[str, Any] | None = None) -> Config:
     """The resolved preset config of a family at ``img_size`` (e.g. dinov2_b14 -> dinov2_b14_252_spair)."""
     if family not in PRESET_OF:
@@ -163,7 +190,7 @@ def load_official_state(model: SimpleMatch, sd: dict[str, torch.Tensor], family:
         raise SimpleMatchError(
             f"official tensors have unexpected shapes for {family} at img_size {model.cfg.img_size}: "
             f"{', '.join(bad[:4])}",
-            "check --family and --img-size (252/448 for dinov2_b14, 256 for ibot_b16 and resnet101)",
+            f"check --family and --img-size ({'/'.join(map(str, released_img_sizes(family)))} for {family})",
         )
     model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in use.items()}}, strict=True)
     reasons: dict[str, int] = {}
@@ -188,14 +215,19 @@ def convert_official(
     *,
     backbone_kwargs: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    any_img_size: bool = False,
 ) -> tuple[SimpleMatch, Config, dict[str, Any]]:
     """Official ``best_model.pth`` -> (our model in eval mode, its resolved preset config, key report).
 
     ``backbone_weights`` (the original DINOv2 ViT-B/14 ``.pth``) is required for ``dinov2_b14``, whose file
-    holds only LoRA + decoder. ``backbone_kwargs``/``overrides`` shrink the network (tests only).
+    holds only LoRA + decoder. ``img_size`` must be one of :func:`released_img_sizes` unless
+    ``any_img_size``; the config then records ``img_size_user_chosen``. ``backbone_kwargs``/``overrides``
+    shrink the network (tests only).
     """
     if family not in FAMILIES:
         raise SimpleMatchError(f"unknown official family '{family}'", f"use one of {', '.join(FAMILIES)}")
+    if check_img_size(family, img_size, any_img_size):
+        overrides = {**(overrides or {}), "img_size_user_chosen": True}
     sd = read_state_dict(best_model_pth)
     note = None
     if family == "dinov2_b14":
@@ -239,6 +271,28 @@ def official_family(cfg: Config) -> str:
     )
 
 
+def _released_architecture_differs(
+    cfg: Config, family: str, overrides: dict[str, Any] | None = None
+) -> list[str]:
+    """Fields in which ``cfg`` differs from the architecture the import rebuilds (the family's preset).
+
+    The import cannot read these from an official file: it always builds ``official_config(family, size)``.
+    A model that differs would be written in a layout its own import refuses (other LoRA rank or blocks,
+    other widths) or loads with other semantics (another LoRA scale, another backbone of the same shapes).
+    """
+    released = official_config(family, cfg.img_size, overrides)
+    fields = ["backbone", "decoder_dim", "multiscale"]
+    if family == "resnet101":
+        fields.append("align_dim")
+    if family == "dinov2_b14":
+        fields += ["finetune", "lora_rank", "lora_alpha", "lora_blocks"]
+    diffs = [f"{f}={getattr(cfg, f)!r} (released {getattr(released, f)!r})" for f in fields
+             if getattr(cfg, f) != getattr(released, f)]  # fmt: skip
+    if family != "dinov2_b14" and cfg.finetune == "lora":  # full and frozen both hold the whole backbone
+        diffs.append(f"finetune='lora' (released {released.finetune!r})")
+    return diffs
+
+
 def invert_pos_embed_resample(pos_embed: torch.Tensor, n0: int, num_prefix: int = 1) -> torch.Tensor:
     """Least-squares inverse of :func:`resample_pos_embed_released` back to an ``n0`` x ``n0`` table.
 
@@ -263,24 +317,29 @@ def invert_pos_embed_resample(pos_embed: torch.Tensor, n0: int, num_prefix: int 
     return torch.cat((pos_embed[:, :num_prefix], table[None].to(pos_embed.dtype)), dim=1)
 
 
-def to_official(model: SimpleMatch, cfg: Config) -> dict[str, torch.Tensor]:
+def to_official(
+    model: SimpleMatch, cfg: Config, overrides: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """Our model -> a state dict in the released ``best_model.pth`` layout (names, prefixes, shapes).
 
     DINOv2: LoRA factors + decoder only; iBOT: full backbone with a 14x14 pos table, plus the unused
     ``norm``/``head``; ResNet: full backbone (+ unused ``fc``), ``aligns``, three-level decoder. Tensors that
     their forward never uses (ViT ``trans_conv2``, ``head``, ``fc``) are written as zeros so their key set is
-    exact; BN buffers are included.
+    exact; BN buffers are included. A model whose architecture differs from the one the import rebuilds
+    (``official_config(family, cfg.img_size, overrides)``; ``overrides`` shrink it, tests only) is refused.
     """
     family = official_family(cfg)
+    diffs = _released_architecture_differs(cfg, family, overrides)
+    if diffs:
+        raise SimpleMatchError(
+            f"this model differs from the released {family} architecture the import rebuilds: "
+            f"{', '.join(diffs)}",
+            f"only a model with the released architecture (preset {PRESET_OF[family]}) can be written in the"
+            " official layout",
+        )
     sd = {k: v.detach() for k, v in model.state_dict().items()}
-    multiscale = model.decoder.head_coarse is not None
     out: dict[str, torch.Tensor] = {}
     if family in ("dinov2_b14", "ibot_b16"):
-        if not isinstance(model.decoder.input_proj, torch.nn.Identity) or multiscale:
-            raise SimpleMatchError(
-                "the released ViT decoder has the encoder's width and a single head",
-                "train with decoder_dim unset and multiscale off to write the official layout",
-            )
         encoder = {k[len("encoder.vit.") :]: v for k, v in sd.items() if k.startswith("encoder.vit.")}
         if family == "dinov2_b14":
             lora = {k: v for k, v in encoder.items() if "lora_" in k}
@@ -301,11 +360,6 @@ def to_official(model: SimpleMatch, cfg: Config) -> dict[str, torch.Tensor]:
         table = _VIT_DECODER
         unused_conv = sd["decoder.up1.weight"], sd["decoder.up1.bias"]
     else:
-        if not multiscale:
-            raise SimpleMatchError(
-                "the released ResNet layout has three heads (proj1/2/3)",
-                "train the ResNet with multiscale on",
-            )
         for k, v in sd.items():
             if k.startswith("encoder.body."):
                 out[RESNET_PREFIX + "backbone." + k[len("encoder.body.") :]] = v
@@ -344,6 +398,7 @@ def run_convert(
     img_size: int | None,
     backbone_weights: Path | None,
     to_official: bool,
+    any_img_size: bool = False,
     replace: bool = False,
     console: Any,
 ) -> dict[str, Any]:
@@ -357,6 +412,11 @@ def run_convert(
     from simplematch.provenance import stamped
 
     inputs = [checkpoint, backbone_weights]
+    if to_official and any_img_size:
+        raise SimpleMatchError(
+            "--any-img-size applies to importing an official file, not to --to-official",
+            "drop --any-img-size",
+        )
     if to_official:
         validate.output_file(out, "--out", suffixes=(".pth", ".pt"), inputs=inputs, force=replace)
     else:
@@ -381,7 +441,9 @@ def run_convert(
         )
     if backbone_weights is not None and not Path(backbone_weights).is_file():
         raise SimpleMatchError(f"backbone weights not found: {backbone_weights}", "check the path")
-    model, cfg, report = convert_official(checkpoint, family, img_size, backbone_weights)
+    model, cfg, report = convert_official(
+        checkpoint, family, img_size, backbone_weights, any_img_size=any_img_size
+    )
     # One writer per folder; the files appear together or not at all (a full disk leaves no empty folder).
     with runlock.hold(out), outputs.transaction():
         save_checkpoint(model, cfg, out)

@@ -8,6 +8,7 @@ element counts and the complete key/shape accounting, without allocating memory.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from simplematch.official import (
     convert_official,
     load_official_state,
     official_config,
+    released_img_sizes,
     to_official,
 )
 from simplematch.weights import load_backbone_weights
@@ -316,8 +318,10 @@ def test_convert_resnet_round_trip(tmp_path: Path):
     official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
     over = {"align_dim": 64}
     model, cfg, report = convert_official(
-        _save(tmp_path, official), "resnet101", 128, backbone_kwargs=TINY_RESNET, overrides=over
-    )
+        _save(tmp_path, official), "resnet101", 128, backbone_kwargs=TINY_RESNET, overrides=over,
+        any_img_size=True,
+    )  # fmt: skip
+    assert cfg.img_size_user_chosen
     assert cfg.multiscale and cfg.windows[-1] == 30 and report["ignored"] == 2
     assert report["ignored_by_reason"] == {"ResNet classifier, unused": 2}
     # mapping semantics: the released f4 path with official names, from our own backbone features
@@ -328,14 +332,15 @@ def test_convert_resnet_round_trip(tmp_path: Path):
             l1, official[RESNET_PREFIX + "aligns.0.weight"], official[RESNET_PREFIX + "aligns.0.bias"]
         )
         torch.testing.assert_close(model.decoder.aligns[0](l1), a0)
-    back = to_official(model, cfg)
+    back = to_official(model, cfg, over)
     assert list(back) == list(official)
     for k, v in official.items():
         if not k.endswith("fc.weight") and not k.endswith("fc.bias"):
             torch.testing.assert_close(back[k], v, rtol=0, atol=0, msg=k)
     model2, _, _ = convert_official(
-        _save(tmp_path, back, "again.pth"), "resnet101", 128, backbone_kwargs=TINY_RESNET, overrides=over
-    )
+        _save(tmp_path, back, "again.pth"), "resnet101", 128, backbone_kwargs=TINY_RESNET, overrides=over,
+        any_img_size=True,
+    )  # fmt: skip
     kps = torch.rand(1, 5, 2) * 128
     trg = torch.rand(1, 3, 128, 128)
     torch.testing.assert_close(model2(img, trg, kps), model(img, trg, kps), rtol=0, atol=0)
@@ -357,7 +362,7 @@ def test_dinov2_round_trip_ours_official_ours(tmp_path: Path):
     assert len(official) == 2 + 22 + 12
     assert official["trans_conv2.weight"].abs().sum() == 0
     back, _, report = convert_official(
-        _save(tmp_path, official), "dinov2_b14", 56, backbone, backbone_kwargs=TINY_VIT
+        _save(tmp_path, official), "dinov2_b14", 56, backbone, backbone_kwargs=TINY_VIT, any_img_size=True
     )
     assert report["consumed"] == 34
     img = torch.rand(2, 3, 56, 56)
@@ -423,7 +428,7 @@ def test_to_official_refuses_unrepresentable_models():
     with pytest.raises(SimpleMatchError, match="LoRA"):
         to_official(model, cfg)
     cfg = official_config("ibot_b16", 64, {"multiscale": True})
-    with pytest.raises(SimpleMatchError, match="single head"):
+    with pytest.raises(SimpleMatchError, match=r"multiscale=True \(released False\)"):
         to_official(SimpleMatch(cfg, backbone_kwargs=TINY_VIT), cfg)
 
 
@@ -480,23 +485,107 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureF
         assert not out.exists(), name
 
 
-def test_run_convert_to_official_writes_the_official_layout(tmp_path: Path):
-    """The command path of `smatch convert --to-official` (its flag shares the name of the function)."""
-    from rich.console import Console
-
+def _resnet101_run(tmp_path: Path, **overrides) -> tuple[Path, Config]:
+    """A full-size ResNet-101 of the released preset, random init, saved as our checkpoint folder."""
     from simplematch.checkpoint import save_checkpoint
-    from simplematch.official import run_convert
 
-    official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
-    model, cfg, _ = convert_official(
-        _save(tmp_path, official), "resnet101", 128, backbone_kwargs=TINY_RESNET, overrides={"align_dim": 64}
+    torch.manual_seed(0)
+    cfg = official_config("resnet101", 256, overrides)
+    model = SimpleMatch(cfg)
+    with torch.no_grad():  # non-trivial BN statistics: a dropped or swapped buffer would show
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(model, cfg, tmp_path / "run")
+    return tmp_path / "run", cfg
+
+
+def test_cli_resnet101_round_trip_and_img_size_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`convert --to-official` then `convert` (the command path) gives back the same weights and features;
+    the import refuses a size no released config uses unless --any-img-size, which config.json records."""
+    from simplematch.checkpoint import load_checkpoint, read_checkpoint
+
+    run, cfg = _resnet101_run(tmp_path)
+    theirs = tmp_path / "theirs.pth"
+    rc, err = _cli(
+        ["convert", str(run), "--family", "resnet101", "--to-official", "--out", str(theirs)], capsys
     )
-    save_checkpoint(model, cfg, tmp_path / "ours")
+    assert rc == 0, err
+    assert len(torch.load(theirs, map_location="cpu", weights_only=True)) == 684  # the reference's count
+    back = tmp_path / "back"
+    rc, err = _cli(
+        ["convert", str(theirs), "--family", "resnet101", "--img-size", "256", "--out", str(back)], capsys
+    )
+    assert rc == 0, err
+    ours, _ = read_checkpoint(run / "model.safetensors")
+    again, _ = read_checkpoint(back / "model.safetensors")
+    assert list(ours) == list(again)
+    assert all(torch.equal(ours[k], again[k]) for k in ours), [
+        k for k in ours if not torch.equal(ours[k], again[k])
+    ]
+    model, _ = load_checkpoint(run)
+    model2, cfg2 = load_checkpoint(back)
+    assert cfg2 == cfg and not cfg2.img_size_user_chosen
+    img = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(model.eval().encode(img), model2.eval().encode(img))
+    # a size the released ResNet-101 configs do not use: one line, exit 2, nothing written
+    other = tmp_path / "at128"
+    rc, err = _cli(
+        ["convert", str(theirs), "--family", "resnet101", "--img-size", "128", "--out", str(other)], capsys
+    )
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "trained at 256" in err and "--any-img-size" in err, err
+    assert not other.exists()
+    args = ["convert", str(theirs), "--family", "resnet101", "--img-size", "128", "--out", str(other)]
+    rc, err = _cli([*args, "--any-img-size"], capsys)
+    assert rc == 0, err
+    recorded = Config.load(other / "config.json")
+    assert recorded.img_size == 128 and recorded.img_size_user_chosen
+    rc, err = _cli(["convert", str(run), "--family", "resnet101", "--to-official", "--any-img-size",
+                    "--out", str(tmp_path / "x.pth")], capsys)  # fmt: skip
+    assert rc == 2 and "--any-img-size applies to importing" in err and not (tmp_path / "x.pth").exists()
+
+
+def test_cli_export_refuses_a_model_its_import_cannot_rebuild(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    run, _ = _resnet101_run(tmp_path, align_dim=256)  # its aligns.1 and widths have no place in the layout
     out = tmp_path / "theirs.pth"
-    res = run_convert(
-        tmp_path / "ours", "resnet101", out, img_size=None, backbone_weights=None, to_official=True,
-        console=Console(quiet=True),
-    )  # fmt: skip
-    back = torch.load(out, map_location="cpu", weights_only=True)
-    assert res == {"keys": len(official)} and list(back) == list(official)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pth", "ours", "theirs.pth"]
+    rc, err = _cli(["convert", str(run), "--family", "resnet101", "--to-official", "--out", str(out)], capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "align_dim=256 (released 512)" in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize(
+    ("family", "size", "overrides", "needle"),
+    [
+        ("dinov2_b14", 56, {"lora_rank": 8}, "lora_rank=8"),  # import: shape error
+        ("dinov2_b14", 56, {"lora_blocks": "all"}, "lora_blocks='all'"),  # import: unknown keys
+        ("dinov2_b14", 56, {"lora_alpha": 2.0}, "lora_alpha=2.0"),  # import: accepted at another LoRA scale
+        ("dinov2_b14", 56, {"backbone": "vit_base_patch14_reg4_dinov2"}, "reg4"),  # import: registers lost
+        ("ibot_b16", 64, {"finetune": "lora"}, "finetune='lora'"),  # import: unknown lora keys
+    ],
+)
+def test_export_refuses_what_the_import_cannot_rebuild(family, size, overrides, needle):
+    cfg = official_config(family, size, overrides)
+    with pytest.raises(SimpleMatchError, match=re.escape(needle)):
+        to_official(SimpleMatch(cfg, backbone_kwargs=TINY_VIT), cfg)
+
+
+def test_released_img_sizes_follow_the_preset_table(tmp_path: Path):
+    assert released_img_sizes("dinov2_b14") == [252, 448]
+    assert released_img_sizes("ibot_b16") == [256]
+    assert released_img_sizes("resnet101") == [256]
+    # refused before the file is read (it does not even exist); allowed with the opt-in
+    with pytest.raises(SimpleMatchError, match=r"--img-size 336: .* trained at 252 or 448"):
+        convert_official(tmp_path / "absent.pth", "dinov2_b14", 336)
+    official = official_vit("ibot_b16", width=64, depth=2)
+    _, cfg, _ = convert_official(_save(tmp_path, official), "ibot_b16", 256, backbone_kwargs=TINY_VIT)
+    assert not cfg.img_size_user_chosen
+    _, cfg, _ = convert_official(
+        _save(tmp_path, official), "ibot_b16", 224, backbone_kwargs=TINY_VIT, any_img_size=True
+    )
+    assert cfg.img_size == 224 and cfg.img_size_user_chosen

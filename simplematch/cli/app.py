@@ -716,8 +716,20 @@ def convert(
         Path, typer.Option(metavar="PATH", help="Output folder (or .pth file with --to-official).")
     ],
     img_size: Annotated[
-        int, typer.Option(metavar="PX", help="Input size the model was trained at (required to import).")
+        int,
+        typer.Option(
+            metavar="PX",
+            help="Input size the model was trained at (required to import; one of the family's released"
+            " sizes unless --any-img-size).",
+        ),
     ] = None,
+    any_img_size: Annotated[
+        bool,
+        typer.Option(
+            "--any-img-size",
+            help="Import at an --img-size no released config of the family uses (recorded in config.json).",
+        ),
+    ] = False,
     backbone_weights: Annotated[
         Path, typer.Option(metavar="FILE", help="Official backbone file (required for DINOv2).")
     ] = None,
@@ -733,7 +745,8 @@ def convert(
     from simplematch.official import run_convert
 
     run_convert(checkpoint, family.value, out, img_size=img_size, backbone_weights=backbone_weights,
-                to_official=to_official, replace=force, console=_console())  # fmt: skip
+                to_official=to_official, any_img_size=any_img_size, replace=force,
+                console=_console())  # fmt: skip
 
 
 @app.command()

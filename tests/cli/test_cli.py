@@ -386,26 +386,32 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
     (
         "convert",
         "file missing",
-        ["convert", "none.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        ["convert", "none.pth", "--family", "resnet101", "--out", "conv", "--img-size", "256"],
         "checkpoint not found",
     ),
     (
         "convert",
         "pickle that would run code",
-        ["convert", "evil.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        ["convert", "evil.pth", "--family", "resnet101", "--out", "conv", "--img-size", "256"],
         "evil.pth",
     ),
     (
         "convert",
         "not a checkpoint",
-        ["convert", "garbage.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        ["convert", "garbage.pth", "--family", "resnet101", "--out", "conv", "--img-size", "256"],
         "garbage.pth",
     ),
     ("convert", "unknown family", ["convert", "evil.pth", "--family", "vgg", "--out", "conv"], "'--family'"),
     (
         "convert",
+        "--img-size no released config of the family uses",
+        ["convert", "evil.pth", "--family", "dinov2_b14", "--out", "conv", "--img-size", "336"],
+        "trained at 252 or 448",
+    ),
+    (
+        "convert",
         "output folder not writable",
-        ["convert", "evil.pth", "--family", "resnet101", "--out", "afile/conv", "--img-size", "64"],
+        ["convert", "evil.pth", "--family", "resnet101", "--out", "afile/conv", "--img-size", "256"],
         "afile is not a folder",
     ),
     ("demo", "output folder not writable", ["demo", "--out", "afile/demo"], "afile is not a folder"),
@@ -446,7 +452,7 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
     (
         "convert",
         "--out holds a run",
-        ["convert", "evil.pth", "--family", "resnet101", "--out", "ckpt", "--img-size", "64"],
+        ["convert", "evil.pth", "--family", "resnet101", "--out", "ckpt", "--img-size", "256"],
         "--force",
     ),  # fmt: skip
     (
@@ -514,7 +520,7 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
     (
         "convert",
         "empty file",
-        ["convert", "empty.pth", "--family", "resnet101", "--out", "conv", "--img-size", "64"],
+        ["convert", "empty.pth", "--family", "resnet101", "--out", "conv", "--img-size", "256"],
         "cannot read empty.pth",
     ),
     (
