@@ -192,8 +192,9 @@ def test_init_from_a_converted_official_checkpoint_fine_tunes_on_coco(tmp_path: 
 
     official = official_resnet(layers=(1, 1, 1, 1), planes=(8, 16, 32, 64), align=64)
     model, cfg, _ = convert_official(
-        _save(tmp_path, official), "resnet101", 64, backbone_kwargs=TINY_RESNET, overrides={"align_dim": 64}
-    )
+        _save(tmp_path, official), "resnet101", 64, backbone_kwargs=TINY_RESNET, overrides={"align_dim": 64},
+        any_img_size=True,  # a tiny ResNet at 64 px, not a released size
+    )  # fmt: skip
     converted = tmp_path / "official_r101"
     save_checkpoint(model, cfg, converted)  # what `smatch convert` writes
     run = tmp_path / "fine"
