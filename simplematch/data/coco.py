@@ -8,9 +8,11 @@ an image may hold many (crowds). Images are found by ``file_name`` relative to t
 
 Every problem is one :class:`SimpleMatchError` naming the file and the image / annotation / category id,
 with the fix: a keypoint count different from the category's names, ``v`` outside {0, 1, 2}, a non-finite
-or negative coordinate, a visible point outside its image (``0 <= x <= w - 1``, ``0 <= y <= h - 1``: COCO
-keypoints are pixel positions), duplicate ids, an annotation whose category has no keypoint names (such
-categories are otherwise ignored: exports list box-only labels and supercategories), a missing image file
+or negative coordinate, a visible point outside its image (``0 <= x <= w``, ``0 <= y <= h``:
+labelling tools export continuous coordinates, so a point in the last pixel column can lie anywhere up
+to ``w``, as the benchmark readers allow too), duplicate ids, an annotation whose category has no
+keypoint names (such categories are otherwise ignored: exports list box-only labels and
+supercategories), a missing image file
 (``check_images``) or one whose size differs from the JSON's. Annotations with fewer than ``min_visible``
 visible (v > 0) keypoints are validated, then skipped and counted.
 
@@ -237,13 +239,13 @@ def _object(
         )
     img = images[iid]
     vis = kps[:, 2] > 0
-    out = vis & ((kps[:, 0] > img.width - 1) | (kps[:, 1] > img.height - 1))
+    out = vis & ((kps[:, 0] > img.width) | (kps[:, 1] > img.height))
     if out.any():
         k = int(np.argmax(out))
         raise SimpleMatchError(
             f"{where} (image {iid}): keypoint '{names[k]}' ({kps[k, 0]:g}, {kps[k, 1]:g}) lies outside "
             f"its {img.width}x{img.height} image",
-            "check the image's width/height and the keypoint (COCO pixels run 0 .. width - 1)",
+            "check the image's width/height and the keypoint (coordinates run from 0 to width, 0 to height)",
         )
     kps.setflags(write=False)
     return CocoObject(aid, iid, cid, kps, _bbox(ann.get("bbox"), where, iid))

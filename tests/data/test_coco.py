@@ -110,9 +110,9 @@ def _mutate(data: dict[str, Any], case: str) -> None:
     elif case == "negative":
         anns[1]["keypoints"][4] = -0.5
     elif case == "outside_x":
-        anns[1]["keypoints"][0] = 39.5  # width 40: the last pixel is x = 39
+        anns[1]["keypoints"][0] = 40.5  # width 40: coordinates run 0 .. 40 (a tool's edge click is 39.9)
     elif case == "outside_y":
-        anns[1]["keypoints"][1] = 30
+        anns[1]["keypoints"][1] = 30.25
     elif case == "dup_annotation":
         anns[2]["id"] = 11
     elif case == "dup_image":
@@ -134,8 +134,8 @@ BAD = {  # case -> what the one-line message must say (the id it names included)
     "visibility": r"annotation 11 \(image 2\): keypoint 'rim' has v=3",
     "nonfinite": r"annotation 11 \(image 2\): a keypoint value is non-finite",
     "negative": r"annotation 11 \(image 2\): keypoint 'rim' has a negative coordinate",
-    "outside_x": r"annotation 11 \(image 2\): keypoint 'handle' \(39.5, 29\) lies outside its 40x30 image",
-    "outside_y": r"annotation 11 \(image 2\): keypoint 'handle' \(39, 30\) lies outside",
+    "outside_x": r"annotation 11 \(image 2\): keypoint 'handle' \(40.5, 29\) lies outside its 40x30 image",
+    "outside_y": r"annotation 11 \(image 2\): keypoint 'handle' \(39, 30.25\) lies outside",
     "dup_annotation": r"duplicate annotation id 11",
     "dup_image": r"duplicate image id 2",
     "dup_category": r"duplicate category id 7",
@@ -156,6 +156,17 @@ def test_bad_file_one_line_naming_the_id(tmp_path: Path, case: str) -> None:
         read_coco_keypoints(write(tmp_path, data))
     msg = str(err.value)
     assert "\n" not in msg and "Fix: " in msg
+
+
+def test_points_on_the_last_pixel_read_as_exported(tmp_path: Path) -> None:
+    """Labelling tools export continuous coordinates: a click in the last pixel column of a 40x30 image can
+    be x = 39.9 or exactly 40 (the edge), and must read as given, as the benchmark readers allow."""
+    data = tiny_coco(tmp_path)
+    data["annotations"][1]["keypoints"][0:2] = [39.9, 30]
+    data["annotations"][1]["keypoints"][3:5] = [40, 29.5]
+    coco = read_coco_keypoints(write(tmp_path, data))
+    edge = next(o for o in coco.objects if o.id == 11)
+    np.testing.assert_array_equal(edge.keypoints[:2, :2], [[39.9, 30], [40, 29.5]])
 
 
 def test_invisible_points_may_lie_anywhere_non_negative(tmp_path: Path) -> None:
