@@ -29,15 +29,6 @@ from tests.helpers import S, make_onnx, subprocess_env, write_image
 KEYPOINTS = ("a", "b", "c", "d", "e")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "conv": make_onnx(root / "conv.onnx"),
-        "position": make_onnx(root / "position.onnx", kind="position"),
-    }
-
-
 def write_refs(folder: Path, refs: list[tuple[str, np.ndarray, list[int]]]) -> Path:
     """A COCO keypoints file: one object per (image file, (K, 2) keypoints, K visibilities)."""
     images, anns = [], []
