@@ -62,20 +62,22 @@ echo "torch: not importable (as intended)"
 echo "runtime-only venv size: $(du -sh "$RT" | cut -f1)"
 
 step "export a tiny random-init model with the full environment"
-PYTHONPATH=$FULL_PYTHONPATH "$FULL/python" - "$WORK/ckpt" <<'PY'
+# One process saves the checkpoint and runs `smatch export` on it (with its parity check): torch loads once.
+PYTHONPATH=$FULL_PYTHONPATH "$FULL/python" - "$WORK/ckpt" "$WORK/model.onnx" <<'PY'
 import sys
 
 import torch
 
 from simplematch.checkpoint import save_checkpoint
+from simplematch.cli.app import main
 from simplematch.config import resolve_config
 from simplematch.model import SimpleMatch
 
 torch.manual_seed(0)
 cfg = resolve_config("demo_cpu", {"img_size": 64})
 save_checkpoint(SimpleMatch(cfg), cfg, sys.argv[1])
+sys.exit(main(["export", sys.argv[1], "--format", "onnx", "--out", sys.argv[2]]))
 PY
-PYTHONPATH=$FULL_PYTHONPATH "$FULL/python" -m simplematch.cli export "$WORK/ckpt" --format onnx --out "$WORK/model.onnx"
 MODEL=$WORK/model.onnx
 
 step "runtime venv: --help, --version"

@@ -26,6 +26,23 @@ import pytest  # noqa: E402
 from tests.helpers import make_meta, make_onnx, tiny_config  # noqa: E402
 
 
+# The runtime-only install check: the longest single test, and mostly waiting on pip, so it starts first.
+_FIRST = Path(__file__).with_name("test_install_runtime.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first: the install check, then by the number of ``slow`` tests (a stable sort).
+
+    ``make test`` runs ``-n auto --dist loadfile --no-loadscope-reorder``: a free worker takes the next whole
+    file in this order (xdist's own reorder counts tests, which puts the one-test install check last). The
+    many quick files then fill the workers' last gaps instead of one long file running alone at the end.
+    """
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: (item.path != _FIRST, -slow[item.path]))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init checkpoint of :func:`tests.helpers.tiny_config` (seed 0), built once per session.

@@ -26,6 +26,7 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train(tmp_path: Path) -> None:
     tiny_config(max_steps=2, eval_every=2).save(tmp_path / "tiny.json")
     proc = _torchrun(["train", "--config", "tiny.json", "--out", "run"], tmp_path)
@@ -40,6 +41,7 @@ def test_torchrun_two_processes_train(tmp_path: Path) -> None:
     assert len(state["rng"]) == 2  # each rank's RNG state is saved for resume
 
 
+@pytest.mark.slow
 def test_distributed_eval_equals_single_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tiny_checkpoint: Path
 ) -> None:

@@ -501,6 +501,7 @@ def _resnet101_run(tmp_path: Path, **overrides) -> tuple[Path, Config]:
     return tmp_path / "run", cfg
 
 
+@pytest.mark.slow
 def test_cli_resnet101_round_trip_and_img_size_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """`convert --to-official` then `convert` (the command path) gives back the same weights and features;
     the import refuses a size no released config uses unless --any-img-size, which config.json records."""

@@ -26,6 +26,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_outputs(trained: Path) -> None:
     for name in ("model.safetensors", "config.json", "metrics.jsonl", "best.json", "last.json"):
         assert (trained / name).is_file(), name
@@ -37,6 +38,7 @@ def test_train_outputs(trained: Path) -> None:
     assert 0.0 <= best["pck"]["0.1"] <= 100.0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_WILLOW, reason=NO_WILLOW)
 def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path) -> None:
     onnx_path = tmp_path / "model.onnx"

@@ -209,6 +209,7 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     raise AssertionError("timed out waiting for training progress")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_resumable_checkpoint(tmp_path: Path, signum: int) -> None:
     cfg_path = write_tiny_config(tmp_path / "tiny.json", max_steps=1000, eval_every=1000)

@@ -43,6 +43,7 @@ def tiny_bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     return res, out
 
 
+@pytest.mark.slow
 def test_schema_and_positive_numbers(tiny_bench: tuple[dict, Path]) -> None:
     res, out = tiny_bench
     assert set(res) == TOP_KEYS
@@ -70,6 +71,7 @@ def test_trt_skipped_with_reason(tiny_bench: tuple[dict, Path]) -> None:
     assert all(r["runtime"] != "trt" for r in res["results"])
 
 
+@pytest.mark.slow
 def test_train_memory_dense_costs_more_than_sparse_window() -> None:
     # 128 px -> 32 x 32 fine map: the dense (h*w)^2 = 1024^2 correlation, its softmax and their gradients
     # (tens of MiB at batch 4) must show up over the sparse (B, 30, h*w) volume. Frozen backbone: with a

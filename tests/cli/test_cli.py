@@ -578,6 +578,7 @@ def observed() -> list[tuple[str, str, str]]:
     return []
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_exit_2_no_output(
     ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, observed: list
 ) -> None:

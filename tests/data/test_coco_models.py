@@ -82,6 +82,7 @@ def test_willow_as_coco_holds_the_pfwillow_pairs(willow_coco) -> None:
         np.testing.assert_array_equal(a.trg_kps, b.trg_kps)
 
 
+@pytest.mark.slow
 def test_willow_as_coco_gives_exactly_the_pfwillow_pck_pytorch(tiny_ckpt: Path, willow_coco) -> None:
     ref, coco = _both(tiny_ckpt, willow_coco)
     assert ref["pairs"] == 360 and ref["threshold"] == coco["threshold"] == "kps"
@@ -93,6 +94,7 @@ def test_willow_as_coco_gives_exactly_the_pfwillow_pck_pytorch(tiny_ckpt: Path, 
         assert sum(r["points"] for r in rows.values()) == 10 * ref["per_category"][cat]["pairs"]
 
 
+@pytest.mark.slow
 def test_willow_as_coco_gives_exactly_the_pfwillow_pck_runtime(
     tiny_ckpt: Path, willow_coco, tmp_path: Path
 ) -> None:
@@ -204,6 +206,7 @@ def test_init_from_a_converted_official_checkpoint_fine_tunes_on_coco(tmp_path: 
     assert saved["backbone"] == "resnet101" and saved["dataset"] == "coco" and saved["init"] == str(converted)
 
 
+@pytest.mark.slow
 def test_torchrun_trains_and_evaluates_a_coco_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.data.test_coco import crowd_coco, write
     from tests.test_distributed import TORCHRUN, _torchrun

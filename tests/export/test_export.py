@@ -129,6 +129,7 @@ def _leftovers(folder: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vit", "resnet"])
 def test_export_passes_checker_and_has_the_contracted_io(exports, name):
     path = exports[name]["path"]

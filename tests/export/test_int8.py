@@ -63,6 +63,7 @@ def test_parity_of_a_model_with_itself_is_perfect(setup, tmp_path):
     assert abs(res["feature_cosine_min"] - 1.0) < 1e-5
 
 
+@pytest.mark.slow
 def test_low_agreement_is_refused_and_leaves_nothing(setup, tmp_path, monkeypatch, capsys):
     import simplematch.export.int8 as int8
 

@@ -52,6 +52,7 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 3, SIZE, SIZE), dtype=np.float32)
 
 
+@pytest.mark.slow
 def test_one_graph_io_dynamic_n_and_metadata(graphs):
     model = onnx.load(str(graphs["match"]))
     ins = {
@@ -229,6 +230,7 @@ def batch8(ckpt, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 9])
 def test_batch8_model_encodes_any_count(batch8, n):
     """A --batch 8 model: chunks of 8, last one padded; same features as the dynamic-batch model."""

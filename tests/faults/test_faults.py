@@ -26,6 +26,9 @@ import pytest
 
 from tests.helpers import PYTHON, ROOT, subprocess_env, unstamped, write_tiny_config
 
+# Every case runs the real command in a subprocess (seconds each): the whole file is slow.
+pytestmark = pytest.mark.slow
+
 INJECT = Path(__file__).with_name("inject.py")
 GIB = 2**30
 
@@ -100,17 +103,18 @@ def fill(fs: Path, leave: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained run, its ONNX export, two photos and a keypoint file (about 20 s, once)."""
+def ws(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """A tiny run (the session's random checkpoint), its ONNX export, two photos, a keypoint file and the
+    tiny config for the commands that train. Built in this process: the faults are in the commands below."""
     import numpy as np
     from PIL import Image
 
+    from simplematch.cli.app import main
+
     ws = tmp_path_factory.mktemp("faults")
-    cfg = write_tiny_config(ws / "tiny.json")
-    proc = smatch(["train", "--config", cfg, "--out", ws / "run"], ws)
-    assert proc.returncode == 0, proc.stderr
-    proc = smatch(["export", ws / "run", "--out", ws / "model.onnx", "--no-check"], ws)
-    assert proc.returncode == 0, proc.stderr
+    write_tiny_config(ws / "tiny.json")
+    shutil.copytree(tiny_checkpoint, ws / "run")
+    assert main(["export", str(ws / "run"), "--out", str(ws / "model.onnx"), "--no-check"]) == 0
     rng = np.random.default_rng(0)
     for name in ("a.png", "b.png"):
         Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(ws / name)
