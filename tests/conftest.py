@@ -25,7 +25,6 @@ import pytest  # noqa: E402
 
 from tests.helpers import make_meta, make_onnx, tiny_config  # noqa: E402
 
-
 # The runtime-only install check: the longest single test, and mostly waiting on pip, so it starts first.
 _FIRST = Path(__file__).with_name("test_install_runtime.py")
 
