@@ -63,7 +63,7 @@ def calibrate_model(
     other pairs with ``smatch eval OUT``.
     """
     from simplematch import validate
-    from simplematch.data import load_records
+    from simplematch.data.load import load_records_with_info
     from simplematch.evaluation import evaluate_any, sample_pairs
     from simplematch.metrics import auroc, confidence_points
 
@@ -83,10 +83,19 @@ def calibrate_model(
             f"cannot calibrate {model}",
             "pass a checkpoint folder or an .onnx file (calibrate before building a TensorRT engine)",
         )
-    records = load_records(
-        request.dataset, str(request.data_root) if request.data_root else None, request.split,
-        seed=request.seed, n_pairs=request.pairs,
+    data_root, coco, recorded = request.data_root, None, None
+    if request.dataset == "coco":
+        from simplematch.evaluation.coco import check_held_out, coco_request
+
+        # As `smatch eval`: a model trained on a COCO file is calibrated on its own split of that file (the
+        # recorded split options; its recorded file when no --data-root), never on its training images.
+        data_root, coco, recorded = coco_request(model, request.dataset, data_root, {})
+    records, data = load_records_with_info(
+        request.dataset, str(data_root) if data_root else None, request.split,
+        seed=request.seed, n_pairs=request.pairs, coco=coco,
     )  # fmt: skip
+    if coco is not None:
+        check_held_out(model, recorded, data)
     records = select_categories(records, request.categories)
     if request.limit:
         records, _ = sample_pairs(records, request.limit, request.seed)

@@ -136,6 +136,14 @@ def test_train_then_eval_on_the_held_out_images(tmp_path: Path, willow_coco, cap
         assert err.count("\n") == 1 and "are training images of" in err
     # --split trn scores the training images on purpose
     assert run_evaluation(onnx, EvalRequest(dataset="coco", data_root=coco_json, split="trn"))["pairs"] > 0
+    # calibrate takes the run's split too (its test pairs, not a default split that holds training images)
+    cal_out = tmp_path / "cal.onnx"
+    args = ["calibrate", str(onnx), "--dataset", "coco", "--data-root", str(coco_json), "--split", "test"]
+    assert main([*args, "--alpha", "0.5", "--out", str(cal_out)]) == 0, capsys.readouterr().err
+    from simplematch.runtime.matcher import Matcher
+
+    cal = Matcher(cal_out).calibration
+    assert cal is not None and (cal.dataset, cal.split, cal.pairs) == ("coco", "test", res["pairs"])
 
 
 # --- --init ------------------------------------------------------------------------------------------------
