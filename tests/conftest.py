@@ -61,6 +61,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_checkpoint` exported to ONNX (``smatch export --no-check``), once per session; read-only.
+
+    For tests that need a real exported model but do not test the export (an export costs seconds)."""
+    from simplematch.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "model.onnx"
+    export_checkpoint(tiny_checkpoint, out=out, check=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny ONNX models (tests.helpers.make_onnx), built once per session; tests only read them."""
     root = tmp_path_factory.mktemp("models")

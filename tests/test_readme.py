@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT, WILLOW, subprocess_env, tiny_config
+from tests.helpers import PYTHON, ROOT, WILLOW, subprocess_env
 
 README = ROOT / "README.md"
 EXAMPLES = ROOT / "examples"
@@ -154,14 +154,9 @@ def _coco_reference(image: Path, kps: list[list[float]]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def user_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What the README assumes a user has, in one folder."""
-    import torch
+def user_folder(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, tiny_onnx: Path) -> Path:
+    """What the README assumes a user has, in one folder (the checkpoint and its export: the session's)."""
     from PIL import Image
-
-    from simplematch.checkpoint import save_checkpoint
-    from simplematch.cli.app import main
-    from simplematch.model import SimpleMatch
 
     root = tmp_path_factory.mktemp("user")
     for name in ("src", "tgt"):
@@ -173,10 +168,8 @@ def user_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "refs.json").write_text(json.dumps(_coco_reference(root / "src.jpg", kps)))
     (root / "photos").mkdir()
     shutil.copy(root / "tgt.jpg", root / "photos" / "tgt.jpg")
-    cfg = tiny_config()
-    torch.manual_seed(0)
-    save_checkpoint(SimpleMatch(cfg), cfg, root / "runs" / "d252")
-    assert main(["export", str(root / "runs" / "d252"), "--out", str(root / "model.onnx"), "--no-check"]) == 0
+    shutil.copytree(tiny_checkpoint, root / "runs" / "d252")
+    shutil.copy(tiny_onnx, root / "model.onnx")
     if (WILLOW / "PF-dataset").is_dir():
         (root / "PF-WILLOW").symlink_to(WILLOW)
     return root

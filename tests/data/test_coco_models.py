@@ -43,15 +43,6 @@ def willow_coco(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return out, _convert()(WILLOW, out)
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = tiny_config()
-    folder = tmp_path_factory.mktemp("tiny_ckpt")
-    save_checkpoint(SimpleMatch(cfg), cfg, folder)
-    return folder
-
-
 def _tables(res: dict) -> tuple:
     return res["pairs"], res["points"], res["pck"], res["pck_per_point"], res["per_category"]
 
@@ -83,8 +74,8 @@ def test_willow_as_coco_holds_the_pfwillow_pairs(willow_coco) -> None:
 
 
 @pytest.mark.slow
-def test_willow_as_coco_gives_exactly_the_pfwillow_pck_pytorch(tiny_ckpt: Path, willow_coco) -> None:
-    ref, coco = _both(tiny_ckpt, willow_coco)
+def test_willow_as_coco_gives_exactly_the_pfwillow_pck_pytorch(tiny_checkpoint: Path, willow_coco) -> None:
+    ref, coco = _both(tiny_checkpoint, willow_coco)
     assert ref["pairs"] == 360 and ref["threshold"] == coco["threshold"] == "kps"
     assert _tables(coco) == _tables(ref)  # exact: same pairs, keypoints and thresholds
     assert coco["data"]["mode"] == "pairs file" and coco["data"]["pairs"] == 360
@@ -95,14 +86,8 @@ def test_willow_as_coco_gives_exactly_the_pfwillow_pck_pytorch(tiny_ckpt: Path, 
 
 
 @pytest.mark.slow
-def test_willow_as_coco_gives_exactly_the_pfwillow_pck_runtime(
-    tiny_ckpt: Path, willow_coco, tmp_path: Path
-) -> None:
-    from simplematch.export import export_checkpoint
-
-    onnx = tmp_path / "tiny.onnx"
-    export_checkpoint(tiny_ckpt, out=onnx, check=False)
-    ref, coco = _both(onnx, willow_coco)
+def test_willow_as_coco_gives_exactly_the_pfwillow_pck_runtime(tiny_onnx: Path, willow_coco) -> None:
+    ref, coco = _both(tiny_onnx, willow_coco)
     assert ref["runtime"] == coco["runtime"] and ref["pairs"] == 360
     assert _tables(coco) == _tables(ref)
 
