@@ -37,9 +37,13 @@ GIB = 2**30
 def smatch(
     args: list[str], cwd: Path, *, inject: str = "-", limit_as: int | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
-    """``smatch ARGS`` in a subprocess; ``inject`` a signal spec for inject.py; ``limit_as`` RLIMIT_AS."""
+    """``smatch ARGS`` in a subprocess (SIGINT at its default); ``inject`` a signal spec for inject.py;
+    ``limit_as`` RLIMIT_AS."""
 
     def limit() -> None:
+        # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec
+        # (Python then installs no KeyboardInterrupt): the command gets SIGINT as a user's terminal sends it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if limit_as is not None:
             resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
 
