@@ -83,6 +83,16 @@ def calibrate_model(
             f"cannot calibrate {model}",
             "pass a checkpoint folder or an .onnx file (calibrate before building a TensorRT engine)",
         )
+    from simplematch.data.records import normalise_split
+    from simplematch.evaluation.coco import recorded_config
+
+    trained_on = (recorded_config(model) or {}).get("dataset")
+    if normalise_split(request.split) == "trn" and trained_on == request.dataset:
+        # Fitted on the pairs the model learned, the probabilities would say "right" far too often.
+        raise SimpleMatchError(
+            f"--split trn of {request.dataset} holds the pairs {model} was trained on",
+            "calibrate on held-out pairs: --split val (or test)",
+        )
     data_root, coco, recorded = request.data_root, None, None
     if request.dataset == "coco":
         from simplematch.evaluation.coco import check_held_out, coco_request

@@ -193,6 +193,16 @@ def test_calibrate_onnx_writes_a_calibrated_copy(tmp_path: Path) -> None:
         calibrate_model(model, req, model, force=True)
 
 
+def test_calibrating_on_the_training_split_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from simplematch.calibrate import CalibrateRequest, calibrate_model
+
+    out = tmp_path / "cal"
+    req = CalibrateRequest(dataset="synthetic", split="train", limit=2, device="cpu")  # the model's dataset
+    with pytest.raises(SimpleMatchError, match="holds the pairs .* was trained on"):
+        calibrate_model(tiny_checkpoint, req, out)
+    assert not out.exists()
+
+
 def _predictions(rng: np.random.Generator, pairs: int, n: int, img_size: int) -> list:
     """Per-pair predictions whose correctness follows a known law of the raw cues."""
     from simplematch.metrics import PairPrediction
