@@ -7,6 +7,8 @@ else (single process) runs with world size 1 and these helpers become no-ops.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -42,6 +44,21 @@ def init_from_env(device: torch.device) -> bool:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     return True
+
+
+@contextmanager
+def joined(device: torch.device) -> Iterator[torch.device]:
+    """This process's device (its own GPU under torchrun), inside torchrun's process group for the block.
+
+    The group is destroyed on the way out, whatever happens: a rank that exits while still a member can
+    abort in gloo's teardown ("terminate called without an active exception", SIGABRT) after its work
+    is done. Alone (no torchrun) it only picks the device.
+    """
+    init_from_env(device)
+    try:
+        yield local_device(device)
+    finally:
+        cleanup()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -264,8 +264,8 @@ def train(
     out = Path(out_dir)
     # One process writes a run folder (a second `smatch train --out SAME` is refused); ranks of one
     # torchrun job share the main rank's lock.
-    with runlock.hold(out) if dist_utils.launched_as_main() else contextlib.nullcontext():
-        device = _setup_device(cfg)
+    lock = runlock.hold(out) if dist_utils.launched_as_main() else contextlib.nullcontext()
+    with lock, dist_utils.joined(select_device(cfg.device)) as device:
         # Fail before the slow set-up; the folder itself is created once inputs are valid.
         validate.writable_base(out, "--out", folder=True)
         train_records, val_records, data_info = _load_splits(cfg)
@@ -306,13 +306,6 @@ def train(
 
 
 # ---- setup ---------------------------------------------------------------------------------------------
-def _setup_device(cfg: Config) -> torch.device:
-    """The device of this process (its own GPU under torchrun), after joining the process group."""
-    device = select_device(cfg.device)
-    dist_utils.init_from_env(device)
-    return dist_utils.local_device(device)
-
-
 def _load_splits(cfg: Config) -> tuple[list, list, dict[str, Any]]:
     """(training records, validation records, what produced them (COCO: split and skipped annotations,
     written to data.json)); refuses a dataset or batch size that cannot train."""

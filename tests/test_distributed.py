@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -66,3 +67,24 @@ def test_distributed_eval_equals_single_process(
     for cue, value in conf_s["auroc"].items():
         assert conf_d["auroc"][cue] == pytest.approx(value, abs=1e-6), cue
     assert proc.stdout.count("all (per-image mean)") == 1  # rank 0 alone prints the table
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_process_group_is_left_on_the_way_out(monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
+    # A rank that exits while still in the group can abort in gloo's teardown after its work is done, so
+    # `joined` destroys the group whether its block ends or raises. A one-rank group in this process.
+    from simplematch import distributed as dist_utils
+
+    def init(device: torch.device) -> bool:
+        store = torch.distributed.HashStore()
+        torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+        return True
+
+    monkeypatch.setattr(dist_utils, "init_from_env", init)
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+        with dist_utils.joined(torch.device("cpu")) as device:
+            assert device == torch.device("cpu")
+            assert dist_utils.is_distributed()
+            if fails:
+                raise RuntimeError("a failing rank")
+    assert not dist_utils.is_distributed()

@@ -276,12 +276,9 @@ def _evaluate_torch(model_dir, records, dataset, split, alphas, frame, batch_siz
     from simplematch.progress import progress_bar
     from simplematch.train import select_device
 
-    dev = select_device(device)
     # Under torchrun each rank evaluates pairs[rank::world]; the per-pair counts are gathered exactly.
-    dist_utils.init_from_env(dev)
-    dev = dist_utils.local_device(dev)
-    net, cfg = load_checkpoint(model_dir, device=dev, batch=batch_size)
-    with progress_bar(enabled=dist_utils.is_main()) as bar:
+    with dist_utils.joined(select_device(device)) as dev, progress_bar(enabled=dist_utils.is_main()) as bar:
+        net, cfg = load_checkpoint(model_dir, device=dev, batch=batch_size)
         task = bar.add_task("eval", total=len(records))
         return evaluate_model(
             net, cfg, records, dataset=dataset, split=split, alphas=alphas, frame=frame,
