@@ -1,15 +1,17 @@
-"""Multi-process runs with torchrun on CPU (gloo): DDP training, and sharded evaluation with exact totals."""
+"""Multi-process runs with torchrun on CPU (gloo): DDP training on a COCO keypoints file, and sharded
+evaluation of that run with exact totals."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from simplematch.cli.app import main
 from tests.helpers import PYTHON, subprocess_env, tiny_config, unstamped
@@ -27,40 +29,62 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture(scope="module")
+def coco_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A two-rank torchrun training on a user's COCO keypoints file, once for this file's tests: (its
+    folder, the launcher's process). 20 64x64 images, two steps, validation at step 2."""
+    from tests.data.test_coco import crowd_coco, write
+
+    root = tmp_path_factory.mktemp("torchrun")
+    data = crowd_coco(root, n_images=20, seed=3)
+    for img in data["images"]:  # 64x64 photos-to-be, so the tiny model's crops have room
+        img["width"] = img["height"] = 64
+        rgb = np.random.default_rng(img["id"]).integers(0, 256, (64, 64, 3), np.uint8)
+        Image.fromarray(rgb).save(root / img["file_name"])
+    write(root, data)
+    over = dict(coco_min_common=1, coco_split_fractions=[0.5, 0.25, 0.25])
+    tiny_config(dataset="coco", max_steps=2, eval_every=2, **over).save(root / "tiny.json")
+    return root, _torchrun(
+        ["train", "--config", "tiny.json", "--data-root", "ann.json", "--out", "run"], root
+    )
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_train(tmp_path: Path) -> None:
-    tiny_config(max_steps=2, eval_every=2).save(tmp_path / "tiny.json")
-    proc = _torchrun(["train", "--config", "tiny.json", "--out", "run"], tmp_path)
+def test_torchrun_two_processes_train(coco_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, proc = coco_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     # Rank 0 alone logs, prints and checkpoints.
     assert proc.stdout.count("done: 2 steps") == 1
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert (root / "run" / "data.json").is_file()  # the COCO split the run trained on, for its evaluation
+    rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # step-1 loss row, step-2 validation row: once each
-    assert json.loads((tmp_path / "run" / "last.json").read_text())["step"] == 2
-    state = torch.load(tmp_path / "run" / "ckpt-00000002" / "state.pt", weights_only=True)
+    assert json.loads((root / "run" / "last.json").read_text())["step"] == 2
+    state = torch.load(root / "run" / "ckpt-00000002" / "state.pt", weights_only=True)
     assert len(state["rng"]) == 2  # each rank's RNG state is saved for resume
 
 
 @pytest.mark.slow
 def test_distributed_eval_equals_single_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tiny_checkpoint: Path
+    coco_run: tuple[Path, subprocess.CompletedProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
-    # 5 pairs: ranks get 3 and 2, so uneven shards are covered. Batch size 1 makes every pair's forward pass
-    # identical in both runs (CPU kernels may round differently for other batch shapes), so any difference
-    # left would come from the sharding and gathering under test.
-    args = ["eval", "ckpt", "--dataset", "synthetic", "--split", "val", "--limit", "5", "--batch-size", "1",
-            "--device", "cpu"]  # fmt: skip
-    monkeypatch.chdir(tmp_path)
+    root, train = coco_run
+    assert train.returncode == 0, train.stderr[-3000:]
+    # The run's held-out COCO split, 5 pairs: ranks get 3 and 2, so uneven shards are covered. Batch size 1
+    # makes every pair's forward pass identical in both runs (CPU kernels may round differently for other
+    # batch shapes), so any difference left would come from the sharding and gathering under test.
+    args = ["eval", "run", "--dataset", "coco", "--data-root", "ann.json", "--limit", "5",
+            "--batch-size", "1", "--device", "cpu"]  # fmt: skip
+    monkeypatch.chdir(root)
     assert main([*args, "--json", "single.json"]) == 0
-    proc = _torchrun([*args, "--json", "dist.json"], tmp_path)
+    proc = _torchrun([*args, "--json", "dist.json"], root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = unstamped(json.loads((tmp_path / "single.json").read_text()), "eval")
-    dist = unstamped(json.loads((tmp_path / "dist.json").read_text()), "eval")
+    single = unstamped(json.loads((root / "single.json").read_text()), "eval")
+    dist = unstamped(json.loads((root / "dist.json").read_text()), "eval")
     assert single["pairs"] == 5
-    # Counts are exact integers, so every PCK table is identical. The confidence cues are float32 sums whose
-    # rounding depends on each rank's batch composition: equal to 1e-5, not bit for bit.
+    # Counts are exact integers, so every PCK table is identical (per category, per keypoint, the COCO
+    # split). The confidence cues are float32 sums whose rounding depends on each rank's batch
+    # composition: equal to 1e-6, not bit for bit.
     conf_d, conf_s = dist.pop("confidence"), single.pop("confidence")
     assert dist == single
     assert conf_d.keys() == conf_s.keys() and conf_d["default"] == conf_s["default"]

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from simplematch.checkpoint import save_checkpoint
@@ -197,43 +196,3 @@ def test_init_from_a_converted_official_checkpoint_fine_tunes_on_coco(tmp_path: 
     assert main([*args, "--out", str(run), "--max-steps", "1", "--batch-size", "2", "--device", "cpu"]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["backbone"] == "resnet101" and saved["dataset"] == "coco" and saved["init"] == str(converted)
-
-
-@pytest.mark.slow
-def test_torchrun_trains_and_evaluates_a_coco_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.data.test_coco import crowd_coco, write
-    from tests.test_distributed import TORCHRUN, _torchrun
-
-    if not (TORCHRUN.is_file() and torch.distributed.is_available()):
-        pytest.skip("torchrun / torch.distributed missing")
-    data = crowd_coco(tmp_path, n_images=20, seed=3)
-    for img in data["images"]:  # 64x64 photos-to-be, so the tiny model's crops have room
-        img["width"] = img["height"] = 64
-        Image.fromarray(np.random.default_rng(img["id"]).integers(0, 256, (64, 64, 3), np.uint8)).save(
-            tmp_path / img["file_name"]
-        )
-    write(tmp_path, data)
-    over = dict(coco_min_common=1, coco_split_fractions=[0.5, 0.25, 0.25])
-    tiny_config(dataset="coco", max_steps=2, eval_every=2, **over).save(tmp_path / "tiny.json")
-    proc = _torchrun(["train", "--config", "tiny.json", "--data-root", "ann.json", "--out", "run"], tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("done: 2 steps") == 1 and (tmp_path / "run" / "data.json").is_file()
-    args = [
-        "eval",
-        "run",
-        "--dataset",
-        "coco",
-        "--data-root",
-        "ann.json",
-        "--batch-size",
-        "1",
-        "--device",
-        "cpu",
-    ]
-    monkeypatch.chdir(tmp_path)
-    assert main([*args, "--json", "single.json"]) == 0
-    proc = _torchrun([*args, "--json", "dist.json"], tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single, dist = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "dist"))
-    for key in ("pairs", "points", "pck", "per_category", "per_keypoint", "data"):
-        assert dist[key] == single[key], key
