@@ -52,13 +52,16 @@ def joined(device: torch.device) -> Iterator[torch.device]:
 
     The group is destroyed on the way out, whatever happens: a rank that exits while still a member can
     abort in gloo's teardown ("terminate called without an active exception", SIGABRT) after its work
-    is done. Alone (no torchrun) it only picks the device.
+    is done. Alone (no torchrun) it only picks the device. A group that was already there (a caller's own)
+    is used and left as it was.
     """
+    owned = not is_distributed()
     init_from_env(device)
     try:
         yield local_device(device)
     finally:
-        cleanup()
+        if owned:
+            cleanup()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -112,3 +112,15 @@ def test_the_process_group_is_left_on_the_way_out(monkeypatch: pytest.MonkeyPatc
             if fails:
                 raise RuntimeError("a failing rank")
     assert not dist_utils.is_distributed()
+
+
+def test_a_callers_own_process_group_is_left_in_place() -> None:
+    from simplematch import distributed as dist_utils
+
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        with dist_utils.joined(torch.device("cpu")):
+            assert dist_utils.is_distributed()
+        assert dist_utils.is_distributed()  # not ours to destroy
+    finally:
+        torch.distributed.destroy_process_group()
