@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import HAVE_WILLOW, ROOT, SHARED_DATA, WILLOW, subprocess_env
+from tests.helpers import HAVE_WILLOW, ROOT, SHARED_DATA, WILLOW, file_stats, subprocess_env
 
 SCRIPT = ROOT / "scripts" / "check_runtime_install.sh"
-
-
-def _stats(*roots: Path) -> dict[Path, tuple[int, int, int]]:
-    """(inode, size, mtime in ns) of every file under ``roots``: any write or new file changes it."""
-    files = [p for root in roots for p in ([root] if root.is_file() else sorted(root.rglob("*")))]
-    return {p: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
 @pytest.mark.slow
@@ -32,14 +26,14 @@ def test_runtime_only_install_from_the_wheel(tiny_checkpoint: Path, tiny_onnx: P
     # The environment running pytest is the full one (the wheel is built with it).
     env = {**subprocess_env(), "FULL_VENV": sys.prefix, "SMATCH_SHARED_DATA": str(SHARED_DATA),
            "CHECK_MODEL": str(tiny_onnx), "CHECK_CKPT": str(tiny_checkpoint)}  # fmt: skip
-    before = _stats(tiny_checkpoint, tiny_onnx.parent)
+    before = [file_stats(tiny_checkpoint), file_stats(tiny_onnx.parent)]
     proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     assert "== install check passed" in log, log[-6000:]
     assert f"== take the exported model {tiny_onnx}" in log, log[-6000:]
     # Shared by the whole session: the runtime venv's commands read them and write nothing beside them.
-    assert _stats(tiny_checkpoint, tiny_onnx.parent) == before
+    assert [file_stats(tiny_checkpoint), file_stats(tiny_onnx.parent)] == before
     # The PF-WILLOW evaluation runs exactly when the subset is there, and says so when it is not.
     if HAVE_WILLOW:
         assert "pairs, PCK" in log, log[-6000:]

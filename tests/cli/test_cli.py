@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from simplematch.cli.app import main
-from tests.helpers import PYTHON, ROOT, subprocess_env, tiny_config
+from tests.helpers import PYTHON, ROOT, file_stats, subprocess_env, tiny_config
 
 CLI_DOC = ROOT / "docs" / "cli.md"
 ERRORS_DOC = ROOT / "docs" / "errors.md"
@@ -553,23 +553,12 @@ ERRORS: list[tuple[str, str, list[str], str]] = [
 ]
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int, int] | str]:
-    """Path under ``root`` -> (inode, size, mtime in ns), "dir" for folders: a new, removed, rewritten or
-    replaced file shows (even one rewritten with the same bytes). Not a digest: hashing the workspace's
-    models before and after each of ~90 cases cost about 10 s of the suite."""
-    snap: dict[str, tuple[int, int, int] | str] = {}
-    for p in root.rglob("*"):
-        st = p.lstat()
-        snap[str(p.relative_to(root))] = "dir" if p.is_dir() else (st.st_ino, st.st_size, st.st_mtime_ns)
-    return snap
-
-
 def _run_case(ws: Path, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, set[str]]:
-    before = _snapshot(ws)
+    before = file_stats(ws)
     capsys.readouterr()
     rc = main(argv)
     err = capsys.readouterr().err
-    after = _snapshot(ws)
+    after = file_stats(ws)
     changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
     return rc, err, changed
 
