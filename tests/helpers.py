@@ -30,17 +30,24 @@ WILLOW = SHARED_DATA / "pf-willow"
 PASCAL_ANNOTATIONS = SHARED_DATA / "pf-pascal-annotations"
 SPAIR = SHARED_DATA / "spair-71k-format"
 HAVE_WILLOW = (WILLOW / "PF-dataset").is_dir()
-NO_WILLOW = (
-    f"the PF-WILLOW subset is not at {WILLOW} (set SMATCH_SHARED_DATA to the folder holding pf-willow/)"
-)
+
+
+def absent(path: Path) -> str:
+    """The one skip reason for a missing piece of the benchmark subset."""
+    return f"benchmark data {path} is absent (read from ../shared/data or $SMATCH_SHARED_DATA, never copied)"
+
+
+NO_WILLOW = absent(WILLOW / "PF-dataset")
 
 
 def need(path: Path) -> None:
     """Skip the calling test, naming the missing path, when a piece of the benchmark subset is absent."""
     if not path.exists():
-        pytest.skip(
-            f"benchmark data {path} is absent (read from ../shared/data or $SMATCH_SHARED_DATA, never copied)"
-        )
+        pytest.skip(absent(path))
+
+
+def need_willow() -> None:
+    need(WILLOW / "PF-dataset")
 
 
 TINY: dict[str, Any] = dict(

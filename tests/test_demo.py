@@ -10,7 +10,7 @@ import pytest
 
 from simplematch import demo, evaluation
 from simplematch.cli.app import app, main
-from tests.helpers import PYTHON, ROOT, WILLOW, subprocess_env
+from tests.helpers import HAVE_WILLOW, PYTHON, ROOT, WILLOW, subprocess_env
 
 
 class _Quiet:
@@ -21,7 +21,7 @@ class _Quiet:
 
 
 def _plan(tmp_path: Path) -> demo.DemoPlan:
-    willow = WILLOW if (WILLOW / "PF-dataset").is_dir() else tmp_path / "willow"
+    willow = WILLOW if HAVE_WILLOW else tmp_path / "willow"
     (willow / "PF-dataset").mkdir(parents=True, exist_ok=True)
     return demo.plan_demo(
         tmp_path / "d", willow=willow, max_steps=7, bench_iters=3, force=False, console=_Quiet()

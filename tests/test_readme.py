@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT, WILLOW, subprocess_env
+from tests.helpers import HAVE_WILLOW, PYTHON, ROOT, WILLOW, need_willow, subprocess_env
 
 README = ROOT / "README.md"
 EXAMPLES = ROOT / "examples"
@@ -170,7 +170,7 @@ def user_folder(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
     shutil.copy(root / "tgt.jpg", root / "photos" / "tgt.jpg")
     shutil.copytree(tiny_checkpoint, root / "runs" / "d252")
     shutil.copy(tiny_onnx, root / "model.onnx")
-    if (WILLOW / "PF-dataset").is_dir():
+    if HAVE_WILLOW:
         (root / "PF-WILLOW").symlink_to(WILLOW)
     return root
 
@@ -178,8 +178,8 @@ def user_folder(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
 @pytest.mark.slow
 @pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
 def test_readme_block_runs(block: Block, user_folder: Path, tmp_path: Path) -> None:
-    if "PF-WILLOW" in block.code and not (WILLOW / "PF-dataset").is_dir():
-        pytest.skip("../shared/data/pf-willow is not present")
+    if "PF-WILLOW" in block.code:
+        need_willow()
     work = tmp_path / "work"
     shutil.copytree(user_folder, work, symlinks=True)
     if block.lang == "bash":

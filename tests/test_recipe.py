@@ -20,7 +20,7 @@ from simplematch.config import PAPER_TEXT_DIFFERS, PRESETS, THRESHOLDS, resolve_
 from simplematch.data import load_records, pck_threshold
 from simplematch.data.records import resolve_threshold
 from simplematch.errors import SimpleMatchError
-from tests.helpers import NO_WILLOW, PASCAL_ANNOTATIONS, WILLOW, need
+from tests.helpers import PASCAL_ANNOTATIONS, WILLOW, need, need_willow
 
 # The authors' released configs, typed from their config files independently of simplematch/config.py:
 # preset -> (img, batch, epochs, lr, StepLR step in iterations, gamma, dataset)
@@ -176,11 +176,6 @@ def test_resnet_forward_matches_released_recomputation(tmp_path, training: bool)
 # --- PF-WILLOW like for like ------------------------------------------------------------------------------
 
 
-def _need_willow() -> None:
-    if not (WILLOW / "PF-dataset").is_dir():
-        pytest.skip(NO_WILLOW)
-
-
 def _willow_copy(tmp_path: Path) -> Path:
     """A symlinked copy of the shared PF-WILLOW root (files linked, so one can be removed or replaced)."""
     root = tmp_path / "willow"
@@ -211,7 +206,7 @@ def test_released_willow_threshold_is_the_padded_extent() -> None:
 
 
 def test_real_willow_released_threshold_inflation() -> None:
-    _need_willow()
+    need_willow()
     recs = load_records("pfwillow", WILLOW, "test")
     ratio = [
         pck_threshold(r, "released", "resized", 252) / pck_threshold(r, "kps", "resized", 252) for r in recs
@@ -220,7 +215,7 @@ def test_real_willow_released_threshold_inflation() -> None:
 
 
 def test_willow_incomplete_roots_are_refused(tmp_path: Path) -> None:
-    _need_willow()
+    need_willow()
     root = _willow_copy(tmp_path)
     assert len(load_records("pfwillow", root, "test")) == 360
     mat = next((root / "PF-dataset" / "car(G)").glob("*.mat"))
@@ -236,7 +231,7 @@ def test_willow_incomplete_roots_are_refused(tmp_path: Path) -> None:
 
 
 def test_willow_keypoint_outside_image_is_refused(tmp_path: Path) -> None:
-    _need_willow()
+    need_willow()
     root = _willow_copy(tmp_path)
     mat = sorted((root / "PF-dataset" / "motorbike(M)").glob("*.mat"))[3]
     pts = scipy.io.loadmat(str(mat))["pts_coord"].copy()
@@ -248,7 +243,7 @@ def test_willow_keypoint_outside_image_is_refused(tmp_path: Path) -> None:
 
 
 def test_eval_threshold_flag_is_recorded_in_the_json(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    _need_willow()
+    need_willow()
     base = ["eval", str(tiny_checkpoint), "--dataset", "pfwillow", "--data-root", str(WILLOW)]
     base += ["--limit", "6", "--device", "cpu", "--alpha", "0.1"]
     res = {}
@@ -578,7 +573,7 @@ def test_inclusive_comparison_in_every_path() -> None:
 
 
 def test_released_compat_eval(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    _need_willow()
+    need_willow()
     plain = load_records("pfwillow", WILLOW, "test")
     swapped = load_records("pfwillow", WILLOW, "test", released=True)
     assert swapped[0].src_image == plain[0].trg_image and swapped[0].trg_image == plain[0].src_image

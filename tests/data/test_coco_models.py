@@ -20,7 +20,7 @@ from simplematch.data.coco_pairs import CocoOptions
 from simplematch.evaluation import EvalRequest, run_evaluation
 from simplematch.model import SimpleMatch
 from simplematch.train import load_init
-from tests.helpers import ROOT, WILLOW, tiny_config, write_tiny_config
+from tests.helpers import ROOT, WILLOW, need_willow, tiny_config, write_tiny_config
 
 
 def _convert():
@@ -28,11 +28,6 @@ def _convert():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.convert
-
-
-def need_willow() -> None:
-    if not (WILLOW / "PF-dataset").is_dir():
-        pytest.skip(f"PF-WILLOW is absent at {WILLOW} (read from ../shared/data or $SMATCH_SHARED_DATA)")
 
 
 @pytest.fixture(scope="module")
