@@ -9,14 +9,23 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(BIN)/uv: $(BIN)/python constraints.txt
+	$(BIN)/pip install -q -c constraints.txt uv
+
+# uv installs: it unpacks the 5.5 GB of wheels (PyTorch's CUDA build and its nvidia-* wheels) in parallel and
+# links them from its cache on a rerun, where pip unpacks them one by one every time. It takes its package
+# sources and caps from pip's configuration (scripts/pip_sources.py), and pip does the install when uv fails.
+$(STAMP): $(BIN)/uv pyproject.toml constraints.txt
 	@# onnxruntime and onnxruntime-gpu install one module and cannot share a venv: a venv made before the
 	@# base install took onnxruntime-gpu holds the CPU wheel; remove both, the install below takes the right one.
 	@if $(BIN)/python -c 'import importlib.metadata as m; m.version("onnxruntime")' 2>/dev/null; then \
 		$(BIN)/pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
-	@# --no-compile, then compileall on every core: pip byte-compiles the 5 GB of wheels on one core. Files
-	@# that do not compile (torch ships Python-3.12-only test files) are skipped, as pip skips them.
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[train,plots,serve,dev]'
+	$(BIN)/uv pip install -q --python $(BIN)/python $$($(BIN)/python scripts/pip_sources.py) \
+		-c constraints.txt -e '.[train,plots,serve,dev]' \
+	|| { echo "uv could not install: installing with pip"; \
+		$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[train,plots,serve,dev]'; }
+	@# Byte-compile on every core (neither installer above does): files that do not compile (torch ships
+	@# Python-3.12-only test files) are skipped, as pip skips them.
 	$(BIN)/python -m compileall -qq -j0 $(VENV)/lib || true
 	touch $(STAMP)
 
