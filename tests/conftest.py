@@ -19,11 +19,13 @@ if _WORKERS > 1:
         os.environ.setdefault(_var, _threads)
 
 # After the thread settings: numpy (imported by the helpers) sizes its BLAS pool when it loads.
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import make_meta, make_onnx, tiny_config  # noqa: E402
+from tests.helpers import make_meta, make_onnx, subprocess_env, tiny_config  # noqa: E402
+from tests.prewarmed import Prewarmed, start_server  # noqa: E402
 
 # The runtime-only install check: the longest single test, and mostly waiting on pip, so it starts first.
 _FIRST = Path(__file__).with_name("test_install_runtime.py")
@@ -83,3 +85,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             root / "position_center.onnx", kind="position", meta=make_meta(coord="center")
         ),
     }
+
+
+@pytest.fixture(scope="session")
+def prewarmed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prewarmed]:
+    """Children forked from a Python that imported the training stack once (tests/prewarmed.py): for the
+    suites that start ``smatch train / eval / export`` many times to test what the command does, not how
+    the interpreter starts."""
+    with start_server(tmp_path_factory.mktemp("prewarmed"), subprocess_env()) as server:
+        yield server

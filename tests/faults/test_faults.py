@@ -1,6 +1,7 @@
 """Fault injection: the machine pushes back, the command answers calmly.
 
-Each case runs the real command in a subprocess (one thread) with a fault injected from outside --
+Each case runs the real command in a child process (one thread; ``train``, ``eval`` of a checkpoint and
+``export`` forked from the prewarmed server of tests/prewarmed.py) with a fault injected from outside --
 a memory limit (``resource.RLIMIT_AS``), a tiny full file system or a read-only one (tmpfs, as root),
 a signal at a chosen phase (tests/faults/inject.py), a second process on the same run folder, a closed
 or full stdout -- and asserts three things: the exit code, stderr being one line without a traceback
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PYTHON, ROOT, subprocess_env, unstamped, write_tiny_config
+from tests.prewarmed import Prewarmed
 
 # Every case runs the real command in a subprocess (seconds each): the whole file is slow.
 pytestmark = pytest.mark.slow
@@ -34,11 +36,32 @@ GIB = 2**30
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+# The commands that import torch start from the prewarmed server (tests/prewarmed.py): a forked child skips
+# the ~3 s of imports but is otherwise the process a user's command is. The rest start plain processes.
+_PREWARMED: list[Prewarmed] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prewarmed_server(prewarmed: Prewarmed) -> Iterator[None]:
+    _PREWARMED.append(prewarmed)
+    yield
+    _PREWARMED.clear()
+
+
+def _imports_torch(args: list[object]) -> bool:
+    command = str(args[0])
+    model = str(args[1]) if len(args) > 1 else ""
+    return command in ("train", "export") or (command == "eval" and not model.endswith(".onnx"))
+
+
 def smatch(
-    args: list[str], cwd: Path, *, inject: str = "-", limit_as: int | None = None, timeout: float = 300
+    args: list[object], cwd: Path, *, inject: str = "-", limit_as: int | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """``smatch ARGS`` in a subprocess (SIGINT at its default); ``inject`` a signal spec for inject.py;
     ``limit_as`` RLIMIT_AS."""
+    argv = [str(INJECT), inject, *map(str, args)]
+    if _imports_torch(args):
+        return _PREWARMED[0].run(argv, cwd, limit_as=limit_as, timeout=timeout)
 
     def limit() -> None:
         # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec
@@ -48,8 +71,8 @@ def smatch(
             resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
 
     return subprocess.run(
-        [PYTHON, str(INJECT), inject, *map(str, args)], cwd=cwd, env=subprocess_env(), capture_output=True,
-        text=True, timeout=timeout, preexec_fn=limit,
+        [PYTHON, *argv], cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
+        preexec_fn=limit,
     )  # fmt: skip
 
 
