@@ -82,6 +82,7 @@ def test_a_child_has_its_own_pid_and_answers_signals(prewarmed: Prewarmed, tmp_p
         prewarmed.run([script], tmp_path, timeout=0.5)
 
 
+@pytest.mark.slow  # a plain torch process: seconds
 def test_a_torch_command_gives_what_a_plain_process_gives(
     prewarmed: Prewarmed, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
