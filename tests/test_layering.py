@@ -17,7 +17,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 LAYERS = [
     ["config", "validate", "errors", "files", "extras", "progress", "keypoints", "image", "metadata"]
     + ["geometry", "confidence", "provenance", "calibration", "resources", "outputs", "signals", "runlock"]
-    + ["quiet"],
+    + ["quiet", "shutdown"],
     ["data"],
     ["metrics"],
     ["model", "weights", "checkpoint", "matching", "runtime.matching"],

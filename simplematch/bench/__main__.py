@@ -2,11 +2,12 @@
 
 import sys
 
+from simplematch import shutdown
 from simplematch.bench.worker import main
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        sys.exit(main(sys.argv[2]))
+        shutdown.exit_process(main(sys.argv[2]))
     print(
         "usage: python -m simplematch.bench --worker SPEC.json (internal: use `smatch bench`)",
         file=sys.stderr,

@@ -6,8 +6,7 @@ from simplematch.cli import transfer as _transfer  # noqa: F401
 
 
 def main() -> None:
-    import sys
-
+    from simplematch import shutdown
     from simplematch.cli.app import main as run
 
-    sys.exit(run())
+    shutdown.exit_process(run())

@@ -35,6 +35,7 @@ if __name__ == "__main__":
     spec, args = sys.argv[1], sys.argv[2:]
     if spec != "-":
         _arm(spec)
-    from simplematch.cli.app import main
+    from simplematch.cli import main  # the console script's entry point, exit included
 
-    sys.exit(main(args))
+    sys.argv = [sys.argv[0], *args]
+    main()
