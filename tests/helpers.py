@@ -50,6 +50,13 @@ def need_willow() -> None:
     need(WILLOW / "PF-dataset")
 
 
+# CSV files Python's csv module cannot parse: a bare carriage return inside an unquoted field, and a field
+# over its size limit (131072 characters). Every CSV reader must refuse them in one line.
+CSV_THE_CSV_MODULE_REFUSES = (
+    b"split,source,target\ntest,1\r0,11\n",
+    b"split,source,target\ntest," + b"1" * 200_000 + b",11\n",
+)
+
 TINY: dict[str, Any] = dict(
     backbone="resnet10t",
     align_dim=16,

@@ -20,8 +20,6 @@ default ``bbox`` threshold is SPair-71k's; ``img`` and ``kps`` work as for every
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from simplematch.data.coco import CocoKeypoints, CocoObject, read_coco_keypoints
-from simplematch.data.records import PairRecord, normalise_split, read_text_file
+from simplematch.data.records import PairRecord, csv_rows, normalise_split, read_text_file
 from simplematch.errors import SimpleMatchError
 
 SPLITS = ("trn", "val", "test")
@@ -284,7 +282,7 @@ def _listed_pairs(
     too few visible ones) is skipped and counted; an unknown id or a malformed line is refused.
     """
     fix = "write the pairs file as CSV lines split,source,target (trn|val|test, two annotation ids)"
-    rows = list(csv.reader(io.StringIO(read_text_file(path, fix))))
+    rows = csv_rows(read_text_file(path, fix), path, fix)
     if not rows or [c.strip().lower() for c in rows[0]] != ["split", "source", "target"]:
         raise SimpleMatchError(f"{path}: the first line must be the header split,source,target", fix)
     kept = {o.id: o for o in coco.objects}

@@ -22,8 +22,6 @@ image on its own, which misaligns the two lists whenever the NaN rows differ).
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ from simplematch.data.matfile import read_mat
 from simplematch.data.records import (
     PairRecord,
     check_points_inside_image,
+    csv_rows,
     mutual_valid,
     normalise_split,
     read_text_file,
@@ -93,10 +92,7 @@ def _read_header(text: str, path: Path, kps_source: str) -> tuple[list[list[str]
         raise SimpleMatchError(
             f"unknown PF-PASCAL keypoint source '{kps_source}'", f"use {', '.join(KPS_SOURCES)}"
         )
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as err:
-        raise SimpleMatchError(f"{path} is not a valid CSV ({err})", FIX) from err
+    rows = csv_rows(text, path, FIX)
     if not rows:
         raise SimpleMatchError(f"{path} is empty", FIX)
     header = [h.strip() for h in rows[0]]

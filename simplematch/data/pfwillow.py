@@ -13,15 +13,19 @@ image that is missing) or a keypoint outside its image is refused instead of sil
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 from pathlib import Path
 
 import numpy as np
 
 from simplematch.data.matfile import read_mat
-from simplematch.data.records import PairRecord, check_points_inside_image, mutual_valid, read_text_file
+from simplematch.data.records import (
+    PairRecord,
+    check_points_inside_image,
+    csv_rows,
+    mutual_valid,
+    read_text_file,
+)
 from simplematch.errors import SimpleMatchError
 
 FIX = "re-download PF-WILLOW (PF-dataset.zip) and pass the folder holding PF-dataset/ as --data-root"
@@ -129,7 +133,7 @@ def _read_pfwillow(root: Path) -> list[PairRecord]:
 
 
 def _read_csv(path: Path, root: Path) -> list[PairRecord]:
-    rows = list(csv.reader(io.StringIO(read_text_file(path, FIX))))
+    rows = csv_rows(read_text_file(path, FIX), path, FIX)
     if not rows:
         raise SimpleMatchError(f"{path} is empty", FIX)
     records = []

@@ -6,6 +6,8 @@ keypoints that are annotated in *both* images, so ``src_kps[i]`` corresponds to 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -248,6 +250,15 @@ def read_text_file(path: Path, fix: str) -> str:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise SimpleMatchError(f"annotation file {path} is not UTF-8 text", fix) from err
+
+
+def csv_rows(text: str, path: Path, fix: str) -> list[list[str]]:
+    """The rows of a CSV file's text; what the csv module cannot parse (a bare carriage return inside a
+    field, a field over its size limit) is one line naming the file."""
+    try:
+        return list(csv.reader(io.StringIO(text)))
+    except csv.Error as err:
+        raise SimpleMatchError(f"{path} is not a valid CSV ({err})", fix) from err
 
 
 def finite_number(value: Any) -> bool:

@@ -276,9 +276,13 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None or not {"src", "tgt", "kps"} <= set(reader.fieldnames):
+        try:
+            header = reader.fieldnames
+            items = [(reader.line_num, row) for row in reader]
+        except csv.Error as err:  # e.g. a field over the csv module's size limit
+            raise SimpleMatchError(f"--pairs {path} is not a valid CSV ({err})", PAIRS_FIX) from err
+        if header is None or not {"src", "tgt", "kps"} <= set(header):
             raise SimpleMatchError(f"--pairs {path}: the CSV header must name src, tgt and kps", PAIRS_FIX)
-        items = [(reader.line_num, row) for row in reader]
     elif path.suffix.lower() == ".jsonl":
         items = []
         for no, line in enumerate(text.splitlines(), 1):

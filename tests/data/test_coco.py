@@ -20,6 +20,7 @@ from simplematch.data import coco_pairs
 from simplematch.data.coco import read_coco_keypoints
 from simplematch.data.coco_pairs import CocoOptions, read_coco_pairs
 from simplematch.errors import SimpleMatchError
+from tests.helpers import CSV_THE_CSV_MODULE_REFUSES
 
 
 # --- a tiny COCO file built in tmp_path ---------------------------------------------------------------------
@@ -348,6 +349,10 @@ def test_pairs_file_gives_the_split_and_counts_skipped(tmp_path: Path) -> None:
     listed.write_text("src,trg\n10,11\n")
     with pytest.raises(SimpleMatchError, match="header split,source,target"):
         read_coco_pairs(path, "test", CocoOptions(pairs=str(listed)))
+    for bad in CSV_THE_CSV_MODULE_REFUSES:
+        listed.write_bytes(bad)
+        with pytest.raises(SimpleMatchError, match=f"{listed} is not a valid CSV"):
+            read_coco_pairs(path, "test", CocoOptions(pairs=str(listed)))
 
 
 def test_one_file_per_split(tmp_path: Path) -> None:

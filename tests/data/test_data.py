@@ -15,7 +15,7 @@ from PIL import Image
 from simplematch.data import THRESHOLD_KIND, PairRecord, keypoint_fusion_stats, load_records, pck_threshold
 from simplematch.data.synthetic import HELDOUT_PHOTOS, TRAIN_PHOTOS, make_synthetic_pair
 from simplematch.errors import SimpleMatchError
-from tests.helpers import PASCAL_ANNOTATIONS, SPAIR, WILLOW, need
+from tests.helpers import CSV_THE_CSV_MODULE_REFUSES, PASCAL_ANNOTATIONS, SPAIR, WILLOW, need
 
 PASCAL_CSV = PASCAL_ANNOTATIONS / "test_pairs.csv"
 
@@ -118,6 +118,17 @@ def test_pfpascal_missing_and_malformed_mat(tmp_path: Path) -> None:
         load_records("pfpascal", root, "trn")
     with pytest.raises(SimpleMatchError, match="val_pairs.csv"):
         load_records("pfpascal", root, "val")
+
+
+@pytest.mark.parametrize("bad", CSV_THE_CSV_MODULE_REFUSES, ids=["carriage return", "huge field"])
+def test_pair_lists_the_csv_module_refuses_are_one_line(tmp_path: Path, bad: bytes) -> None:
+    root = _pascal_root(tmp_path, np.ones((3, 2)), np.ones((3, 2)), csv_kps=True)
+    (root / "test_pairs.csv").write_bytes(bad)
+    with pytest.raises(SimpleMatchError, match="test_pairs.csv is not a valid CSV"):
+        load_records("pfpascal", root, "test")
+    (root / "PF-dataset").mkdir()  # PF-WILLOW reads the same file name
+    with pytest.raises(SimpleMatchError, match="test_pairs.csv is not a valid CSV"):
+        load_records("pfwillow", root, "test")
 
 
 def test_pfpascal_refuses_keypoints_outside_a_present_image(tmp_path: Path) -> None:

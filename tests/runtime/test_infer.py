@@ -210,3 +210,12 @@ def test_default_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: 
     target.parent.mkdir(parents=True)
     target.write_bytes(models["conv"].read_bytes())
     assert find_default_model() == target
+
+
+def test_a_pairs_csv_the_csv_module_refuses_is_one_line(tmp_path: Path) -> None:
+    from simplematch.runtime.infer import read_pairs
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_bytes(b"src,tgt,kps\na.png,b.png," + b"k" * 200_000 + b"\n")  # over the csv field limit
+    with pytest.raises(SimpleMatchError, match=f"--pairs {pairs} is not a valid CSV"):
+        read_pairs(pairs)
