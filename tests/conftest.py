@@ -7,6 +7,7 @@ reads what an earlier test of its file observed still sees it. Session fixtures 
 
 from __future__ import annotations
 
+import gc
 import os
 
 # Before numpy or torch is imported anywhere: N workers on N cores must not each start N compute threads (the
@@ -29,6 +30,12 @@ from tests.prewarmed import Prewarmed, start_server  # noqa: E402
 
 # The runtime-only install check: the longest single test, and mostly waiting on pip, so it starts first.
 _FIRST = Path(__file__).with_name("test_install_runtime.py")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The process exits next: as simplematch.shutdown does for the CLI, keep the interpreter's shutdown
+    garbage collection off the millions of objects torch and the suite leave alive (about 1 s per worker)."""
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -22,6 +22,7 @@ forked child at exit (the child aborts). Children import it themselves when thei
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -74,6 +75,9 @@ def preload() -> None:
             importlib.import_module(info.name)
     if "onnxruntime" in sys.modules:
         raise SystemExit("prewarmed: a preloaded module imports onnxruntime; add it to SKIP")
+    # gc.freeze's documented use before forking: the children's collections (and their shutdown collection,
+    # as simplematch.shutdown does for every entry point) leave the preloaded objects alone.
+    gc.freeze()
 
 
 def serve(path: str) -> list[str]:
