@@ -1,4 +1,5 @@
-"""Suite-wide setup: compute threads per xdist worker, and the tiny models built once per session.
+"""Suite-wide setup: compute threads per xdist worker, the file order, the tiny models built once per
+session, the prewarmed server (tests/prewarmed.py), and a worker's exit.
 
 ``make test`` runs the suite with pytest-xdist (``-n auto --dist loadfile``): every file stays on one
 worker, so a module-scoped fixture (an export, a short training run) is still built once, and a test that
