@@ -211,5 +211,7 @@ def stdout_closed() -> None:
 
 def flush_stdout() -> None:
     """Flush now, inside the error handling, instead of at interpreter exit where a failure is a
-    traceback-like 'Exception ignored' message."""
-    sys.stdout.flush()
+    traceback-like 'Exception ignored' message. Started with stdout closed (``>&-``), Python has none
+    (``sys.stdout is None``, and print writes nothing): nothing to flush."""
+    if sys.stdout is not None:
+        sys.stdout.flush()

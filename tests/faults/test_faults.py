@@ -325,6 +325,19 @@ def test_closed_stdout_is_quiet() -> None:
     assert stderr == ""
 
 
+def test_started_with_stdout_closed_does_its_work_quietly(ws: Path, tmp_path: Path) -> None:
+    # `smatch ... >&-`: Python starts without a stdout (sys.stdout is None); the command still does its work.
+    out = tmp_path / "m.json"
+    for args in (["presets"], ["infer", ws / "a.png", ws / "b.png", "--kps", ws / "kps.json", "--model",
+                               ws / "model.onnx", "--out", out]):  # fmt: skip
+        proc = subprocess.run(
+            [PYTHON, str(INJECT), "-", *map(str, args)], cwd=ws, env=subprocess_env(), stderr=subprocess.PIPE,
+            text=True, timeout=120, preexec_fn=lambda: os.close(1),
+        )  # fmt: skip
+        assert (proc.returncode, proc.stderr) == (0, ""), args
+    assert json.loads(out.read_text())["keypoints"]
+
+
 # ---- signals -------------------------------------------------------------------------------------------
 def _last(run: Path) -> dict:
     return unstamped(json.loads((run / "last.json").read_text()), "train_last")
