@@ -67,7 +67,10 @@ def test_a_child_ends_as_a_plain_process_does(prewarmed: Prewarmed, tmp_path: Pa
 
 def test_a_child_has_its_own_pid_and_answers_signals(prewarmed: Prewarmed, tmp_path: Path) -> None:
     script = tmp_path / "wait.py"
-    body = "import os, time\nprint(os.getpid(), flush=True)\nopen('up', 'w').close()\ntime.sleep(60)\n"
+    # Short sleeps, not one long one: a signal that lands between the file's creation and the start of the
+    # sleep's system call only sets Python's flag, and a single 60 s sleep would not notice it for 60 s.
+    body = "import os, time\nprint(os.getpid(), flush=True)\nopen('up', 'w').close()\n"
+    body += "for _ in range(1200):\n    time.sleep(0.05)\n"
     script.write_text(body)
     child = prewarmed.start([script], tmp_path)
     assert child.pid != os.getpid()
