@@ -7,6 +7,7 @@ operator table (every node). Tiny random-init models keep each export to seconds
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,25 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def graphs(ckpt) -> dict[str, Path]:
+def raw_match_graphs() -> list[onnx.ModelProto]:
+    """What the exporter gave before the TensorRT rewrite, for the one-graph export of ``graphs``."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def graphs(ckpt, raw_match_graphs) -> dict[str, Path]:
     """The one-graph model through the CLI (default --out) and the features-only model of the same weights."""
-    assert main(["export", str(ckpt), "--with-matching"]) == 0
+    import simplematch.export.one_graph as og
+
+    rewrite = og.make_trt_friendly
+
+    def keep_raw(proto: onnx.ModelProto) -> int:
+        raw_match_graphs.append(copy.deepcopy(proto))
+        return rewrite(proto)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(og, "make_trt_friendly", keep_raw)
+        assert main(["export", str(ckpt), "--with-matching"]) == 0
     assert main(["export", str(ckpt)]) == 0
     return {"match": ckpt / "model.match.onnx", "features": ckpt / "model.onnx"}
 
@@ -74,20 +91,14 @@ def test_one_graph_ops_are_in_the_tensorrt10_table(graphs):
     assert make_trt_friendly(model) == 0  # nothing left to rewrite
 
 
-def test_raw_export_needs_the_trt_rewrite(ckpt, monkeypatch):
+def test_raw_export_needs_the_trt_rewrite(graphs, raw_match_graphs):
     """Without the rewrite the export holds int Clip / bool Equal, which TensorRT 10 does not parse."""
-    import simplematch.export.one_graph as og
-    from simplematch.export.onnx_export import export_onnx_proto, prepare_for_export
-
-    model, cfg = load_checkpoint(ckpt)
-    monkeypatch.setattr(og, "make_trt_friendly", lambda proto: 0)
-    raw = export_onnx_proto(
-        prepare_for_export(model), SIZE, opset=18, batch=None, with_matching=True, cfg=cfg
-    )
-    monkeypatch.undo()
+    [raw] = raw_match_graphs  # the --with-matching export of ``graphs``, before its rewrite
     bad = trt10_unsupported(raw)
     assert "Clip(INT64)" in bad and "Equal(BOOL)" in bad
     assert make_trt_friendly(raw) >= 2 and trt10_unsupported(raw) == []
+    # The exported file is the rewritten graph.
+    assert trt10_unsupported(onnx.load(str(graphs["match"]))) == []
 
 
 @pytest.mark.parametrize("n_kps", [1, 7, 30])
