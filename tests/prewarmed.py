@@ -22,6 +22,7 @@ forked child at exit (the child aborts). Children import it themselves when thei
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import importlib
 import json
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -81,19 +82,37 @@ def preload() -> None:
 
 
 def serve(path: str) -> list[str]:
-    """Accept commands until stdin closes; returns only in a forked child, set up as the command's process."""
+    """Accept commands while a lease is held; returns only in a forked child, set up as the command's process.
+
+    Each user of the server (a pytest worker) holds a lease: a connection it keeps open for its session. The
+    server exits when the last lease ends (closed, or its holder died), or when none came within a minute of
+    its start; children still running finish on their own."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(64)
     print("ready", flush=True)
     waiting: dict[int, socket.socket] = {}
+    leases: set[socket.socket] = set()
+    first_lease_by = time.monotonic() + 60.0
     while True:
-        ready, _, _ = select.select([srv, 0], [], [], 0.02 if waiting else 1.0)
-        if 0 in ready and not os.read(0, 1024):
-            os._exit(0)  # the fixture closed stdin (or its process died): children finish on their own
+        ready, _, _ = select.select([srv, *leases], [], [], 0.02 if waiting else 1.0)
+        for held in leases.intersection(ready):
+            if not held.recv(1024):
+                leases.discard(held)
+                held.close()
+        if not leases and (first_lease_by is None or time.monotonic() > first_lease_by):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
+            os._exit(0)
         if srv in ready:
             conn, _ = srv.accept()
             request, fds = _receive(conn)
+            if request.get("lease"):
+                leases.add(conn)
+                first_lease_by = None
+                conn.sendall(b"leased\n")
+                continue
             sys.stdout.flush()
             sys.stderr.flush()
             started_r, started_w = os.pipe()
@@ -103,9 +122,7 @@ def serve(path: str) -> list[str]:
                 os.close(started_r)
                 os.write(started_w, b".")
                 os.close(started_w)
-                srv.close()
-                conn.close()
-                for other in waiting.values():
+                for other in (srv, conn, *waiting.values(), *leases):
                     other.close()
                 return _become(request, fds)
             os.close(started_w)
@@ -159,7 +176,9 @@ def run_as_main(argv: list[str]) -> None:
 class Child:
     """A forked command, with the parts of :class:`subprocess.Popen` the suites use."""
 
-    def __init__(self, conn: socket.socket, args: list[str], stdout: IO[bytes], stderr: IO[bytes]) -> None:
+    def __init__(
+        self, conn: socket.socket, args: list[str], stdout: IO[bytes] | None, stderr: IO[bytes] | None
+    ) -> None:
         self.args = args
         self._conn = conn
         self._buf = b""
@@ -200,7 +219,32 @@ class Child:
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
+        assert self._out is not None and self._err is not None, "a relayed child writes to the relay's stdio"
         return _text(self._out), _text(self._err)
+
+
+def _request(
+    path: str, args: list[str], cwd: Path | str, limit_as: int | None, fds: list[int], log: Path | None
+) -> socket.socket:
+    """Ask the server at ``path`` to fork ``python ARGS...`` with ``fds`` as its stdin, stdout and stderr."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+    except OSError as exc:
+        more = f"; log: {log.read_text()}" if log is not None else ""
+        raise RuntimeError(f"prewarmed server unreachable ({exc}){more}") from exc
+    message = json.dumps({"argv": args, "cwd": str(cwd), "limit_as": limit_as}).encode() + b"\n"
+    socket.send_fds(conn, [message], fds)
+    return conn
+
+
+def relay(path: str, argv: list[str]) -> int:
+    """``python ARGV...`` forked from the server at ``path``, with this process's stdin, stdout, stderr and
+    folder; returns its exit status as a shell reports it (128 + N for signal N). For shell scripts:
+    ``python tests/prewarmed.py --relay SOCKET -m simplematch.cli ...`` (the server itself is not loaded)."""
+    child = Child(_request(path, argv, os.getcwd(), None, [0, 1, 2], None), argv, None, None)
+    code = child.wait()
+    return code if code >= 0 else 128 - code
 
 
 def _text(fh: IO[bytes]) -> str:
@@ -219,14 +263,9 @@ class Prewarmed:
         """``python ARGV...`` in ``cwd``; stdout and stderr are kept for :meth:`Child.communicate`."""
         args = [str(a) for a in argv]
         out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            conn.connect(self.path)
-        except OSError as exc:
-            raise RuntimeError(f"prewarmed server unreachable ({exc}); log: {self.log.read_text()}") from exc
-        message = json.dumps({"argv": args, "cwd": str(cwd), "limit_as": limit_as}).encode() + b"\n"
         with open(os.devnull, "rb") as null:
-            socket.send_fds(conn, [message], [null.fileno(), out.fileno(), err.fileno()])
+            fds = [null.fileno(), out.fileno(), err.fileno()]
+            conn = _request(self.path, args, cwd, limit_as, fds, self.log)
         return Child(conn, args, out, err)
 
     def run(
@@ -243,33 +282,74 @@ class Prewarmed:
 
 
 @contextlib.contextmanager
-def start_server(folder: Path, env: dict[str, str]):
-    """Run the server for the ``with`` block (it stops when its stdin closes); yields a :class:`Prewarmed`.
+def shared_server(folder: Path, env: dict[str, str], *, bare: bool = False) -> Iterator[Prewarmed]:
+    """The server of ``folder``, held for the ``with`` block; yields a :class:`Prewarmed`.
 
-    ``env`` is every child's environment (read once, at import, by some libraries: OpenMP's thread count)."""
-    # AF_UNIX paths are limited to ~100 bytes: a short folder of its own.
-    sock_dir = tempfile.mkdtemp(prefix="smatch-pw-")
-    path = os.path.join(sock_dir, "s")
+    Every pytest worker of one run passes the same folder: the first to come starts the server, each holds a
+    lease while its block lasts, and the server exits when the last lease ends. ``env`` is every child's
+    environment (read once, at import, by some libraries: OpenMP's thread count). ``bare=True`` starts a
+    server that imports nothing (for the tests of the server itself)."""
+    with _locked(folder / "prewarmed.lock"):
+        # AF_UNIX paths are limited to ~100 bytes: the socket lives in a short folder of its own.
+        record = folder / "prewarmed.socket"
+        path = record.read_text() if record.is_file() else ""
+        lease = _lease(path) if path else None
+        if lease is None:
+            path = _start(folder, env, bare)
+            record.write_text(path)
+            lease = _lease(path)
+            assert lease is not None, (folder / "prewarmed.log").read_text()
+    try:
+        yield Prewarmed(path, folder / "prewarmed.log")
+    finally:
+        lease.close()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _lease(path: str) -> socket.socket | None:
+    """A lease on the server at ``path``, or None when no server answers there (none started, or it ended)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+        conn.sendall(json.dumps({"lease": True}).encode() + b"\n")
+        conn.settimeout(60)
+        if conn.recv(64) == b"leased\n":
+            conn.settimeout(None)
+            return conn
+    except OSError:
+        pass
+    conn.close()
+    return None
+
+
+def _start(folder: Path, env: dict[str, str], bare: bool) -> str:
+    """Start a server; returns its socket's path once it listens. Its import-time output must be empty."""
+    path = os.path.join(tempfile.mkdtemp(prefix="smatch-pw-"), "s")
     log = folder / "prewarmed.log"
     with open(log, "wb") as log_fh:
         proc = subprocess.Popen(
-            [sys.executable, str(SERVER), path], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log_fh, preexec_fn=_sigint_default,
+            [sys.executable, str(SERVER), path, *(["--bare"] if bare else [])], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_fh, preexec_fn=_sigint_default,
         )  # fmt: skip
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        ready = proc.stdout.readline()
-        assert ready == b"ready\n", f"prewarmed server did not start: {log.read_text()}"
-        # The children skip their imports, so the import-time output is checked here, once: none at all.
-        assert log.read_text() == "", f"importing the training stack printed: {log.read_text()}"
-        yield Prewarmed(path, log)
-    finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.wait(timeout=60)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-            os.rmdir(sock_dir)
+    _STARTED.append(proc)  # kept, not waited for: it outlives this worker while another holds a lease
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()
+    assert ready == b"ready\n", f"prewarmed server did not start: {log.read_text()}"
+    # The children skip their imports, so the import-time output is checked here, once: none at all.
+    assert log.read_text() == "", f"importing the training stack printed: {log.read_text()}"
+    return path
+
+
+_STARTED: list[subprocess.Popen] = []
 
 
 def _sigint_default() -> None:
@@ -280,5 +360,8 @@ def _sigint_default() -> None:
 
 
 if __name__ == "__main__":
-    preload()
+    if sys.argv[1] == "--relay":
+        sys.exit(relay(sys.argv[2], sys.argv[3:]))
+    if sys.argv[2:] != ["--bare"]:
+        preload()
     run_as_main(serve(sys.argv[1]))

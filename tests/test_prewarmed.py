@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import PYTHON, ROOT, subprocess_env
-from tests.prewarmed import Prewarmed
+from tests.prewarmed import _STARTED, SERVER, Prewarmed, shared_server
 
 GIB = 2**30
 
@@ -83,6 +83,56 @@ def test_a_child_has_its_own_pid_and_answers_signals(prewarmed: Prewarmed, tmp_p
     assert child.returncode == -signal.SIGINT and out == f"{child.pid}\n" and "KeyboardInterrupt" in err
     with pytest.raises(subprocess.TimeoutExpired):
         prewarmed.run([script], tmp_path, timeout=0.5)
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (
+            "import os, sys; print(sys.stdin.read().upper(), os.getcwd())\n"
+            "print('e', file=sys.stderr); sys.exit(3)",
+            3,
+        ),
+        ("import os, signal; print('before', flush=True); os.kill(os.getpid(), signal.SIGTERM)", 128 + 15),
+    ],
+    ids=["stdio, folder and exit code", "killed by a signal"],
+)
+def test_the_relay_runs_a_shells_command_as_a_plain_process_would(
+    prewarmed: Prewarmed, tmp_path: Path, body: str, status: int
+) -> None:
+    # What the README's bash blocks do: `smatch` there is the relay, in a pipe, with redirections.
+    (tmp_path / "script.py").write_text(body)
+    shell = 'echo in | "$@" script.py > out.txt 2> err.txt; echo $? > status.txt'
+    relay = [PYTHON, str(SERVER), "--relay", prewarmed.path]
+    plain = [PYTHON]
+    for argv, folder in ((relay, tmp_path / "relay"), (plain, tmp_path / "plain")):
+        folder.mkdir()
+        (folder / "script.py").write_text(body)
+        subprocess.run(
+            ["bash", "-c", shell, "bash", *argv], cwd=folder, env=subprocess_env(), timeout=60, check=True
+        )
+    for name in ("out.txt", "err.txt", "status.txt"):
+        got, want = (tmp_path / "relay" / name).read_text(), (tmp_path / "plain" / name).read_text()
+        assert got == want.replace(str(tmp_path / "plain"), str(tmp_path / "relay")), name
+    assert (tmp_path / "relay" / "status.txt").read_text() == f"{status}\n"
+
+
+def test_one_server_per_run_lives_while_a_lease_is_held(tmp_path: Path) -> None:
+    # Two workers' fixtures, then none: the second is served by the first's server, which ends with the last
+    # lease (a bare server: the lifetime is tested, not the imports).
+    env = subprocess_env()
+    (tmp_path / "script.py").write_text("print('ran')")
+    with shared_server(tmp_path, env, bare=True) as first:
+        server = _STARTED[-1]
+        with shared_server(tmp_path, env, bare=True) as second:
+            assert second.path == first.path and _STARTED[-1] is server
+        assert server.poll() is None  # the first lease still holds it
+        assert first.run([tmp_path / "script.py"], tmp_path).stdout == "ran\n"
+    assert server.wait(timeout=30) == 0
+    assert not Path(first.path).exists()  # it removed its socket
+    with shared_server(tmp_path, env, bare=True) as third:  # a later worker starts a new one
+        assert third.path != first.path and _STARTED[-1] is not server
+    assert _STARTED[-1].wait(timeout=30) == 0
 
 
 @pytest.mark.slow  # a plain torch process: seconds

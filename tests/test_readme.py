@@ -1,7 +1,8 @@
 """The README's commands work: its code blocks run, and every `smatch` command in it parses with the CLI.
 
 * Every ```bash block runs verbatim in bash (``set -euo pipefail``, ``smatch`` = ``python -m
-  simplematch.cli``) and every ```python block with this checkout's Python, each in a fresh copy of a
+  simplematch.cli``, forked from the prewarmed server of tests/prewarmed.py with the shell's stdin, stdout,
+  stderr and folder) and every ```python block with this checkout's Python, each in a fresh copy of a
   folder holding what the README assumes a user has: ``src.jpg``, ``tgt.jpg`` (the example pair),
   ``kps.json`` (``[[x, y], ...]``), ``pairs.csv``, ``refs.json`` (the source image labelled as COCO
   keypoints) with a ``photos/`` folder of targets, a checkpoint folder ``runs/d252`` (a tiny random one),
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import HAVE_WILLOW, PYTHON, ROOT, WILLOW, need_willow, subprocess_env
+from tests.prewarmed import SERVER, Prewarmed
 
 README = ROOT / "README.md"
 EXAMPLES = ROOT / "examples"
@@ -177,13 +179,14 @@ def user_folder(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", RUN, ids=[b.id for b in RUN])
-def test_readme_block_runs(block: Block, user_folder: Path, tmp_path: Path) -> None:
+def test_readme_block_runs(block: Block, user_folder: Path, prewarmed: Prewarmed, tmp_path: Path) -> None:
     if "PF-WILLOW" in block.code:
         need_willow()
     work = tmp_path / "work"
     shutil.copytree(user_folder, work, symlinks=True)
     if block.lang == "bash":
-        prelude = f'set -euo pipefail\nsmatch() {{ {shlex.quote(PYTHON)} -m simplematch.cli "$@"; }}\n'
+        relay = shlex.join([PYTHON, str(SERVER), "--relay", prewarmed.path, "-m", "simplematch.cli"])
+        prelude = f'set -euo pipefail\nsmatch() {{ {relay} "$@"; }}\n'
         argv = ["bash", "-c", prelude + block.code]
     else:
         (work / "snippet.py").write_text(block.code)
