@@ -26,6 +26,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def exported(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained model exported once, its parity checked on PF-WILLOW's images when they are there."""
+    onnx_path = tmp_path_factory.mktemp("pipeline_onnx") / "model.onnx"
+    check = ["--check-data", str(WILLOW)] if HAVE_WILLOW else []
+    assert main(["export", str(trained), "--out", str(onnx_path), *check]) == 0
+    return onnx_path
+
+
 @pytest.mark.slow
 def test_train_outputs(trained: Path) -> None:
     for name in ("model.safetensors", "config.json", "metrics.jsonl", "best.json", "last.json"):
@@ -40,9 +49,8 @@ def test_train_outputs(trained: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_WILLOW, reason=NO_WILLOW)
-def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path) -> None:
-    onnx_path = tmp_path / "model.onnx"
-    assert main(["export", str(trained), "--out", str(onnx_path), "--check-data", str(WILLOW)]) == 0
+def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, exported: Path, tmp_path: Path) -> None:
+    onnx_path = exported
     common = ["--dataset", "pfwillow", "--data-root", str(WILLOW), "--device", "cpu"]
     common += ["--min-confidence", "0.3"]
     assert main(["eval", str(trained), *common, "--json", str(tmp_path / "torch.json"),
@@ -83,9 +91,8 @@ def test_runtime_reproduces_torch_pck_on_pfwillow(trained: Path, tmp_path: Path)
     assert set(t["per_category"]) == {"car(G)", "duck(S)", "motorbike(M)", "winebottle(wC)"}  # sub-classes
 
 
-def test_infer_on_examples(trained: Path, tmp_path: Path) -> None:
-    onnx_path = tmp_path / "model.onnx"
-    assert main(["export", str(trained), "--out", str(onnx_path)]) == 0
+def test_infer_on_examples(exported: Path, tmp_path: Path) -> None:
+    onnx_path = exported
     out, viz = tmp_path / "res.json", tmp_path / "viz.png"
     kps = str(EXAMPLES / "kps.json")
     rc = main(["infer", str(EXAMPLES / "src.png"), str(EXAMPLES / "tgt.png"), "--kps", kps,
