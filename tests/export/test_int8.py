@@ -52,13 +52,11 @@ def test_int8_export_is_qdq_and_reports_agreement(setup):
     assert OnnxBackend(path).encode(x).shape == (2, 32, 16, 16)
 
 
-def test_parity_of_a_model_with_itself_is_perfect(setup, tmp_path):
-    from simplematch.export import export_checkpoint
+def test_parity_of_a_model_with_itself_is_perfect(setup, tiny_onnx):
     from simplematch.export.int8 import int8_parity
     from simplematch.export.parity import images_from_dir
 
-    fp32 = export_checkpoint(setup["ckpt"], out=tmp_path / "f.onnx", check=False)["path"]
-    res = int8_parity(fp32, fp32, images_from_dir(setup["imgs"], limit=4))
+    res = int8_parity(tiny_onnx, tiny_onnx, images_from_dir(setup["imgs"], limit=4))
     assert res["keypoint_agreement"] == 1.0 and res["median_keypoint_diff_px"] == 0.0
     assert abs(res["feature_cosine_min"] - 1.0) < 1e-5
 
