@@ -36,9 +36,9 @@ install: $(STAMP)
 # fresh venv from the wheel) is one of the tests (tests/test_install_runtime.py), so it overlaps the rest.
 # --dist loadfile keeps each file on one worker (its module fixtures are built once); files are handed out
 # longest first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order); --durations
-# prints the slowest tests; pytest's summary line closes the output. PYTHONDONTWRITEBYTECODE is cleared for the
-# run: the suite starts about a hundred Python processes, and with it set each one compiles the package's
-# modules again (and each worker re-rewrites the test files' asserts); __pycache__ is git-ignored.
+# prints the slowest tests; pytest's summary line closes the output. PYTHONDONTWRITEBYTECODE is cleared
+# for the run: the suite starts about a hundred Python processes, and with it set each one compiles the
+# package's modules again (and each worker re-rewrites the test files' asserts); __pycache__ is git-ignored.
 test: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=15
