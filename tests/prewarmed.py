@@ -13,7 +13,8 @@ interpreter does, and ends as an interpreter does (atexit handlers, the final fl
 status of an uncaught exception or KeyboardInterrupt): tests/test_prewarmed.py compares it with plain
 processes. What it skips is the interpreter's start and the imports; their output is checked once, on the
 server, and must be empty (no library noise at import). Tests about start-up itself (``--help`` without
-torch, the runtime-only install, torchrun, the README's commands) start plain processes.
+torch, the runtime-only install, torchrun) start plain processes. A shell script reaches the server through
+``--relay`` (see :func:`relay`): the README's bash blocks run ``smatch`` so.
 
 The server never imports onnxruntime: its native thread pools, started at import, cannot be joined by a
 forked child at exit (the child aborts). Children import it themselves when their command needs it.

@@ -434,13 +434,9 @@ def test_a_run_folder_in_use_is_refused(ws: Path, tmp_path: Path) -> None:
 
 def test_two_trains_at_once_one_wins_and_the_log_is_not_interleaved(ws: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [PYTHON, str(INJECT), "-", "train", "--config", str(ws / "tiny.json"), "--out", str(run)]
-    procs = [
-        subprocess.Popen(args, cwd=ws, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-        for _ in range(2)
-    ]  # fmt: skip
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    argv = [INJECT, "-", "train", "--config", ws / "tiny.json", "--out", run]
+    procs = [_PREWARMED[0].start(argv, ws) for _ in range(2)]  # both running at once, milliseconds apart
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     loser = next(err for code, err in results if code == 2).strip()

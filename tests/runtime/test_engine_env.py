@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,20 +74,10 @@ def test_trt_ep_cache_record_mismatch_is_refused(tmp_path, monkeypatch):
     assert opts["trt_engine_cache_enable"] and opts["trt_engine_cache_path"] == str(cache)
 
 
-def test_tensorrt_device_without_the_provider_is_one_line_and_leaves_nothing(tmp_path):
+def test_tensorrt_device_without_the_provider_is_one_line_and_leaves_nothing(tmp_path, tiny_onnx):
     """On a machine without the TensorRT EP (this one), --device tensorrt is refused, not silently CPU."""
-
-    import torch
-
-    from simplematch.checkpoint import save_checkpoint
-    from simplematch.config import Config
-    from simplematch.export import export_checkpoint
-    from simplematch.model import SimpleMatch
-
-    torch.manual_seed(0)
-    cfg = Config(backbone="resnet18", img_size=64, align_dim=16, finetune="full")
-    save_checkpoint(SimpleMatch(cfg), cfg, tmp_path / "ck")
-    path = export_checkpoint(tmp_path / "ck", check=False)["path"]
+    path = tmp_path / "model.onnx"  # a real export, in a folder of its own: the engine cache goes beside it
+    shutil.copy(tiny_onnx, path)
     # onnxruntime-gpu lists the TensorRT EP as available even without TensorRT's libraries; the session
     # then falls back, which is the case this test is for. Only a real TensorRT install can make it run.
     if importlib.util.find_spec("tensorrt") is not None:
