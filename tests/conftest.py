@@ -10,7 +10,6 @@ of one run share.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.helpers import make_meta, make_onnx, subprocess_env, tiny_config  # noqa: E402
-from tests.prewarmed import Prewarmed, shared_server  # noqa: E402
+from tests.prewarmed import Prewarmed, locked, shared_server  # noqa: E402
 
 # The runtime-only install check: the longest single test, and mostly waiting on pip, so it starts first.
 _FIRST = Path(__file__).with_name("test_install_runtime.py")
@@ -68,8 +67,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     Read-only for the tests: a test that writes into it copies it first."""
     root = run_folder(tmp_path_factory)
     folder, done = root / name, root / f"{name}.built"
-    with open(root / f"{name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(root / f"{name}.lock"):
         if not done.exists():
             shutil.rmtree(folder, ignore_errors=True)  # a worker that failed halfway
             folder.mkdir()

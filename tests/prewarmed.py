@@ -290,7 +290,7 @@ def shared_server(folder: Path, env: dict[str, str], *, bare: bool = False) -> I
     lease while its block lasts, and the server exits when the last lease ends. ``env`` is every child's
     environment (read once, at import, by some libraries: OpenMP's thread count). ``bare=True`` starts a
     server that imports nothing (for the tests of the server itself)."""
-    with _locked(folder / "prewarmed.lock"):
+    with locked(folder / "prewarmed.lock"):
         # AF_UNIX paths are limited to ~100 bytes: the socket lives in a short folder of its own.
         record = folder / "prewarmed.socket"
         path = record.read_text() if record.is_file() else ""
@@ -307,7 +307,9 @@ def shared_server(folder: Path, env: dict[str, str], *, bare: bool = False) -> I
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``path`` (made if missing) for the ``with`` block: between the
+    xdist workers of one run."""
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
